@@ -1,0 +1,32 @@
+# Two commands on a fresh machine with only python3 and make:
+#   make demo   -> creates .venv, installs manualbp, runs `manualbp check` on the built-in models
+#   make test   -> creates .venv, installs the test extra, runs the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[test,examples]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/manualbp check --model all
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.installed
+	$(BIN)/manualbp bench
+
+lint: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet ruff
+	$(BIN)/python -m ruff check manualbp reference tests scripts
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,49 @@
+"""Record every layer's input, output, upstream and input gradient in a manual pass.
+
+The model's layers are wrapped, at every depth, in a ``_Recorder`` that runs
+the layer's own forward/backward unchanged and writes what passes through
+into a dict keyed by the layer's path ("" is the model, "1/0" the first
+child of the second child). The containers' own forward/backward run as
+they are, over the wrapped children, so the record is of the real pass.
+"""
+
+from __future__ import annotations
+
+from manualbp.backprop import loss_and_grads
+
+
+class _Recorder:
+    def __init__(self, layer, path, store):
+        self.layer, self.path, self.store = layer, path, store
+        self.name = layer.name
+
+    def forward(self, params, x):
+        y, cache = self.layer.forward(params, x)
+        self.store.setdefault(self.path, {}).update(x=x, y=y)
+        return y, cache
+
+    def backward(self, params, cache, dy):
+        entry = self.store.setdefault(self.path, {})
+        if hasattr(self.layer, "backward_trace"):
+            grads, dx, extras = self.layer.backward_trace(params, cache, dy)
+            entry["extras"] = extras
+        else:
+            grads, dx = self.layer.backward(params, cache, dy)
+        entry.update(dy=dy, dx=dx)
+        return grads, dx
+
+
+def wrap(layer, store, path=""):
+    """``layer`` with every layer inside it (and itself) recording into ``store``."""
+    if layer.children:
+        layer = layer.replace_children(
+            [wrap(child, store, f"{path}/{name}" if path else name) for name, child in layer.children]
+        )
+    return _Recorder(layer, path, store)
+
+
+def record(model, head, params, x, y, mask=None):
+    """Run one manual forward/backward; return (loss, grads, store)."""
+    store: dict = {}
+    loss, grads, _, _ = loss_and_grads(wrap(model, store), head, params, x, y, mask)
+    return loss, grads, store

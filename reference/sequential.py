@@ -1,0 +1,16 @@
+"""Reference containers: each child applied with its own taps."""
+
+import manualbp as mbp
+from reference.layer import apply, forward
+
+
+@forward.register
+def _(layer: mbp.Sequential, params, x, taps):
+    for i, (child, p) in enumerate(zip(layer.layers, params)):
+        x = apply(child, p, x, taps.child(str(i)))
+    return x
+
+
+@forward.register
+def _(layer: mbp.Parallel, params, x, taps):
+    return tuple(apply(child, p, x, taps.child(str(i))) for i, (child, p) in enumerate(zip(layer.layers, params)))
