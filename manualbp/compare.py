@@ -14,13 +14,10 @@ import numpy as np
 
 import reference as ref
 from manualbp.layer import check_finite
-from manualbp.report import Report, compare_arrays
+from manualbp.report import Report, compare_arrays, param_rows
 from manualbp.tolerances import tolerance
-from manualbp.trace import record
-
-
-def _label(path: str, layer) -> str:
-    return f"{path} {layer.name}" if path else f"model {layer.name}"
+from manualbp.trace import label as _label
+from manualbp.trace import record, walk
 
 
 def _by_kind(kind: str, value) -> dict:
@@ -31,21 +28,6 @@ def _by_kind(kind: str, value) -> dict:
             out.update(_by_kind(f"{kind}.{i}", v))
         return out
     return {} if value is None else {kind: value}
-
-
-def _walk(layer, params, path=""):
-    yield path, layer, params
-    if layer.children:
-        for (name, child), p in zip(layer.children, layer.split_params(params)):
-            yield from _walk(child, p, f"{path}/{name}" if path else name)
-
-
-def _param_rows(label, gm, gr, tol):
-    rows = []
-    for (kp, m), r in zip(jax.tree_util.tree_leaves_with_path(gm), jax.tree_util.tree_leaves(gr)):
-        name = "d" + "".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in kp)
-        rows.append(compare_arrays(label, name, m, r, tol))
-    return rows
 
 
 def _dtype_of(params, x):
@@ -80,7 +62,7 @@ def compare(model, head, params, x, y, mask=None, *, jit: bool = True, title: st
 
     report = Report(title or f"manualbp vs jax.grad: {model.name} + {head.name}", dtype.name, tol)
     rows = report.rows
-    for (path, layer, gm), (_, _, gr) in zip(_walk(model, m_grads), _walk(model, r["grads"])):
+    for (path, layer, gm), (_, _, gr) in zip(walk(model, m_grads), walk(model, r["grads"])):
         if layer.children and path:
             continue  # an inner container's values are its children's; its rows would repeat them
         label = _label(path, layer)
@@ -95,7 +77,7 @@ def compare(model, head, params, x, y, mask=None, *, jit: bool = True, title: st
             rows.append(compare_arrays(label, "dL/dy" + key[3:], val, r_taps[f"{path}|{key}"], tol))
         for key, val in _by_kind("in", entry["dx"]).items():
             rows.append(compare_arrays(label, "dL/dx" + key[2:], val, r_taps[f"{path}|{key}"], tol))
-        rows.extend(_param_rows(label, gm, gr, tol))
+        rows.extend(param_rows(label, gm, gr, tol))
         for kind, val in entry.get("extras", {}).items():
             # extras are per-time-step quantities of shape (B, T, ...): one row per step t
             rv = r_taps[f"{path}|{kind}"]
@@ -140,5 +122,5 @@ def check_layer(layer, params, x, dy=None, *, reference=None, key=None, title: s
     if dx_r is not None:
         for key_, val in _by_kind("x", dx).items():
             report.rows.append(compare_arrays(name, "dL/d" + key_, val, _by_kind("x", dx_r)[key_], tol))
-    report.rows.extend(_param_rows(name, dparams, dparams_r, tol))
+    report.rows.extend(param_rows(name, dparams, dparams_r, tol))
     return report

@@ -28,9 +28,9 @@ def _weights(head, logits, mask, per_example_shape):
             f"{head.name}: expected mask of shape {tuple(per_example_shape)} (logits' shape without "
             f"the last axis), got {tuple(mask.shape)}"
         )
-    m = mask.astype(logits.dtype)
-    if is_concrete(m) and not bool(jnp.any(m > 0)):
+    if is_concrete(mask) and not np.any(np.asarray(mask) > 0):
         raise ValueError(f"{head.name}: the mask selects no example (all zeros)")
+    m = mask.astype(logits.dtype)
     return m / jnp.sum(m)
 
 
@@ -61,11 +61,12 @@ class SoftmaxCrossEntropy(_Head):
                     f"{self.name}: expected integer labels of shape {tuple(logits.shape[:-1])} "
                     f"for logits {tuple(logits.shape)}, got {tuple(labels.shape)}"
                 )
-            if is_concrete(labels) and labels.size and (int(labels.min()) < 0 or int(labels.max()) >= C):
-                raise ValueError(
-                    f"{self.name}: labels must lie in [0, {C}) for {C} classes, got values in "
-                    f"[{int(labels.min())}, {int(labels.max())}]"
-                )
+            if is_concrete(labels) and labels.size:
+                lo, hi = int(np.min(np.asarray(labels))), int(np.max(np.asarray(labels)))
+                if lo < 0 or hi >= C:
+                    raise ValueError(
+                        f"{self.name}: labels must lie in [0, {C}) for {C} classes, got values in [{lo}, {hi}]"
+                    )
             target = (labels[..., None] == jnp.arange(C)).astype(logits.dtype)
         elif jnp.issubdtype(labels.dtype, jnp.floating):
             if tuple(labels.shape) != tuple(logits.shape):

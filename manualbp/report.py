@@ -6,6 +6,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
+import jax
 import numpy as np
 
 from manualbp.tolerances import Tolerance
@@ -53,6 +54,19 @@ def compare_arrays(layer: str, quantity: str, manual, ref, tol: Tolerance, note:
     max_rel = float((diff[big] / np.abs(r[big])).max()) if big.any() else 0.0
     ok = norm_rel <= tol.norm and max_rel <= tol.elem
     return Row(layer, quantity, m.shape, max_abs, max_rel, norm_rel, exact, ok, note)
+
+
+def param_name(key_path) -> str:
+    """'dW' for a params leaf at ['W'] (nested keys are joined: 'dcell.W')."""
+    return "d" + ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path)
+
+
+def param_rows(label: str, manual, ref, tol: Tolerance) -> list[Row]:
+    """One row per leaf of two gradient trees of one layer."""
+    return [
+        compare_arrays(label, param_name(kp), m, r, tol)
+        for (kp, m), r in zip(jax.tree_util.tree_leaves_with_path(manual), jax.tree_util.tree_leaves(ref))
+    ]
 
 
 def _fmt(v: float) -> str:

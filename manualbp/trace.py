@@ -33,6 +33,19 @@ class _Recorder:
         return grads, dx
 
 
+def walk(layer, params, path=""):
+    """Yield (path, layer, params) for ``layer`` and every layer inside it, depth first."""
+    yield path, layer, params
+    if layer.children:
+        for (name, child), p in zip(layer.children, layer.split_params(params)):
+            yield from walk(child, p, f"{path}/{name}" if path else name)
+
+
+def label(path: str, layer) -> str:
+    """How reports name a layer: "<path> <name>", the whole model as "model <name>"."""
+    return f"{path} {layer.name}" if path else f"model {layer.name}"
+
+
 def wrap(layer, store, path=""):
     """``layer`` with every layer inside it (and itself) recording into ``store``."""
     if layer.children:

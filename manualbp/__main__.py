@@ -1,0 +1,5 @@
+import sys
+
+from manualbp.cli import main
+
+sys.exit(main())
