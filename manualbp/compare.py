@@ -61,35 +61,38 @@ def compare(model, head, params, x, y, mask=None, *, jit: bool = True, title: st
     r_out, r_taps = r["outputs"], r["taps"]
 
     report = Report(title or f"manualbp vs jax.grad: {model.name} + {head.name}", dtype.name, tol)
-    rows = report.rows
-    for (path, layer, gm), (_, _, gr) in zip(walk(model, m_grads), walk(model, r["grads"])):
-        if layer.children and path:
-            continue  # an inner container's values are its children's; its rows would repeat them
-        label = _label(path, layer)
-        entry = store[path]
-        for key, val in _by_kind("out", entry["y"]).items():
-            rows.append(compare_arrays(label, "forward y" + key[3:], val, r_out[f"{path}|{key}"], tol))
-        if layer.children:
-            for key, val in _by_kind("in", entry["dx"]).items():
-                rows.append(compare_arrays(label, "dL/dx" + key[2:], val, r_taps[f"{path}|{key}"], tol))
-            continue
-        for key, val in _by_kind("out", entry["dy"]).items():
-            rows.append(compare_arrays(label, "dL/dy" + key[3:], val, r_taps[f"{path}|{key}"], tol))
+    # rows in the order the pass computes them, so the first failing row is where the error enters:
+    # forward outputs layer by layer, the loss, then the backward pass from the last layer to the first
+    forward_rows, backward_rows = [], []
+    leaves = [(p, layer, gm, gr) for (p, layer, gm), (_, _, gr) in zip(walk(model, m_grads), walk(model, r["grads"]))
+              if not layer.children or not p]  # an inner container's values are its children's
+    for path, layer, _, _ in [*leaves[1:], leaves[0]]:  # the model's own output last
+        for key, val in _by_kind("out", store[path]["y"]).items():
+            forward_rows.append(compare_arrays(_label(path, layer), "forward y" + key[3:], val,
+                                               r_out[f"{path}|{key}"], tol))
+    for path, layer, gm, gr in reversed(leaves):
+        label, entry = _label(path, layer), store[path]
+        if not layer.children:
+            for key, val in _by_kind("out", entry["dy"]).items():
+                backward_rows.append(compare_arrays(label, "dL/dy" + key[3:], val, r_taps[f"{path}|{key}"], tol))
+            for kind, val in entry.get("extras", {}).items():
+                # extras are per-time-step quantities of shape (B, T, ...): one row per step t
+                rv = r_taps[f"{path}|{kind}"]
+                for t in range(val.shape[1]):
+                    backward_rows.append(compare_arrays(label, f"dL/d{kind}[t={t}]", val[:, t], rv[:, t], tol))
+                axes = tuple(i for i in range(val.ndim) if i != 1)
+                report.timestep_norms[f"{label} dL/d{kind}"] = np.sqrt(
+                    np.sum(np.asarray(val, np.float64) ** 2, axis=axes))
+            backward_rows.extend(param_rows(label, gm, gr, tol))
         for key, val in _by_kind("in", entry["dx"]).items():
-            rows.append(compare_arrays(label, "dL/dx" + key[2:], val, r_taps[f"{path}|{key}"], tol))
-        rows.extend(param_rows(label, gm, gr, tol))
-        for kind, val in entry.get("extras", {}).items():
-            # extras are per-time-step quantities of shape (B, T, ...): one row per step t
-            rv = r_taps[f"{path}|{kind}"]
-            for t in range(val.shape[1]):
-                rows.append(compare_arrays(label, f"dL/d{kind}[t={t}]", val[:, t], rv[:, t], tol))
-            axes = tuple(i for i in range(val.ndim) if i != 1)
-            report.timestep_norms[f"{label} dL/d{kind}"] = np.sqrt(np.sum(np.asarray(val, np.float64) ** 2, axis=axes))
-    rows.append(compare_arrays(f"model {model.name}", "loss", m_loss, r["loss"], tol))
+            backward_rows.append(compare_arrays(label, "dL/dx" + key[2:], val, r_taps[f"{path}|{key}"], tol))
+    loss_row = compare_arrays(f"model {model.name}", "loss", m_loss, r["loss"], tol)
+    report.rows.extend([*forward_rows, loss_row, *backward_rows])
     return report
 
 
-def check_layer(layer, params, x, dy=None, *, reference=None, key=None, title: str | None = None) -> Report:
+def check_layer(layer, params, x, dy=None, *, reference=None, key=None, jit: bool = False,
+                title: str | None = None) -> Report:
     """One layer alone: manual forward/backward vs ``jax.vjp`` of the reference forward.
 
     Args:
@@ -100,18 +103,24 @@ def check_layer(layer, params, x, dy=None, *, reference=None, key=None, title: s
       dy: the cotangent; a random normal one (``key``, default key 0) if None.
       reference: ``fn(params, x) -> y`` written with library ops; defaults
         to the reference forward registered for ``type(layer)``.
+      jit: run the manual forward and backward under ``jax.jit``.
 
     Rows: forward y, dL/dx, and one per parameter gradient.
     """
     name = getattr(layer, "name", type(layer).__name__)
     x = jax.tree_util.tree_map(jnp.asarray, x)
-    y, cache = layer.forward(params, x)
     if dy is None:
         key = jax.random.key(0) if key is None else key
-        leaves, treedef = jax.tree_util.tree_flatten(y)
+        shapes = jax.eval_shape(lambda p, x: layer.forward(p, x)[0], params, x)
+        leaves, treedef = jax.tree_util.tree_flatten(shapes)
         keys = jax.random.split(key, len(leaves))
         dy = jax.tree_util.tree_unflatten(treedef, [jax.random.normal(k, v.shape, v.dtype) for k, v in zip(keys, leaves)])
-    dparams, dx = layer.backward(params, cache, dy)
+
+    def manual(params, x, dy):
+        y, cache = layer.forward(params, x)
+        return (y, *layer.backward(params, cache, dy))
+
+    y, dparams, dx = (jax.jit(manual) if jit else manual)(params, x, dy)
     fn = reference if reference is not None else (lambda p, x: ref.forward(layer, p, x, ref.layer.NoTaps()))
     y_r, dparams_r, dx_r = ref.vjp_layer(fn, params, x, dy)
     dtype = _dtype_of(params, x)

@@ -54,7 +54,7 @@ class Dense(Layer):
         check_dtype_match(self, x, W)
         y = x @ W
         if self.use_bias:
-            y = y + params["b"]
+            y = y + params["b"][(None,) * (y.ndim - 1)]  # explicit broadcast over leading axes
         return y, x
 
     def backward(self, params, cache, dy):

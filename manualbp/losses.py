@@ -67,7 +67,8 @@ class SoftmaxCrossEntropy(_Head):
                     raise ValueError(
                         f"{self.name}: labels must lie in [0, {C}) for {C} classes, got values in [{lo}, {hi}]"
                     )
-            target = (labels[..., None] == jnp.arange(C)).astype(logits.dtype)
+            classes = jnp.arange(C).reshape((1,) * labels.ndim + (C,))
+            target = (labels[..., None] == classes).astype(logits.dtype)  # one-hot c
         elif jnp.issubdtype(labels.dtype, jnp.floating):
             if tuple(labels.shape) != tuple(logits.shape):
                 raise TypeError(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from manualbp.layer import Layer, check_array
+from manualbp.layer import Layer, check_array, describe
 
 
 def _check_pair(layer, x):
@@ -19,8 +19,7 @@ def _check_pair(layer, x):
     check_array(layer, b, what="b")
     if a.shape != b.shape or a.dtype != b.dtype:
         raise ValueError(
-            f"{layer.name}: expected a and b of one shape and dtype, got "
-            f"a {a.dtype}{tuple(a.shape)} and b {b.dtype}{tuple(b.shape)}"
+            f"{layer.name}: expected a and b of one shape and dtype, got a {describe(a)} and b {describe(b)}"
         )
     return a, b
 

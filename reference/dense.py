@@ -9,4 +9,4 @@ from reference.layer import forward
 @forward.register
 def _(layer: mbp.Dense, params, x, taps):
     y = jnp.einsum("...i,io->...o", x, params["W"])
-    return y + params["b"] if layer.use_bias else y
+    return y + jnp.broadcast_to(params["b"], y.shape) if layer.use_bias else y

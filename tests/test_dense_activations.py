@@ -1,0 +1,100 @@
+"""Dense and every activation: manual vs jax.vjp of the reference (x dtype x jit), and vs finite differences."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import manualbp as mbp
+
+DTYPES = [jnp.float32, jnp.float64]
+
+ACTIVATIONS = [
+    mbp.Identity(), mbp.Sigmoid(), mbp.Tanh(), mbp.ReLU(), mbp.LeakyReLU(0.1), mbp.Softplus(),
+    mbp.GELU(approximate=True), mbp.GELU(approximate=False),
+    mbp.Elementwise(lambda x: x * jax.nn.sigmoid(x),
+                    lambda x: jax.nn.sigmoid(x) * (1 + x * (1 - jax.nn.sigmoid(x))), label="swish"),
+]
+LAYERS = [mbp.Dense(5), mbp.Dense(5, use_bias=False), *ACTIVATIONS]
+
+
+def _x(dtype, shape=(3, 4)):
+    x = 3 * jax.random.normal(jax.random.key(1), shape, dtype)
+    return x.at[0, :2].set(0.0)  # exact zeros: the convention at the kink is tested too
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: repr(layer)[:40])
+def test_layer_matches_reference(layer, dtype, jit):
+    x = _x(dtype)
+    params, out_shape = layer.init(jax.random.key(0), x.shape[1:], dtype)
+    report = mbp.check_layer(layer, params, x, jit=jit)
+    assert report.ok, str(report)
+    assert report.row(layer.name, "forward y").shape == (3, *out_shape)
+
+
+def test_dense_time_distributed():
+    layer = mbp.Dense(6)
+    x = jax.random.normal(jax.random.key(2), (2, 3, 4), jnp.float64)
+    params, out_shape = layer.init(jax.random.key(0), (3, 4), jnp.float64)
+    assert out_shape == (3, 6)
+    assert mbp.check_layer(layer, params, x).ok
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS, ids=lambda layer: repr(layer)[:40])
+def test_against_finite_differences(act):
+    model = mbp.Sequential(mbp.Dense(6), act, mbp.Dense(3))
+    params, _ = model.init(jax.random.key(0), (4,), jnp.float64)
+    x = jax.random.normal(jax.random.key(1), (5, 4), jnp.float64)
+    y = jax.random.normal(jax.random.key(2), (5, 3), jnp.float64)
+    report = mbp.gradcheck(model, mbp.MeanSquaredError(), params, x, y, k=3)
+    assert report.ok, str(report)
+
+
+def test_relu_derivative_at_zero_is_zero_and_leaky_is_one():
+    x = jnp.zeros((1, 3))
+    dy = jnp.ones((1, 3))
+    _, dx = mbp.ReLU().backward({}, mbp.ReLU().forward({}, x)[1], dy)
+    assert jnp.array_equal(dx, jnp.zeros((1, 3)))
+    _, dx = mbp.LeakyReLU(0.2).backward({}, mbp.LeakyReLU(0.2).forward({}, x)[1], dy)
+    assert jnp.array_equal(dx, jnp.ones((1, 3)))
+
+
+def test_sigmoid_derivative_at_most_a_quarter():
+    x = jnp.linspace(-6, 6, 101)[None]
+    layer = mbp.Sigmoid()
+    _, dx = layer.backward({}, layer.forward({}, x)[1], jnp.ones_like(x))
+    assert float(dx.max()) == pytest.approx(0.25)
+    assert float(dx.max()) <= 0.25
+
+
+def test_dense_wrong_feature_size():
+    layer = mbp.Dense(3)
+    params, _ = layer.init(jax.random.key(0), (4,))
+    with pytest.raises(ValueError, match=r"Dense: expected x with last axis 4 .*got x of shape \(2, 5\)"):
+        layer.forward(params, jnp.ones((2, 5)))
+
+
+def test_dense_rank_zero_and_integer_and_mixed_dtype():
+    layer = mbp.Dense(3)
+    params, _ = layer.init(jax.random.key(0), (4,))
+    with pytest.raises(ValueError, match=r"Dense: expected x of rank >= 1, got shape \(\)"):
+        layer.forward(params, jnp.float32(1.0))
+    with pytest.raises(TypeError, match=r"Dense: expected x of a floating dtype, got int32\[2,4\]"):
+        layer.forward(params, jnp.ones((2, 4), jnp.int32))
+    with pytest.raises(TypeError, match=r"Dense: x has dtype float64 but W has float32"):
+        layer.forward(params, jnp.ones((2, 4), jnp.float64))
+
+
+def test_dense_params_mismatch():
+    layer = mbp.Dense(3)
+    params, _ = layer.init(jax.random.key(0), (4,))
+    with pytest.raises(ValueError, match=r"Dense: expected params with keys \['W', 'b'\], got \['W'\]"):
+        layer.forward({"W": params["W"]}, jnp.ones((2, 4)))
+    with pytest.raises(ValueError, match="Dense: features must be a positive int"):
+        mbp.Dense(0)
+
+
+def test_activation_rejects_integers():
+    with pytest.raises(TypeError, match="Tanh: expected x of a floating dtype"):
+        mbp.Tanh().forward({}, jnp.arange(3))
