@@ -69,7 +69,7 @@ class Tanh(_Activation):
 class ReLU(_Activation):
     """f(x) = max(x, 0), f'(x) = 1 if x > 0 else 0; f'(0) = 0 as ``jax.nn.relu``.
 
-    (``jax.grad(jnp.maximum(x, 0))`` gives 0.5 at 0; ``jax.nn.relu`` gives 0.)
+    (jax.grad of ``jnp.maximum(x, 0)`` gives 0.5 at 0; that of ``jax.nn.relu`` gives 0.)
     """
 
     def _forward(self, x):

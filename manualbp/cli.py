@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the reports as JSON")
     check.set_defaults(func=_check)
 
-    bench = sub.add_parser("bench", help="time manual value_and_grad vs jax.grad (interleaved, medians)")
+    bench = sub.add_parser("bench", help="time manual backprop against jax.grad of the reference (interleaved, medians)")
     bench.add_argument("--model", default="all", choices=["all", *sorted(BENCHES)])
     bench.add_argument("--repeats", type=_positive_int, default=30)
     bench.add_argument("--json", action="store_true")

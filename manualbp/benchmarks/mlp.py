@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-import reference as ref
+from reference import value_and_grad as reference_step
 from manualbp.activations import ReLU
 from manualbp.backprop import loss_and_grads
 from manualbp.benchmark import compile_time, interleaved, machine
@@ -46,7 +46,7 @@ def run(repeats: int = 30) -> dict:
     # fresh jits, so the first call measures trace + compile
     contenders = {
         "manual": jax.jit(lambda p, x, y: loss_and_grads(model, head, p, x, y)[:2]),
-        "jax.grad": jax.jit(ref.value_and_grad(model, head, jit=False)),
+        "jax.grad": jax.jit(reference_step(model, head, jit=False)),
     }
     compile_s = {name: compile_time(fn, params, x, y) for name, fn in contenders.items()}
     times = interleaved(contenders, (params, x, y), repeats=repeats)
