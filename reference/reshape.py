@@ -1,0 +1,11 @@
+"""Reference Flatten: jnp.reshape to (N, -1)."""
+
+import jax.numpy as jnp
+
+import manualbp as mbp
+from reference.layer import forward
+
+
+@forward.register
+def _(layer: mbp.Flatten, params, x, taps):
+    return jnp.reshape(x, (x.shape[0], -1))
