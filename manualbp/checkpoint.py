@@ -50,11 +50,11 @@ def save(path, tree, meta: dict) -> None:
 
 
 def _read(path):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path}: no such file")
     try:
         with np.load(path, allow_pickle=False) as z:
             files = {name: z[name] for name in z.files}
-    except FileNotFoundError:
-        raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         raise CheckpointError(f"checkpoint {path}: unreadable (truncated or not a manualbp checkpoint): {e}") from None
     if "header" not in files:
@@ -107,3 +107,9 @@ def load(path, like, expect: dict | None = None):
             )
         out.append(arr)
     return jax.tree_util.tree_unflatten(treedef, out), meta
+
+
+def read_meta(path) -> dict:
+    """The meta dict of the checkpoint at ``path`` (validating that it is one); FileNotFoundError if absent."""
+    header, _ = _read(os.fspath(path))
+    return header.get("meta", {})

@@ -63,12 +63,14 @@ def _sklearn_datasets():
 DIGIT_LAYOUTS = {"flat": (64,), "image": (8, 8, 1), "rows": (8, 8)}
 
 
-def digits(layout: str = "flat", dtype=np.float32) -> Dataset:
+def digits(layout: str = "flat", dtype=np.float32, standardize: bool = False) -> Dataset:
     """The 8x8 digits, pixels / 16, split 1,437 train / 360 test by a fixed seeded permutation.
 
     Args:
       layout: "flat" -> x (N, 64); "image" -> x (N, 8, 8, 1); "rows" -> x (N, 8, 8) (T=8 rows of 8 pixels).
       dtype: floating dtype of x.
+      standardize: x <- (x - mean) / max(std, 0.1) per pixel, with the training set's mean and std
+        (the floor keeps the always-blank corner pixels at 0 instead of dividing by 0).
     """
     if layout not in DIGIT_LAYOUTS:
         raise ValueError(f"digits: unknown layout {layout!r}; choose one of {sorted(DIGIT_LAYOUTS)}")
@@ -77,6 +79,9 @@ def digits(layout: str = "flat", dtype=np.float32) -> Dataset:
     y = bunch.target.astype(np.int32)
     order = np.random.default_rng(_SPLIT_SEED).permutation(len(y))
     train, test = order[:-DIGITS_TEST], order[-DIGITS_TEST:]
+    if standardize:
+        mean, std = x[train].mean(axis=0), np.maximum(x[train].std(axis=0), 0.1)
+        x = ((x - mean) / std).astype(dtype)
     return Dataset(f"digits-{layout}", x[train], y[train], x[test], y[test], "classification", 10)
 
 
@@ -129,7 +134,7 @@ def adding_baseline_mse(data: Dataset) -> float:
 
 
 class Batches:
-    """Minibatch indices without replacement: epoch e uses permutation(fold_in(key, e), n).
+    """Minibatch indices without replacement: epoch e uses a numpy permutation seeded by (key data, e).
 
     Each epoch yields n // batch_size full batches (the remainder is dropped,
     so every step has one static shape and compiles once). ``position`` is
@@ -141,7 +146,8 @@ class Batches:
             raise ValueError(f"Batches: batch_size must be a positive integer, got {batch_size!r}")
         if batch_size > n:
             raise ValueError(f"Batches: batch_size {batch_size} is larger than the data ({n} examples)")
-        self.n, self.batch_size, self.key = n, int(batch_size), key
+        self.n, self.batch_size = n, int(batch_size)
+        self._seed = [int(v) for v in np.asarray(jax.random.key_data(key)).ravel()]
         self.epoch, self.offset = (int(v) for v in position)
         self._perm_epoch, self._perm = None, None
 
@@ -151,7 +157,8 @@ class Batches:
 
     def _permutation(self):
         if self._perm_epoch != self.epoch:
-            self._perm = np.asarray(jax.random.permutation(jax.random.fold_in(self.key, self.epoch), self.n))
+            # on the host: a device permutation would compile and sync once per epoch
+            self._perm = np.random.default_rng([*self._seed, self.epoch]).permutation(self.n)
             self._perm_epoch = self.epoch
         return self._perm
 

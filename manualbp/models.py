@@ -8,8 +8,13 @@ import jax
 import jax.numpy as jnp
 
 from manualbp.activations import ReLU, Tanh
+from manualbp.conv import Conv2D
 from manualbp.dense import Dense
+from manualbp.embedding import Embedding
 from manualbp.losses import SoftmaxCrossEntropy
+from manualbp.pool import MaxPool2D
+from manualbp.recurrent import LSTM, RNN
+from manualbp.reshape import Flatten
 from manualbp.sequential import Sequential
 
 
@@ -42,8 +47,43 @@ def mlp() -> Builtin:
                    "MLP 20-32-32-10, ReLU and tanh, softmax cross-entropy")
 
 
+def _token_sequence_batch(vocab, steps, classes):
+    """Ids (B, T) in [0, vocab), a class per step (B, T), and a mask (B, T) for random lengths in [1, T]."""
+
+    def make(key, batch_size, dtype):
+        kx, ky, kl = jax.random.split(key, 3)
+        x = jax.random.randint(kx, (batch_size, steps), 0, vocab)
+        y = jax.random.randint(ky, (batch_size, steps), 0, classes)
+        lengths = jax.random.randint(kl, (batch_size, 1), 1, steps + 1)
+        mask = (jnp.arange(steps)[None, :] < lengths).astype(dtype)  # 1 = real step, 0 = padding at the end
+        return x, y, mask
+
+    return make
+
+
+def rnn() -> Builtin:
+    model = Sequential(Embedding(20, 8), RNN(16), Dense(5))
+    return Builtin(model, SoftmaxCrossEntropy(), (6,), _token_sequence_batch(20, 6, 5),
+                   "Embedding 20x8 -> RNN 16 (tanh) -> Dense 5 at every step, softmax cross-entropy over (B, T) "
+                   "with a padding mask")
+
+
+def lstm() -> Builtin:
+    model = Sequential(Dense(8), Tanh(), LSTM(16, return_sequences=False), Dense(5))
+    return Builtin(model, SoftmaxCrossEntropy(), (6, 3), _classification_batch((6, 3), 5),
+                   "Dense 3->8 (tanh) at every step -> LSTM 16 -> Dense 5 on the last step, softmax cross-entropy")
+
+
+def cnn() -> Builtin:
+    model = Sequential(Conv2D(4, 3, padding="SAME"), ReLU(), MaxPool2D(2), Conv2D(8, 3, padding="SAME"), ReLU(),
+                       MaxPool2D(2), Flatten(), Dense(10))
+    return Builtin(model, SoftmaxCrossEntropy(), (8, 8, 1), _classification_batch((8, 8, 1), 10),
+                   "CNN 8x8x1: conv 3x3 4 SAME -> ReLU -> maxpool 2 -> conv 3x3 8 SAME -> ReLU -> maxpool 2 -> "
+                   "flatten -> dense 10, softmax cross-entropy")
+
+
 # name -> builder; other files' models are added to this table
-MODELS: dict[str, Callable[[], Builtin]] = {"mlp": mlp}
+MODELS: dict[str, Callable[[], Builtin]] = {"mlp": mlp, "rnn": rnn, "lstm": lstm, "cnn": cnn}
 
 
 def get(name: str) -> Builtin:

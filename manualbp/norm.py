@@ -165,6 +165,11 @@ class BatchNorm(Layer):
     ``forward_eval(params, stats, x)`` for evaluation, where a batch of 1 is
     fine. Training mode with N = 1 raises a ValueError: the batch variance
     is 0 and the output would not depend on the input.
+
+    For every BatchNorm inside a model at once (stats keyed by layer path):
+    ``init_running_stats(model, params)``, ``update_running_stats(model,
+    params, stats, x)`` and ``forward_eval(model, params, stats, x)`` of this
+    module.
     """
 
     epsilon: float = 1e-5
@@ -218,10 +223,18 @@ class BatchNorm(Layer):
 
         stats: {"mean": (C,), "var": (C,)}; the batch variance is the biased one (divided by N).
         """
-        check_params(self, stats, ("mean", "var"))
         _, _, mu, var = cache
+        self._check_stats(stats, mu.shape[0])
         m = self.momentum
         return {"mean": m * stats["mean"] + (1 - m) * mu, "var": m * stats["var"] + (1 - m) * var}
+
+    def _check_stats(self, stats, c):
+        if not isinstance(stats, dict) or set(stats) != {"mean", "var"}:
+            got = sorted(stats) if isinstance(stats, dict) else type(stats).__name__
+            raise ValueError(f"{self.name}: expected stats as a dict with keys ['mean', 'var'], got {got}")
+        for k in ("mean", "var"):
+            if tuple(stats[k].shape) != (c,):
+                raise ValueError(f"{self.name}: expected stats[{k!r}] of shape ({c},), got {tuple(stats[k].shape)}")
 
     def forward_eval(self, params, stats, x):
         """Evaluation mode: y = gamma (x - mean) / sqrt(var + eps) + beta with the running ``stats``.
@@ -229,11 +242,76 @@ class BatchNorm(Layer):
         x: (B, ..., C) with any B >= 1 -> y of x's shape. Not differentiated (no cache).
         """
         _check_input(self, params, x, min_ndim=2)
-        check_params(self, stats, ("mean", "var"))
-        c = params["gamma"].shape[0]
-        for k in ("mean", "var"):
-            if tuple(stats[k].shape) != (c,):
-                raise ValueError(f"{self.name}: expected stats[{k!r}] of shape ({c},), got {tuple(stats[k].shape)}")
+        self._check_stats(stats, params["gamma"].shape[0])
         rstd = lax.rsqrt(stats["var"] + jnp.asarray(self.epsilon, x.dtype))
         xhat = (x - _per_feature(stats["mean"], x.ndim)) * _per_feature(rstd, x.ndim)
         return xhat * _per_feature(params["gamma"], x.ndim) + _per_feature(params["beta"], x.ndim)
+
+
+# --- running statistics of every BatchNorm inside a model (keyed by the layer's path, as reports name it) ---
+
+
+class _Stand:
+    """Stands in for a BatchNorm inside a model, running ``fn`` as its forward (containers see a plain layer)."""
+
+    children = ()
+
+    def __init__(self, bn, fn):
+        self.bn, self.fn, self.name = bn, fn, bn.name
+
+    def forward(self, params, x):
+        return self.fn(params, x)
+
+    def backward(self, params, cache, dy):
+        return self.bn.backward(params, cache, dy)
+
+
+def _swap(layer, make, path=""):
+    """``layer`` with every BatchNorm at path p replaced by ``make(p, bn)``."""
+    if isinstance(layer, BatchNorm):
+        return make(path, layer)
+    if layer.children:
+        return layer.replace_children([_swap(c, make, f"{path}/{n}" if path else n) for n, c in layer.children])
+    return layer
+
+
+def _batchnorm_params(layer, params, path=""):
+    if isinstance(layer, BatchNorm):
+        yield path, layer, params
+    elif layer.children:
+        for (name, child), p in zip(layer.children, layer.split_params(params), strict=True):
+            yield from _batchnorm_params(child, p, f"{path}/{name}" if path else name)
+
+
+def init_running_stats(model, params) -> dict:
+    """{path: {"mean": zeros (C,), "var": ones (C,)}} for every BatchNorm in ``model`` ("" if it is the model)."""
+    return {path: bn.init_stats(p["gamma"].shape, p["gamma"].dtype) for path, bn, p in _batchnorm_params(model, params)}
+
+
+def update_running_stats(model, params, stats, x) -> dict:
+    """One pure EMA step of every BatchNorm's running statistics from a training-mode forward pass on ``x``.
+
+    Runs the model's forward once more (with batch statistics, exactly as in
+    training) and returns the new ``stats``; params and gradients are untouched.
+    """
+    new = {}
+
+    def make(path, bn):
+        def forward(p, x):
+            y, cache = bn.forward(p, x)
+            new[path] = bn.update_stats(stats[path], cache)
+            return y, cache
+
+        return _Stand(bn, forward)
+
+    _swap(model, make).forward(params, x)
+    return new
+
+
+def forward_eval(model, params, stats, x):
+    """The model's output with every BatchNorm in evaluation mode (running ``stats``); any batch size."""
+
+    def make(path, bn):
+        return _Stand(bn, lambda p, x: (bn.forward_eval(p, stats[path], x), None))
+
+    return _swap(model, make).forward(params, x)[0]

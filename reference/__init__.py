@@ -8,7 +8,9 @@ types) but never calls their forward or backward: a wrong manual forward
 must not agree with itself.
 """
 
-from reference import activations, dense, losses, nodes, sequential  # noqa: F401  (registers the rules)
+from reference import (  # noqa: F401  (registers the rules)
+    activations, conv, dense, embedding, losses, nodes, norm, pool, recurrent, reshape, residual, sequential,
+)
 from reference.backprop import trace, value_and_grad, vjp_layer
 from reference.layer import Taps, apply, forward, head_forward
 

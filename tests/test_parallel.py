@@ -1,0 +1,87 @@
+"""Data parallelism: a 4-device step equals the 1-device step, for manual and reference gradients.
+
+The main pytest process has one CPU device, so the 4-device check runs in a
+subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=4 set
+before jax is imported.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import pytest
+
+from manualbp import parallel
+
+SCRIPT = textwrap.dedent("""
+    import json
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_numpy_rank_promotion", "raise")
+    import jax.numpy as jnp, optax
+    import manualbp as mbp
+    from manualbp import data, parallel
+    from manualbp.report import compare_arrays
+    from manualbp.train import make_step, train
+
+    assert jax.device_count() == 4, jax.devices()
+    d = data.spirals(n_train=64, n_test=32, dtype="float64")
+    model = mbp.Sequential(mbp.Dense(8), mbp.Tanh(), mbp.Dense(2))
+    head = mbp.SoftmaxCrossEntropy()
+    params, _ = model.init(jax.random.key(0), (2,), jnp.float64)
+    tol = mbp.tolerance(jnp.float64)
+    x, y = d.x_train[:16], d.y_train[:16]
+    mesh = parallel.make_mesh(4)
+    out = {}
+    for path in ("manual", "reference"):
+        opt = optax.sgd(0.5, momentum=0.9)
+        step = make_step(model, head, {path: opt}, "classification")
+        state = {path: (params, opt.init(params))}
+        one, _ = step(state, x, y)
+        xs, ys = parallel.shard_batch(mesh, (x, y))
+        four, _ = step(parallel.replicate(mesh, state), xs, ys)
+        rows = [compare_arrays(path, str(i), a, b, tol)
+                for i, (a, b) in enumerate(zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(four)))]
+        leaf = jax.tree_util.tree_leaves(four)[0]
+        out[path] = {"ok": all(r.ok for r in rows), "rows": [str(r) for r in rows if not r.ok],
+                     "x_devices": len(xs.sharding.device_set), "replicated": leaf.sharding.is_fully_replicated,
+                     "param_devices": len(leaf.sharding.device_set)}
+    run = train(model, head, params, d, optimizer=optax.sgd(0.5), steps=2, batch_size=16, key=jax.random.key(1),
+                devices=4)
+    out["train"] = jax.tree_util.tree_leaves(run.params)[0].sharding.is_fully_replicated
+    try:
+        train(model, head, params, d, devices=4, optimizer=optax.sgd(0.5), steps=1, batch_size=6, key=jax.random.key(1))
+    except ValueError as e:
+        out["indivisible"] = str(e)
+    print(json.dumps(out))
+""")
+
+
+def test_four_devices_equal_one():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for path in ("manual", "reference"):
+        assert out[path]["ok"], out[path]["rows"]
+        assert out[path]["x_devices"] == 4 and out[path]["param_devices"] == 4 and out[path]["replicated"]
+    assert out["train"]
+    assert out["indivisible"] == "data parallel: batch_size 6 is not divisible by the 4 devices"
+
+
+def test_too_many_devices():
+    n = jax.device_count() + 1
+    with pytest.raises(ValueError, match=f"asked for {n} devices but only {n - 1} are available"):
+        parallel.make_mesh(n)
+    with pytest.raises(ValueError, match="devices must be a positive integer, got 0"):
+        parallel.make_mesh(0)
+
+
+def test_one_device_mesh_places_arrays():
+    mesh = parallel.make_mesh(1)
+    x = parallel.shard_batch(mesh, jax.numpy.ones((4, 3)))
+    assert x.sharding.is_fully_replicated  # one device: the shard is the whole batch
+    parallel.check_batch_size(mesh, 5)
