@@ -19,7 +19,7 @@ demo: $(VENV)/.installed
 	$(BIN)/manualbp check --model all
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 bench: $(VENV)/.installed
 	$(BIN)/manualbp bench

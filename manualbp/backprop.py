@@ -45,7 +45,7 @@ def value_and_grad(model, head, *, jit: bool = True, check: bool = True):
     """
 
     def f(params, x, y, mask=None):
-        x, y = jnp.asarray(x), jnp.asarray(y)
+        x, y = jax.tree_util.tree_map(jnp.asarray, x), jnp.asarray(y)  # x may be a tuple, e.g. (x, h0)
         if check and is_concrete((params, x)):
             check_finite(model.name, "input x", x)
             check_finite(model.name, "params", params)

@@ -64,4 +64,5 @@ def machine() -> dict:
         "machine": platform.machine(),
         "python": platform.python_version(),
         "allocator": malloc,
+        "load_average_1min": os.getloadavg()[0],  # other processes on a shared machine skew every figure
     }

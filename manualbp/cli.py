@@ -1,4 +1,4 @@
-"""Command line: ``manualbp check``, ``manualbp bench`` (and ``python -m manualbp ...``)."""
+"""Command line: ``manualbp check``, ``manualbp bench``, ``manualbp train`` (and ``python -m manualbp ...``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ import importlib
 import json
 import sys
 
-BENCHES = {"mlp": "manualbp.benchmarks.mlp", "cnn": "manualbp.benchmarks.cnn", "rnn": "manualbp.benchmarks.recurrent"}
+BENCHES = {
+    "mlp": "manualbp.benchmarks.mlp",
+    "cnn": "manualbp.benchmarks.cnn",
+    "recurrent": "manualbp.benchmarks.recurrent",  # RNN and LSTM
+}
 
 
 def _check(args) -> int:
@@ -65,7 +69,8 @@ def _bench(args) -> int:
 
         m = machine()
         print(f"Measured with jax {m['jax']} on {m['backend']} ({m['device']}, {m['cpu_count']} cores, "
-              f"{m['machine']}, Python {m['python']}, {m['allocator']}).\n")
+              f"{m['machine']}, Python {m['python']}, {m['allocator']}, 1-min load average "
+              f"{m['load_average_1min']:.1f}).\n")
         print("\n\n".join(md for _, md in out))
     return 0
 
@@ -97,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=_positive_int, default=30)
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(func=_bench)
+
+    from manualbp.cli_train import register as register_train
+
+    register_train(sub)
     return parser
 
 

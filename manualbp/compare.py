@@ -46,7 +46,7 @@ def compare(model, head, params, x, y, mask=None, *, jit: bool = True, title: st
     Raises ValueError if x or params hold NaN/Inf (a comparison of garbage
     proves nothing); non-finite gradients show as failing rows instead.
     """
-    x, y = jnp.asarray(x), jnp.asarray(y)
+    x, y = jax.tree_util.tree_map(jnp.asarray, x), jnp.asarray(y)  # x may be a tuple, e.g. (x, h0)
     check_finite(model.name, "input x", x)
     check_finite(model.name, "params", params)
     dtype = _dtype_of(params, x)

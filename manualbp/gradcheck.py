@@ -96,7 +96,7 @@ def gradcheck(model, head, params, x, y, mask=None, *, mode: str = "directions",
         raise ValueError(f"gradcheck: eps must be > 0, got {eps}")
     key = jax.random.key(0) if key is None else key
     with jax.enable_x64(True):
-        params, x, y, mask = _to64((params, jnp.asarray(x), jnp.asarray(y), mask))
+        params, x, y, mask = _to64((params, jax.tree_util.tree_map(jnp.asarray, x), jnp.asarray(y), mask))
         check_finite(model.name, "input x", x)
         check_finite(model.name, "params", params)
         _, grads, dx, _ = jax.jit(lambda p, x: loss_and_grads(model, head, p, x, y, mask))(params, x)
@@ -112,7 +112,7 @@ def gradcheck(model, head, params, x, y, mask=None, *, mode: str = "directions",
 def _directions(report, model, head, params, x, y, mask, grads, dx, k, eps, key):
     f = jax.jit(lambda p, x: _loss_and_pattern(model, head, p, x, y, mask))
     _, p0 = f(params, x)
-    x_float = jnp.issubdtype(x.dtype, jnp.floating)
+    x_float = all(jnp.issubdtype(leaf.dtype, jnp.floating) for leaf in jax.tree_util.tree_leaves(x))
     for i, kk in enumerate(jax.random.split(key, k)):
         kp, kx = jax.random.split(kk)
         cases = [("params", _unit(kp, params), grads)]
@@ -120,7 +120,7 @@ def _directions(report, model, head, params, x, y, mask, grads, dx, k, eps, key)
             cases.append(("x", _unit(kx, x), dx))
         for what, v, g in cases:
             shift = (lambda s: (jax.tree_util.tree_map(lambda a, b: a + s * b, params, v), x)) if what == "params" \
-                else (lambda s: (params, x + s * v))
+                else (lambda s: (params, jax.tree_util.tree_map(lambda a, b: a + s * b, x, v)))
             lp, pa = f(*shift(eps))
             lm, pb = f(*shift(-eps))
             numeric = (lp - lm) / (2 * eps)

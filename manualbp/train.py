@@ -27,12 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import reference as ref
 from manualbp import checkpoint as ckpt
 from manualbp import parallel
 from manualbp.backprop import loss_and_grads
 from manualbp.data import Batches, Dataset
 from manualbp.tolerances import Tolerance, tolerance
+from reference.layer import apply as reference_apply
 from reference.train import loss_grads_outputs
 
 GRADS = ("manual", "reference")
@@ -46,7 +46,7 @@ def _manual_step_grads(model, head, params, x, y):
 _GRADIENTS = {"manual": _manual_step_grads, "reference": loss_grads_outputs}
 _FORWARDS = {
     "manual": jax.jit(lambda model, params, x: model.forward(params, x)[0], static_argnums=0),
-    "reference": jax.jit(ref.apply, static_argnums=0),
+    "reference": jax.jit(reference_apply, static_argnums=0),
 }
 
 

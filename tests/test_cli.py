@@ -35,3 +35,10 @@ def test_python_dash_m_entry_point():
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "PASS" in out.stdout
+
+
+def test_train_subcommand_end_to_end(capsys):
+    assert main(["train", "--model", "mlp", "--data", "spirals", "--grad", "twin", "--steps", "20", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert (d["grad"], d["steps"], d["divergence"]["ok"]) == ("twin", 20, True)
+    assert set(d["test"]) == {"manual", "reference"}

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-import reference as ref
+from reference import value_and_grad as reference_step
 from manualbp.activations import ReLU
 from manualbp.backprop import loss_and_grads
 from manualbp.benchmark import compile_time, interleaved, machine
@@ -72,7 +72,7 @@ def run(repeats: int = 30) -> dict:
     # fresh jits, so the first call measures trace + compile
     steps = {
         "manual": jax.jit(lambda p, x, y: loss_and_grads(net, head, p, x, y)[:2]),
-        "jax.grad": jax.jit(ref.value_and_grad(net, head, jit=False)),
+        "jax.grad": jax.jit(reference_step(net, head, jit=False)),
     }
     compile_s = {name: compile_time(fn, params, x, y) for name, fn in steps.items()}
     limit = jax.jit(_limit)

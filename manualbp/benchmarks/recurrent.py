@@ -12,7 +12,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-import reference as ref
+from reference import value_and_grad as reference_step
 from manualbp.backprop import loss_and_grads
 from manualbp.benchmark import compile_time, interleaved, machine
 from manualbp.dense import Dense
@@ -33,7 +33,7 @@ def _one(name, layer, repeats):
     y = jax.random.randint(ky, (BATCH,), 0, CLASSES)
     contenders = {  # fresh jits, so the first call measures trace + compile
         "manual": jax.jit(lambda p, x, y: loss_and_grads(model, head, p, x, y)[:2]),
-        "jax.grad": jax.jit(ref.value_and_grad(model, head, jit=False)),
+        "jax.grad": jax.jit(reference_step(model, head, jit=False)),
     }
     compile_s = {k: compile_time(fn, params, x, y) for k, fn in contenders.items()}
     times = interleaved(contenders, (params, x, y), repeats=repeats)
