@@ -19,7 +19,7 @@ demo: $(VENV)/.installed
 	$(BIN)/manualbp check --model all
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -n auto
+	$(BIN)/python -m pytest -n auto
 
 bench: $(VENV)/.installed
 	$(BIN)/manualbp bench
