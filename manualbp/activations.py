@@ -4,7 +4,8 @@ Every class states f and f' and the convention at non-differentiable
 points, chosen to match ``jax.nn`` (and so ``jax.grad`` of the reference).
 Backward is always dx = dy * f'(.) (the Hadamard product of BP1/BP2); what
 is cached is what f' is cheapest to compute from: the output y for sigmoid
-and tanh (f' = y(1-y), 1-y^2), the input x otherwise.
+and tanh (f' = y(1-y), 1-y^2), the input x otherwise (for a large ReLU input,
+the mask [x > 0] packed 8 to a byte instead).
 """
 
 from __future__ import annotations
@@ -73,15 +74,39 @@ class ReLU(_Activation):
     """
 
     def _forward(self, x):
-        return jnp.maximum(x, 0), x
+        return jnp.maximum(x, 0), _pack_mask(x > 0) if _packs(x) else x
 
     def backward(self, params, cache, dy):
-        """dx = dy * [x > 0]."""
-        x = cache
-        return {}, jnp.where(x > 0, dy, 0)
+        """dx = dy * [x > 0], from x or (large x) from the mask [x > 0] packed 8 to a byte."""
+        return {}, jnp.where(self.kink_pattern(cache), dy, 0)
 
     def kink_pattern(self, cache):
-        return cache > 0
+        return _unpack_mask(cache) if cache.dtype == jnp.uint8 else cache > 0
+
+
+# a large ReLU caches its mask [x > 0] packed 8 to a byte (a reduction, so XLA materialises it in the forward and
+# x need not stay alive until backward); a small one (e.g. one step of an RNN) caches x, with no packing work
+_PACK_MIN_SIZE = 1 << 20
+
+
+def _packs(x):
+    return x.ndim >= 1 and x.shape[-1] % 8 == 0 and x.size >= _PACK_MIN_SIZE
+
+
+def _bit_weights(ndim):
+    return (jnp.uint8(1) << jnp.arange(8, dtype=jnp.uint8)).reshape((1,) * ndim + (8,))
+
+
+def _pack_mask(mask):
+    """(..., C) bool -> (..., C / 8) uint8, bit k of byte g = mask[..., 8 g + k]."""
+    m = mask.reshape(*mask.shape[:-1], mask.shape[-1] // 8, 8).astype(jnp.uint8)
+    return jnp.sum(m * _bit_weights(mask.ndim), axis=-1, dtype=jnp.uint8)
+
+
+def _unpack_mask(bits):
+    """Inverse of ``_pack_mask``: (..., C / 8) uint8 -> (..., C) bool."""
+    m = (bits[..., None] & _bit_weights(bits.ndim)) != 0
+    return m.reshape(*bits.shape[:-1], bits.shape[-1] * 8)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ Both see an image through the same windows: ``window`` (kh, kw), ``stride``
 
 - stride == window (non-overlapping): pad/crop to Ho kh x Wo kw and reshape
   to (N, Ho, kh, Wo, kw, C); each window is two axes, its backward one
-  broadcast (the fastest measured on XLA CPU);
+  broadcast compare against the winner index cached by forward (the fastest
+  measured on XLA CPU);
 - otherwise: one strided slice per window offset (i, j); the backward pads
   each offset's gradient back to where that slice came from and sums, so an
   element shared by several windows receives the sum of their gradients.
@@ -97,32 +98,45 @@ class MaxPool2D(_Pool2D):
     padding: str = "VALID"
 
     def forward(self, params, x):
-        """x: (N, H, W, C) -> y: (N, Ho, Wo, C); cache: (x, y)."""
+        """x: (N, H, W, C) -> y: (N, Ho, Wo, C); cache: (winner, x's shape).
+
+        winner[n, o, p, c] = i* kw + j*, the row-major index of the window's
+        first maximum (int8 when kh kw <= 127): all that backward needs, a
+        quarter of y's bytes for 2x2 windows, found in the same pass as y.
+        """
         check_array(self, x, ndim=4)
+        y, winner = self._max_and_winner(x)
+        return y, (winner, tuple(x.shape))
+
+    def _offsets(self, x):
+        """The kh kw window offsets k = i kw + j in row-major order, each an (N, Ho, Wo, C) view of x padded with -inf."""
         win = self._windows(x, -jnp.inf)
         if isinstance(win, list):
-            y = win[0]
-            for part in win[1:]:
-                y = jnp.maximum(y, part)
-        else:
-            y = jnp.max(win, axis=(2, 4))
-        return y, (x, y)
+            return win
+        return [win[:, :, i, :, j] for i in range(win.shape[2]) for j in range(win.shape[4])]
 
-    def _winner_masks(self, x, y):
-        """One boolean mask (N, Ho, Wo, C) per window offset k = i kw + j: "element k is the window's first maximum".
+    def _max_and_winner(self, x):
+        """y = the max over the offsets; winner = the first offset k holding it (ties go to the lowest k).
 
-        Offsets are visited in row-major order; an offset equal to the max wins
-        only if no earlier one did, so exactly one mask is set per window.
+        One variadic reduction over the stacked offsets (N, Ho, Wo, C, kh kw)
+        of (value, k) pairs, the pair with the larger value (NaN counting as
+        the largest, so y propagates NaN) or, between equal values, the lower k
+        winning. Being a reduction, XLA materialises winner in the forward
+        instead of re-deriving it in the backward from x, which then need not
+        stay alive until backward.
         """
-        win = self._windows(x, -jnp.inf)
-        if not isinstance(win, list):
-            win = [win[:, :, i, :, j] for i in range(win.shape[2]) for j in range(win.shape[4])]
-        masks, taken = [], None
-        for part in win:
-            hit = part == y
-            masks.append(hit if taken is None else hit & ~taken)
-            taken = hit if taken is None else taken | hit
-        return masks
+        stacked = jnp.stack(self._offsets(x), axis=-1)
+        kdtype = jnp.int8 if stacked.shape[-1] <= 127 else jnp.int32
+        ks = lax.broadcasted_iota(kdtype, stacked.shape, stacked.ndim - 1)
+
+        def pick(a, b):
+            (av, ak), (bv, bk) = a, b
+            take_a = (av > bv) | (av != av) | ((av == bv) & (ak < bk))
+            return lax.select(take_a, av, bv), lax.select(take_a, ak, bk)
+
+        init = (jnp.array(-jnp.inf, x.dtype), jnp.array(stacked.shape[-1], kdtype))
+        y, winner = lax.reduce((stacked, ks), init, pick, (stacked.ndim - 1,))
+        return y, winner
 
     def backward(self, params, cache, dy):
         """All of dy[n, o, p, c] goes to its window's winner; an element winning several windows gets the sum.
@@ -133,24 +147,27 @@ class MaxPool2D(_Pool2D):
         where (i*, j*) is the first maximum of window (o, p) in row-major
         order (ties: only the first tied element gets the gradient, as
         ``jax.grad`` of ``lax.reduce_window`` max; ``jax.grad`` of ``jnp.max``
-        would split it). Written with comparisons, pads and reshapes only,
-        so it never lowers to ``select_and_scatter_add``.
+        would split it), cached by forward as winner = i* kw + j*. Written
+        with comparisons, pads and reshapes only, so it never lowers to
+        ``select_and_scatter_add``.
         """
-        x, y = cache
-        window, stride, _, _ = self._geometry(x.shape[1:3])
+        winner, shape = cache
+        window, stride, _, _ = self._geometry(shape[1:3])
         zero = jnp.zeros((), dy.dtype)
-        parts = [jnp.where(m, dy, zero) for m in self._winner_masks(x, y)]
+        kh, kw = window
         if window == stride:
-            kh, kw = window
-            rows = [jnp.stack(parts[i * kw : (i + 1) * kw], axis=3) for i in range(kh)]  # (N, Ho, Wo, kw, C)
-            parts = jnp.stack(rows, axis=2)  # (N, Ho, kh, Wo, kw, C)
-        return {}, self._unwindow(parts, x.shape)
+            # one broadcast compare: window element (i, j) of (N, Ho, kh, Wo, kw, C) gets dy where winner == i kw + j
+            k = (jnp.arange(kh, dtype=winner.dtype).reshape(1, 1, kh, 1, 1, 1) * kw
+                 + jnp.arange(kw, dtype=winner.dtype).reshape(1, 1, 1, 1, kw, 1))
+            hit = winner[:, :, None, :, None, :] == k
+            parts = jnp.where(hit, dy[:, :, None, :, None, :], zero)
+        else:
+            parts = [jnp.where(winner == k, dy, zero) for k in range(kh * kw)]
+        return {}, self._unwindow(parts, shape)
 
     def kink_pattern(self, cache):
         """The winner's row-major index i kw + j within its window, for every output: (N, Ho, Wo, C) int32."""
-        x, y = cache
-        masks = self._winner_masks(x, y)
-        return sum((m.astype(jnp.int32) * k for k, m in enumerate(masks)), jnp.zeros(y.shape, jnp.int32))
+        return cache[0].astype(jnp.int32)
 
 
 @dataclass(frozen=True)

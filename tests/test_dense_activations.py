@@ -98,3 +98,14 @@ def test_dense_params_mismatch():
 def test_activation_rejects_integers():
     with pytest.raises(TypeError, match="Tanh: expected x of a floating dtype"):
         mbp.Tanh().forward({}, jnp.arange(3))
+
+
+def test_large_relu_caches_a_packed_mask_and_matches_reference():
+    """Inputs of >= 2^20 elements cache [x > 0] packed 8 to a byte instead of x (see activations.py)."""
+    x = jax.random.normal(jax.random.key(3), (2, 64, 64, 128), jnp.float32).at[0, 0, 0, :8].set(0.0)
+    relu = mbp.ReLU()
+    _, cache = relu.forward({}, x)
+    assert cache.dtype == jnp.uint8 and cache.shape == (2, 64, 64, 16)
+    assert jnp.array_equal(relu.kink_pattern(cache), x > 0)
+    report = mbp.check_layer(relu, {}, x, jit=True)
+    assert report.ok and report.row("ReLU", "dL/dx").exact, str(report)
