@@ -8,10 +8,13 @@ every hidden state (B, T, H) (``return_sequences=True``) or only the last
 as the matching tuple ``(dx, dh0)`` / ``(dx, dh0, dc0)``.
 
 Inside, sequences are time-major (T, B, .) so ``lax.scan`` walks axis 0.
-The work that does not depend on the recurrence is hoisted out of the scans
-as single matmuls over all T*B rows: the input projection x_t Wx + b in the
-forward, and dWx, dWh, db, dx in the backward. The reverse scan carries only
-dL/dh (LSTM: dL/dh and dL/dc) and does one (B, G) x (G, H) matmul per step.
+The input projection x_t Wx is hoisted out of the forward scan as a single
+matmul over all T*B rows. The RNN also hoists dWx, dWh, db and dx out of
+its reverse scan (single matmuls over all T*B rows), which carries only
+dL/dh and does one (B, H) x (H, H) matmul per step. The LSTM's reverse scan
+carries dL/dh and dL/dc and accumulates dWx, dWh, db (and emits dx_t) step
+by step instead: a (T, B, 4H) stack of delta z on top of its cache would
+double the step's temporary memory (see ``LSTM._bptt``).
 
 Shared weights (seed 002): Wx, Wh and b are used at every step, so their
 gradient is the SUM over time steps of the per-step gradients.
@@ -39,11 +42,6 @@ def _time_major(a):
 def _rows(a):
     """(T, B, K) -> (T*B, K): every step of every sequence is one row of a matmul."""
     return a.reshape(-1, a.shape[-1])
-
-
-def _sigmoid(z):
-    """1 / (1 + e^-z), written with tanh so e^-z cannot overflow (as ``Sigmoid``)."""
-    return 0.5 * (jnp.tanh(0.5 * z) + 1)
 
 
 def _bias(b, ndim):
@@ -310,29 +308,45 @@ class LSTM(_Recurrent):
     def forward(self, params, x):
         """x: (B, T, D) or (x, h0, c0) -> y: (B, T, H) or (B, H).
 
-        Cache, per step (T, B, .): the gates [i, f, g, o] (4H) and the states
-        h_(t-1), c_(t-1) the step started from; c_t and tanh(c_t) are recomputed
-        by the backward pass from these (cheaper than storing them).
+        Cache, per step (T, B, .): [x_t, h_(t-1)] (D + H, side by side: the
+        rows of both weight gradients at step t), the gates [i, f, g, o] (4H)
+        and the cell state c_(t-1) the step started from; c_t and tanh(c_t) are
+        recomputed by the backward pass from these (cheaper than storing them).
+
+        The gates are written over the buffer of the hoisted x_t Wx (step t reads
+        row t, then overwrites it), so the forward holds one (T, B, 4H) array,
+        not two: the whole step's temporaries stay small enough for the
+        allocator to reuse them instead of mapping fresh pages every call.
         """
         check_params(self, params, ("Wx", "Wh", "b"))
         x, (h0, c0) = self._unpack(params, x)
         Wx, Wh, b = params["Wx"], params["Wh"], _bias(params["b"], 2)
+        H = self.hidden
         xs = _time_major(x)  # (T, B, D)
-        xw = (_rows(xs) @ Wx).reshape(*xs.shape[:2], 4 * self.hidden)  # hoisted: x_t Wx for all t, one matmul
+        T, B, D = xs.shape
+        xw = (_rows(xs) @ Wx).reshape(T, B, 4 * H)  # hoisted: x_t Wx for all t, one matmul
+        # sigma(z) = (tanh(z/2) + 1) / 2, so all four gates are one tanh over (B, 4H): a * tanh(a z) + s
+        a = jnp.repeat(jnp.asarray([0.5, 0.5, 1.0, 0.5], x.dtype), H)[None]  # (1, 4H)
+        s = jnp.repeat(jnp.asarray([0.5, 0.5, 0.0, 0.5], x.dtype), H)[None]
 
-        def step(state, xw_t):
-            h_prev, c_prev = state
-            zi, zf, zg, zo = jnp.split(xw_t + h_prev @ Wh + b, 4, axis=1)  # 4 x (B, H)
-            i, f, g, o = _sigmoid(zi), _sigmoid(zf), jnp.tanh(zg), _sigmoid(zo)
+        def step(t, state):
+            h_prev, c_prev, gates, xh, cs = state
+            z = lax.dynamic_index_in_dim(gates, t, keepdims=False) + h_prev @ Wh + b  # x_t Wx + h_(t-1) Wh + b
+            act = a * jnp.tanh(a * z) + s  # [i, f, g, o] = [sigma(z^i), sigma(z^f), tanh(z^g), sigma(z^o)]
+            i, f, g, o = jnp.split(act, 4, axis=1)
             c = f * c_prev + i * g
-            return (o * jnp.tanh(c), c), (jnp.concatenate([i, f, g, o], axis=1), h_prev, c_prev)
+            return (o * jnp.tanh(c), c, lax.dynamic_update_index_in_dim(gates, act, t, 0),
+                    lax.dynamic_update_slice(xh, h_prev[None], (t, 0, D)), lax.dynamic_update_index_in_dim(cs, c_prev, t, 0))
 
-        (h_last, _), (gates, h_prev, c_prev) = lax.scan(step, (h0, c0), xw)
+        states = jnp.zeros((T, B, H), x.dtype)
+        xh = jnp.concatenate([xs, states], axis=2)  # (T, B, D + H): [x_t, h_(t-1)], the rows of both dW at step t
+        h_last, _, gates, xh, c_prev = lax.fori_loop(0, T, step, (h0, c0, xw, xh, states))
+        h_prev = xh[:, :, D:]
         if self.return_sequences:
             y = _time_major(jnp.concatenate([h_prev[1:], h_last[None]]))  # h_1 .. h_T
         else:
             y = h_last
-        return y, (xs, gates, h_prev, c_prev)
+        return y, (xh, gates, c_prev)
 
     def _bptt(self, params, cache, dy):
         """Backprop through time carrying (dL/dh, dL/dc) from step t+1 to step t.
@@ -346,16 +360,21 @@ class LSTM(_Recurrent):
             dW_x = \\sum_t x_t^T \\delta z_t,\\ dW_h = \\sum_t h_{t-1}^T \\delta z_t,\\ db = \\sum_{t,n} \\delta z_t
             dx_t = \\delta z_t W_x^T,\\ dh_0 = \\delta z_1 W_h^T,\\ dc_0 = \\delta c_1 \\odot f_1
 
-        The carry is (delta z_t Wh^T, delta c_t * f_t), both (B, H); the
-        per-step gradients returned are the totals delta h_t and delta c_t.
+        The carry is (delta z_t Wh^T, delta c_t * f_t), both (B, H), and the
+        running sums [dW_x; dW_h] (one matmul per step: [x_t, h_(t-1)]^T delta z_t)
+        and db: they are accumulated step by step inside the reverse scan, so no
+        (T, B, 4H) stack of delta z is ever held (with the forward's cache that
+        would double the step's temporary memory, whose fresh pages cost more
+        than a few large matmuls over all T*B rows save). The per-step
+        gradients returned are the totals delta h_t and delta c_t.
         """
-        xs, gates, h_prev, c_prev = cache
+        xh, gates, c_prev = cache
         Wx, Wh = params["Wx"], params["Wh"]
-        dys, dh_seed = self._upstream(h_prev, dy)
+        dys, dh_seed = self._upstream(c_prev, dy)
 
         def step(carry, inputs):
-            dh_next, dc_next = carry
-            dy_t, gates_t, cp_t = inputs
+            dh_next, dc_next, dWxh, db = carry
+            dy_t, gates_t, xh_t, cp_t = inputs
             i, f, g, o = jnp.split(gates_t, 4, axis=1)
             tc_t = jnp.tanh(f * cp_t + i * g)  # tanh(c_t), recomputed from the cache
             dh = dh_next if dy_t is None else dh_next + dy_t  # total dL/dh_t
@@ -363,11 +382,12 @@ class LSTM(_Recurrent):
             dz = jnp.concatenate(
                 [dc * g * i * (1 - i), dc * cp_t * f * (1 - f), dc * i * (1 - g * g), dh * tc_t * o * (1 - o)], axis=1
             )  # (B, 4H): dL/d[z^i, z^f, z^g, z^o]
-            return (dz @ Wh.T, dc * f), (dz, dh, dc)
+            sums = (dWxh + xh_t.T @ dz, db + jnp.sum(dz, axis=0))  # [x_t, h_(t-1)]^T dz: dW_x and dW_h stacked
+            return (dz @ Wh.T, dc * f, *sums), (dz @ Wx.T, dh, dc)
 
-        carry = (dh_seed, jnp.zeros_like(dh_seed))
-        (dh0, dc0), (dz, dh, dc) = lax.scan(step, carry, (dys, gates, c_prev), reverse=True)
-        dz2 = _rows(dz)  # (T*B, 4H)
-        dparams = {"Wx": _rows(xs).T @ dz2, "Wh": _rows(h_prev).T @ dz2, "b": jnp.sum(dz2, axis=0)}
-        dx = _time_major((dz2 @ Wx.T).reshape(*xs.shape))  # (B, T, D)
-        return dparams, self._dx(dx, (dh0, dc0)), {"h": dh, "c": dc}
+        D = Wx.shape[0]
+        carry = (dh_seed, jnp.zeros_like(dh_seed), jnp.zeros((D + Wh.shape[0], Wh.shape[1]), Wh.dtype),
+                 jnp.zeros_like(params["b"]))
+        (dh0, dc0, dWxh, db), (dx, dh, dc) = lax.scan(step, carry, (dys, gates, xh, c_prev), reverse=True)
+        dparams = {"Wx": dWxh[:D], "Wh": dWxh[D:], "b": db}
+        return dparams, self._dx(_time_major(dx), (dh0, dc0)), {"h": dh, "c": dc}
