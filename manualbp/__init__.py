@@ -18,8 +18,8 @@ from manualbp.norm import BatchNorm, LayerNorm
 from manualbp.pool import AvgPool2D, MaxPool2D
 from manualbp.recurrent import LSTM, RNN
 from manualbp.report import Report, Row
-from manualbp.residual import Residual
 from manualbp.reshape import Flatten
+from manualbp.residual import Residual
 from manualbp.sequential import Parallel, Sequential
 from manualbp.tolerances import Tolerance, tolerance
 

@@ -11,8 +11,8 @@ the mask [x > 0] packed 8 to a byte instead).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import jax.numpy as jnp
 from jax import lax

@@ -43,7 +43,7 @@ def _check(args) -> int:
         print(json.dumps({"ok": ok, "dtype": args.dtype, "seed": args.seed,
                           "reports": {name: r.to_dict() for name, r in reports}}, indent=2))
     else:
-        for name, report in reports:
+        for _, report in reports:
             print(report)
             print()
         print(("PASS" if ok else "FAIL") + f": {sum(r.ok for _, r in reports)} of {len(reports)} reports pass "

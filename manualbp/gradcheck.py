@@ -119,8 +119,11 @@ def _directions(report, model, head, params, x, y, mask, grads, dx, k, eps, key)
         if x_float and dx is not None:
             cases.append(("x", _unit(kx, x), dx))
         for what, v, g in cases:
-            shift = (lambda s: (jax.tree_util.tree_map(lambda a, b: a + s * b, params, v), x)) if what == "params" \
-                else (lambda s: (params, jax.tree_util.tree_map(lambda a, b: a + s * b, x, v)))
+            def shift(s, what=what, v=v):
+                """(params, x) moved by s along v in the space named by ``what``."""
+                moved = jax.tree_util.tree_map(lambda a, b: a + s * b, params if what == "params" else x, v)
+                return (moved, x) if what == "params" else (params, moved)
+
             lp, pa = f(*shift(eps))
             lm, pb = f(*shift(-eps))
             numeric = (lp - lm) / (2 * eps)

@@ -9,7 +9,18 @@ must not agree with itself.
 """
 
 from reference import (  # noqa: F401  (registers the rules)
-    activations, conv, dense, embedding, losses, nodes, norm, pool, recurrent, reshape, residual, sequential,
+    activations,
+    conv,
+    dense,
+    embedding,
+    losses,
+    nodes,
+    norm,
+    pool,
+    recurrent,
+    reshape,
+    residual,
+    sequential,
 )
 from reference.backprop import trace, value_and_grad, vjp_layer
 from reference.layer import Taps, apply, forward, head_forward

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 
-import jax
 import jax.numpy as jnp
 
 
@@ -32,7 +31,7 @@ class Taps:
         self.zeros = {} if zeros is None else zeros
         self.outputs = {} if outputs is None else outputs
 
-    def child(self, name: str) -> "Taps":
+    def child(self, name: str) -> Taps:
         path = f"{self.path}/{name}" if self.path else name
         return Taps(self.values, path, self.zeros, self.outputs)
 
@@ -61,7 +60,7 @@ class Taps:
 class NoTaps(Taps):
     """Taps that are not there: for plain training and value_and_grad."""
 
-    def child(self, name: str) -> "NoTaps":
+    def child(self, name: str) -> NoTaps:
         return self
 
     def perturbation(self, kind, shape, dtype):

@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from reference import value_and_grad as reference_step
 from manualbp.activations import ReLU
 from manualbp.backprop import loss_and_grads
 from manualbp.benchmark import compile_time, interleaved, machine
@@ -23,6 +22,7 @@ from manualbp.losses import SoftmaxCrossEntropy
 from manualbp.pool import MaxPool2D
 from manualbp.reshape import Flatten
 from manualbp.sequential import Sequential
+from reference import value_and_grad as reference_step
 
 BATCH = 128
 INPUT = (28, 28, 1)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from reference import value_and_grad as reference_step
 from manualbp.activations import ReLU
 from manualbp.backprop import loss_and_grads
 from manualbp.benchmark import compile_time, interleaved, machine
 from manualbp.dense import Dense
 from manualbp.losses import SoftmaxCrossEntropy
 from manualbp.sequential import Sequential
+from reference import value_and_grad as reference_step
 
 SIZES = (784, 512, 512, 10)
 BATCH = 256

@@ -12,13 +12,13 @@ import os
 import jax
 import jax.numpy as jnp
 
-from reference import value_and_grad as reference_step
 from manualbp.backprop import loss_and_grads
 from manualbp.benchmark import compile_time, interleaved, machine
 from manualbp.dense import Dense
 from manualbp.losses import SoftmaxCrossEntropy
 from manualbp.recurrent import LSTM, RNN
 from manualbp.sequential import Sequential
+from reference import value_and_grad as reference_step
 
 D, H, T, BATCH, CLASSES = 64, 256, 64, 64, 10
 TARGETS = {"rnn": 0.75, "lstm": 0.85}
