@@ -99,15 +99,6 @@ def check_params(layer, params, keys: tuple[str, ...]):
         )
 
 
-def check_same_shape(layer, a, b, *, what: str = "dy", like: str = "y"):
-    """Raise a ValueError unless two arrays have one shape (no silent broadcasting)."""
-    if tuple(a.shape) != tuple(b.shape):
-        raise ValueError(
-            f"{layer.name}: expected {what} of shape {tuple(b.shape)} (the shape of {like}), "
-            f"got {tuple(a.shape)}"
-        )
-
-
 def is_concrete(tree) -> bool:
     """True when no leaf of ``tree`` is a tracer (i.e. we run eagerly and may inspect values)."""
     return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
