@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -150,6 +149,3 @@ class Report:
                      for r in self.rows],
             "timestep_norms": {k: [_json_float(float(v)) for v in vals] for k, vals in self.timestep_norms.items()},
         }
-
-    def to_json(self, **kwargs) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
