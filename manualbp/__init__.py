@@ -1,32 +1,49 @@
 """manualbp: backpropagation written out by hand in JAX, proven against jax.grad.
 
-Layers (forward AND hand-written backward), heads, and the tools that
-compare them with the autodiff twin in ``reference``.
+Layers (forward AND hand-written backward) and heads live in ``manualbp.layers``;
+the tools that compare them with the autodiff twin in ``reference`` live in
+``manualbp.verify``; training in ``manualbp.training``; the command line in
+``manualbp.cli``.
 """
 
-from manualbp.activations import GELU, Elementwise, Identity, LeakyReLU, ReLU, Sigmoid, Softplus, Tanh
 from manualbp.backprop import value_and_grad
-from manualbp.conv import Conv2D
-from manualbp.dense import Dense
-from manualbp.diagnostics import GradientFlow, gradient_flow
-from manualbp.embedding import Embedding
-from manualbp.gradcheck import gradcheck
-from manualbp.layer import Layer
-from manualbp.losses import MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
-from manualbp.nodes import Add, Multiply
-from manualbp.norm import BatchNorm, LayerNorm
-from manualbp.pool import AvgPool2D, MaxPool2D
-from manualbp.recurrent import LSTM, RNN
-from manualbp.report import Report, Row
-from manualbp.reshape import Flatten
-from manualbp.residual import Residual
-from manualbp.sequential import Parallel, Sequential
-from manualbp.tolerances import Tolerance, tolerance
-
-# the comparison tools import the reference, which registers rules for the layers above
-from manualbp.compare import check_layer, compare  # noqa: E402  isort: skip
-from manualbp.train import train, train_twin  # noqa: E402  isort: skip
-from manualbp.clip import clip_by_global_norm  # noqa: E402  isort: skip
+from manualbp.layers import (
+    GELU,
+    LSTM,
+    RNN,
+    Add,
+    AvgPool2D,
+    BatchNorm,
+    Conv2D,
+    Dense,
+    Elementwise,
+    Embedding,
+    Flatten,
+    Identity,
+    Layer,
+    LayerNorm,
+    LeakyReLU,
+    MaxPool2D,
+    MeanSquaredError,
+    Multiply,
+    Parallel,
+    ReLU,
+    Residual,
+    Sequential,
+    Sigmoid,
+    SigmoidBinaryCrossEntropy,
+    SoftmaxCrossEntropy,
+    Softplus,
+    Tanh,
+)
+from manualbp.training import data
+from manualbp.training.clip import clip_by_global_norm
+from manualbp.training.train import train, train_twin
+from manualbp.verify.compare import check_layer, compare
+from manualbp.verify.diagnostics import GradientFlow, gradient_flow
+from manualbp.verify.gradcheck import gradcheck
+from manualbp.verify.report import Report, Row
+from manualbp.verify.tolerances import Tolerance, tolerance
 
 __all__ = [
     "GELU", "Add", "Dense", "Elementwise", "Identity", "Layer", "LeakyReLU", "MeanSquaredError",
@@ -36,5 +53,5 @@ __all__ = [
     "BatchNorm", "GradientFlow", "LayerNorm", "Residual", "gradient_flow",
     "Embedding", "LSTM", "RNN",
     "AvgPool2D", "Conv2D", "Flatten", "MaxPool2D",
-    "clip_by_global_norm", "train", "train_twin",
+    "clip_by_global_norm", "data", "train", "train_twin",
 ]

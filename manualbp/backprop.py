@@ -11,7 +11,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from manualbp.layer import check_finite, is_concrete
+from manualbp.layers.base import check_finite, is_concrete
 
 
 def loss_and_grads(model, head, params, x, y, mask=None):

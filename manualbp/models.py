@@ -8,15 +8,16 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from manualbp.activations import ReLU, Tanh
-from manualbp.conv import Conv2D
-from manualbp.dense import Dense
-from manualbp.embedding import Embedding
-from manualbp.losses import SoftmaxCrossEntropy
-from manualbp.pool import MaxPool2D
-from manualbp.recurrent import LSTM, RNN
-from manualbp.reshape import Flatten
-from manualbp.sequential import Sequential
+from manualbp.layers.activations import ReLU, Tanh
+from manualbp.layers.conv import Conv2D
+from manualbp.layers.dense import Dense
+from manualbp.layers.embedding import Embedding
+from manualbp.layers.heads import SoftmaxCrossEntropy
+from manualbp.layers.lstm import LSTM
+from manualbp.layers.pool import MaxPool2D
+from manualbp.layers.recurrent import RNN
+from manualbp.layers.reshape import Flatten
+from manualbp.layers.sequential import Sequential
 
 
 class Builtin(NamedTuple):

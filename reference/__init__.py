@@ -2,18 +2,21 @@
 
 Each layer's forward is written here independently with library ops
 (jax.nn, lax.conv_general_dilated, lax.reduce_window, lax.scan,
-optax.losses), and every gradient comes from jax.grad / jax.vjp only. This
-package reads manualbp layers' hyperparameters (it dispatches on their
+optax.losses), and every gradient comes from jax.grad / jax.vjp only. The
+files mirror ``manualbp/layers/`` one for one; ``dispatch`` holds the
+per-type dispatch and the zero taps, ``grad`` the jax.grad entry points.
+This package reads manualbp layers' hyperparameters (it dispatches on their
 types) but never calls their forward or backward: a wrong manual forward
 must not agree with itself.
 """
 
-from reference import (  # noqa: F401  (registers the rules)
+from . import (  # noqa: F401  (registers the rules)
     activations,
     conv,
     dense,
     embedding,
-    losses,
+    heads,
+    lstm,
     nodes,
     norm,
     pool,
@@ -22,7 +25,8 @@ from reference import (  # noqa: F401  (registers the rules)
     residual,
     sequential,
 )
-from reference.backprop import trace, value_and_grad, vjp_layer
-from reference.layer import Taps, apply, forward, head_forward
+from .dispatch import NoTaps, Taps, apply, forward, head_forward
+from .grad import loss_grads_outputs, trace, value_and_grad, vjp_layer
 
-__all__ = ["Taps", "apply", "forward", "head_forward", "trace", "value_and_grad", "vjp_layer"]
+__all__ = ["NoTaps", "Taps", "apply", "forward", "head_forward", "loss_grads_outputs", "trace", "value_and_grad",
+           "vjp_layer"]

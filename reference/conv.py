@@ -2,8 +2,9 @@
 
 from jax import lax
 
-import manualbp as mbp
-from reference.layer import forward
+import manualbp.layers as mbp
+
+from .dispatch import forward
 
 
 def _pair(v):

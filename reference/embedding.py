@@ -3,8 +3,9 @@
 import jax
 import jax.numpy as jnp
 
-import manualbp as mbp
-from reference.layer import forward
+import manualbp.layers as mbp
+
+from .dispatch import forward
 
 
 @forward.register

@@ -3,8 +3,9 @@
 import jax.numpy as jnp
 from jax import lax
 
-import manualbp as mbp
-from reference.layer import forward
+import manualbp.layers as mbp
+
+from .dispatch import forward
 
 
 def _dims(layer):

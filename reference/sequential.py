@@ -1,7 +1,8 @@
 """Reference containers: each child applied with its own taps."""
 
-import manualbp as mbp
-from reference.layer import apply, forward
+import manualbp.layers as mbp
+
+from .dispatch import apply, forward
 
 
 @forward.register

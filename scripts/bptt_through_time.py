@@ -2,7 +2,7 @@
 
 The loss sits at the last step only, so every dL/dh_t with t < T-1 arrives
 through the recurrence: for the RNN, dL/dh_(t-1) = (dL/dh_t (.) tanh'(z_t)) Wh^T,
-a product of T - t factors (seed 002/003: RNNs remain hard); for the LSTM
+a product of T - t factors (why plain RNNs are hard to train: Bengio et al. 1994); for the LSTM
 the cell state's additive path c_t = f (.) c_(t-1) + i (.) g passes the
 gradient on with gain f, no matrix and no squashing, so it fades much more
 slowly. The task needs memory: the label is the sign of the sum of the

@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 import manualbp as mbp
-from manualbp.clip import clip_by_global_norm
+from manualbp.training.clip import clip_by_global_norm
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

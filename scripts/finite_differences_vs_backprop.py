@@ -36,7 +36,7 @@ from jax.flatten_util import ravel_pytree  # noqa: E402
 
 import manualbp as mbp  # noqa: E402
 import reference as ref  # noqa: E402
-from manualbp.benchmark import block, interleaved, machine  # noqa: E402
+from manualbp.cli.benchmarks.timing import block, interleaved, machine  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -1,10 +1,10 @@
 """Vanishing gradients in a 20-layer MLP: ||delta^l|| per layer at init and after training.
 
 delta^l = dL/dz^l is a product over the layers above of W^T f'(z) factors
-(seed 000, BP2). sigmoid' <= 1/4, so a sigmoid stack multiplies the
+(BP2 of Nielsen, Neural Networks and Deep Learning, ch. 2). sigmoid' <= 1/4, so a sigmoid stack multiplies the
 gradient by a factor well below 1 at every layer and the first layers learn
 nothing; tanh (f' <= 1) and ReLU (f' in {0, 1}) shrink it less; an identity
-path (x + F(x), seed 000's ResNet) or a LayerNorm (which rescales each
+path (x + F(x), a ResNet block: dE/dx = dE/dy (1 + dF/dx)) or a LayerNorm (which rescales each
 layer's input) keeps it alive. The measured factor per layer is the
 geometric-mean ratio ||delta^l|| / ||delta^(l+1)||.
 

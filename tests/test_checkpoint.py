@@ -9,9 +9,9 @@ import optax
 import pytest
 
 import manualbp as mbp
-from manualbp import checkpoint as ckpt
-from manualbp import data
-from manualbp.train import train, train_twin
+from manualbp.training import checkpoint as ckpt
+from manualbp.training import data
+from manualbp.training.train import train, train_twin
 
 
 def _state():

@@ -7,10 +7,10 @@ import optax
 import pytest
 
 import manualbp as mbp
-from manualbp import data
-from manualbp.clip import clip_by_global_norm, global_norm
-from manualbp.report import compare_arrays
-from manualbp.train import train_twin
+from manualbp.training import data
+from manualbp.training.clip import clip_by_global_norm, global_norm
+from manualbp.training.train import train_twin
+from manualbp.verify.report import compare_arrays
 
 
 def _tree(dtype):

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from manualbp import data
+from manualbp.training import data
 
 
 @pytest.mark.parametrize("layout, shape", [("flat", (64,)), ("image", (8, 8, 1)), ("rows", (8, 8))])

@@ -7,7 +7,7 @@ import pytest
 import manualbp as mbp
 import reference as ref
 from manualbp.backprop import loss_and_grads
-from manualbp.report import compare_arrays
+from manualbp.verify.report import compare_arrays
 
 DTYPES = [jnp.float32, jnp.float64]
 

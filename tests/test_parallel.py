@@ -14,7 +14,7 @@ import textwrap
 import jax
 import pytest
 
-from manualbp import parallel
+from manualbp.training import parallel
 
 SCRIPT = textwrap.dedent("""
     import json
@@ -23,9 +23,9 @@ SCRIPT = textwrap.dedent("""
     jax.config.update("jax_numpy_rank_promotion", "raise")
     import jax.numpy as jnp, optax
     import manualbp as mbp
-    from manualbp import data, parallel
-    from manualbp.report import compare_arrays
-    from manualbp.train import make_step, train
+    from manualbp.training import data, parallel
+    from manualbp.verify.report import compare_arrays
+    from manualbp.training.train import make_step, train
 
     assert jax.device_count() == 4, jax.devices()
     d = data.spirals(n_train=64, n_test=32, dtype="float64")

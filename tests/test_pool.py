@@ -75,7 +75,7 @@ def test_ties_go_to_the_first_maximum_like_jax_grad_of_reduce_window():
     _, dx = layer.backward({}, layer.forward({}, x)[1], dy)
     expected = jnp.zeros((1, 3, 4, 1)).at[:, :2, :3].set(dy)
     assert jnp.array_equal(dx, expected)
-    _, pullback = jax.vjp(lambda x: ref.forward(layer, {}, x, ref.layer.NoTaps()), x)
+    _, pullback = jax.vjp(lambda x: ref.forward(layer, {}, x, ref.NoTaps()), x)
     assert jnp.array_equal(pullback(dy)[0], expected)
     # jax.grad of jnp.max over a reshaped window would split it instead: not the rule we match
     assert not jnp.array_equal(jax.grad(lambda x: jnp.max(x))(jnp.ones(4)), jnp.array([1.0, 0, 0, 0]))
@@ -96,7 +96,7 @@ def test_max_pool_backward_never_lowers_to_select_and_scatter(window, stride, pa
     assert "select_and_scatter" not in manual.as_text()
     assert "select-and-scatter(" not in manual.compile().as_text()  # the HLO op, after XLA's passes
     # ... while jax.grad of the reference does emit it (so the check above can fail)
-    autodiff = jax.jit(lambda x, dy: jax.vjp(lambda x: ref.forward(layer, {}, x, ref.layer.NoTaps()), x)[1](dy))
+    autodiff = jax.jit(lambda x, dy: jax.vjp(lambda x: ref.forward(layer, {}, x, ref.NoTaps()), x)[1](dy))
     assert "select_and_scatter" in autodiff.lower(x, dy).as_text()
 
 

@@ -1,6 +1,8 @@
-"""The one rule between the halves, enforced by reading the source.
+"""The one rule between the halves, and the floor plan, enforced by reading the source.
 
-manualbp/ never calls JAX autodiff; reference/ never calls a layer's forward/backward/init.
+manualbp/ never calls JAX autodiff; reference/ never calls a layer's forward/backward/init; only the
+modules named in ``CALLS_REFERENCE`` import the reference; imports point down the floor plan; and
+reference/ mirrors manualbp/layers/ file for file.
 """
 
 import ast
@@ -13,9 +15,36 @@ AUTODIFF = {"grad", "vjp", "jvp", "value_and_grad", "linearize", "jacrev", "jacf
             "custom_jvp", "linear_transpose", "closure_convert"}
 MANUAL_METHODS = {"forward", "backward", "init", "backward_trace"}
 
+# the manual modules that may import the reference (to compare with it, or to train/time its path beside manual)
+CALLS_REFERENCE = {
+    "manualbp/verify/compare.py",
+    "manualbp/training/step.py",
+    "manualbp/cli/benchmarks/cnn.py",
+    "manualbp/cli/benchmarks/mlp.py",
+    "manualbp/cli/benchmarks/recurrent.py",
+}
+
+# floor plan: what each part of manualbp may import (besides itself); imports point down
+MAY_IMPORT = {
+    "layers": set(),
+    "backprop.py": {"layers"},
+    "models.py": {"layers"},
+    "verify": {"layers", "backprop.py", "reference"},
+    "training": {"layers", "backprop.py", "verify", "reference"},
+    "cli": {"layers", "backprop.py", "models.py", "verify", "training", "reference"},
+}
+# the layer support files that have no reference twin: the protocol and the window geometry
+LAYER_SUPPORT = {"__init__", "base", "window"}
+# the reference's own modules: dispatch + taps, and the jax.grad entry points
+REFERENCE_SUPPORT = {"__init__", "dispatch", "grad"}
+
 
 def _sources(package):
     return sorted((ROOT / package).rglob("*.py"))
+
+
+def _rel(path):
+    return str(path.relative_to(ROOT))
 
 
 def _jax_aliases(tree):
@@ -45,17 +74,62 @@ def autodiff_uses(path):
     return hits
 
 
-@pytest.mark.parametrize("path", _sources("manualbp"), ids=lambda p: str(p.relative_to(ROOT)))
+def imported_modules(path):
+    """Every absolute module name ``path`` imports (``from a.b import c`` gives a.b and a.b.c)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
+def _part(module: str) -> str | None:
+    """The floor-plan part of a manualbp module name ("manualbp.verify.report" -> "verify"), or "reference"."""
+    parts = module.split(".")
+    if parts[0] == "reference":
+        return "reference"
+    if parts[0] != "manualbp" or len(parts) < 2:
+        return None
+    return parts[1] if parts[1] in MAY_IMPORT else f"{parts[1]}.py" if f"{parts[1]}.py" in MAY_IMPORT else None
+
+
+@pytest.mark.parametrize("path", _sources("manualbp"), ids=_rel)
 def test_manual_code_never_calls_autodiff(path):
     assert autodiff_uses(path) == []
 
 
-@pytest.mark.parametrize("path", _sources("reference"), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", _sources("reference"), ids=_rel)
 def test_reference_never_calls_manual_layers(path):
     tree = ast.parse(path.read_text())
     calls = [f"{path.name}:{n.lineno} {ast.unparse(n.func)}" for n in ast.walk(tree)
              if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in MANUAL_METHODS]
     assert calls == []
+
+
+@pytest.mark.parametrize("path", _sources("reference"), ids=_rel)
+def test_reference_imports_only_the_layers_of_manualbp(path):
+    """The twin reads the layer types (to dispatch on them) and nothing else of the manual engine."""
+    bad = {m for m in imported_modules(path) if m.startswith("manualbp") and _part(m) not in (None, "layers")}
+    bad |= {m for m in imported_modules(path) if m == "manualbp"}
+    assert bad == set()
+
+
+def test_only_the_named_modules_import_the_reference():
+    importers = {_rel(p) for p in _sources("manualbp") if any(_part(m) == "reference" for m in imported_modules(p))}
+    assert importers == CALLS_REFERENCE
+
+
+@pytest.mark.parametrize("path", [p for p in _sources("manualbp") if p.parent != ROOT / "manualbp"
+                                  or p.name in MAY_IMPORT], ids=_rel)
+def test_imports_point_down(path):
+    rel = path.relative_to(ROOT / "manualbp").parts
+    own = rel[0]
+    allowed = MAY_IMPORT[own] | {own}
+    parts = {_part(m) for m in imported_modules(path)} - {None}
+    assert parts <= allowed, f"{_rel(path)} imports {sorted(parts - allowed)}"
 
 
 def test_the_checker_catches_autodiff(tmp_path):
@@ -67,9 +141,13 @@ def test_the_checker_catches_autodiff(tmp_path):
     assert autodiff_uses(ok) == []
 
 
-def test_manual_modules_mirror_reference():
-    layer_files = {"activations", "dense", "losses", "nodes", "sequential", "layer", "backprop"}
-    manual = {p.stem for p in _sources("manualbp")}
-    ref = {p.stem for p in _sources("reference")} - {"__init__"}
-    assert layer_files <= manual
-    assert ref <= manual, f"reference files without a manual twin: {sorted(ref - manual)}"
+def test_the_checker_catches_an_upward_import(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("from manualbp.verify.report import Row\nimport reference\n")
+    assert {_part(m) for m in imported_modules(bad)} - {None} == {"verify", "reference"}
+
+
+def test_reference_mirrors_the_layers_file_for_file():
+    layers = {p.stem for p in (ROOT / "manualbp" / "layers").glob("*.py")} - LAYER_SUPPORT
+    ref = {p.stem for p in (ROOT / "reference").glob("*.py")} - REFERENCE_SUPPORT
+    assert layers == ref, f"only in manualbp/layers: {sorted(layers - ref)}; only in reference: {sorted(ref - layers)}"

@@ -9,8 +9,8 @@ import pytest
 
 import manualbp as mbp
 from manualbp.models import get
-from manualbp.report import compare_arrays
-from manualbp.tolerances import FINITE_DIFFERENCE
+from manualbp.verify.report import compare_arrays
+from manualbp.verify.tolerances import FINITE_DIFFERENCE
 
 HEAD = mbp.SoftmaxCrossEntropy()
 

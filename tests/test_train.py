@@ -10,9 +10,10 @@ import optax
 import pytest
 
 import manualbp as mbp
-from manualbp import cli_train, data, zoo
-from manualbp.report import compare_arrays
-from manualbp.train import Divergence, make_step, train, train_twin
+from manualbp.cli import train as cli_train
+from manualbp.training import data, zoo
+from manualbp.training.train import Divergence, make_step, train, train_twin
+from manualbp.verify.report import compare_arrays
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +114,7 @@ def test_bad_input(spirals):
         train(model, head, params, spirals, steps=0, batch_size=8, **kw)
     with pytest.raises(ValueError, match="grad must be one of"):
         train(model, head, params, spirals, steps=1, batch_size=8, grad="autodiff", **kw)
-    with pytest.raises(TypeError, match="data must be a manualbp.data.Dataset"):
+    with pytest.raises(TypeError, match="data must be a manualbp.training.data.Dataset"):
         train(model, head, params, (spirals.x_train, spirals.y_train), steps=1, batch_size=8, **kw)
 
 

@@ -1,0 +1,88 @@
+"""MLP 784-512-512-10 (ReLU, softmax cross-entropy), batch 256, float32: manual vs jax.grad.
+
+Also measures the peak GFLOP/s of ``jnp.dot`` on 2048x2048 float32, and the
+FLOPs a training step needs, so the manual step can be put against the
+matmul-only limit.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from manualbp.backprop import loss_and_grads
+from manualbp.cli.benchmarks.timing import compile_time, interleaved, machine
+from manualbp.layers.activations import ReLU
+from manualbp.layers.dense import Dense
+from manualbp.layers.heads import SoftmaxCrossEntropy
+from manualbp.layers.sequential import Sequential
+from reference import value_and_grad as reference_step
+
+SIZES = (784, 512, 512, 10)
+BATCH = 256
+
+
+def step_flops(sizes=SIZES, batch=BATCH) -> int:
+    """Matmul FLOPs of one step: forward x W, dW = x^T delta for every layer, dx = delta W^T for all but the first."""
+    per_layer = [2 * batch * a * b for a, b in zip(sizes[:-1], sizes[1:])]
+    return sum(per_layer) * 2 + sum(per_layer[1:])
+
+
+def peak_matmul_gflops(n: int = 2048, repeats: int = 20) -> float:
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    t = interleaved({"dot": dot}, (a, a), repeats=repeats)["dot"]["median_s"]
+    return 2 * n**3 / t / 1e9
+
+
+def run(repeats: int = 30) -> dict:
+    model = Sequential(Dense(SIZES[1]), ReLU(), Dense(SIZES[2]), ReLU(), Dense(SIZES[3]))
+    head = SoftmaxCrossEntropy()
+    params, _ = model.init(jax.random.key(0), (SIZES[0],), jnp.float32)
+    kx, ky = jax.random.split(jax.random.key(1))
+    x = jax.random.normal(kx, (BATCH, SIZES[0]), jnp.float32)
+    y = jax.random.randint(ky, (BATCH,), 0, SIZES[-1])
+
+    # fresh jits, so the first call measures trace + compile
+    contenders = {
+        "manual": jax.jit(lambda p, x, y: loss_and_grads(model, head, p, x, y)[:2]),
+        "jax.grad": jax.jit(reference_step(model, head, jit=False)),
+    }
+    compile_s = {name: compile_time(fn, params, x, y) for name, fn in contenders.items()}
+    times = interleaved(contenders, (params, x, y), repeats=repeats)
+    peak = peak_matmul_gflops()
+    flops = step_flops()
+    manual_gflops = flops / times["manual"]["median_s"] / 1e9
+    return {
+        "name": "mlp",
+        "config": {"sizes": SIZES, "batch": BATCH, "dtype": "float32", "activation": "relu", "repeats": repeats},
+        "machine": machine(),
+        "times": times,
+        "ratio": times["manual"]["median_s"] / times["jax.grad"]["median_s"],
+        "compile_s": compile_s,
+        "step_gflop": flops / 1e9,
+        "manual_gflops": manual_gflops,
+        "jaxgrad_gflops": flops / times["jax.grad"]["median_s"] / 1e9,
+        "peak_matmul_gflops": peak,
+        "manual_fraction_of_peak": manual_gflops / peak,
+    }
+
+
+def markdown(r: dict) -> str:
+    t, c = r["times"], r["compile_s"]
+    return "\n".join([
+        f"### MLP {'-'.join(map(str, r['config']['sizes']))}, batch {r['config']['batch']}, float32",
+        "",
+        "| contender | median step (ms) | p10-p90 (ms) | compile (s) | GFLOP/s |",
+        "|---|---|---|---|---|",
+        f"| manual | {t['manual']['median_s'] * 1e3:.2f} | {t['manual']['p10_s'] * 1e3:.2f}-"
+        f"{t['manual']['p90_s'] * 1e3:.2f} | {c['manual']:.2f} | {r['manual_gflops']:.1f} |",
+        f"| jax.grad | {t['jax.grad']['median_s'] * 1e3:.2f} | {t['jax.grad']['p10_s'] * 1e3:.2f}-"
+        f"{t['jax.grad']['p90_s'] * 1e3:.2f} | {c['jax.grad']:.2f} | {r['jaxgrad_gflops']:.1f} |",
+        "",
+        f"manual/jax.grad = **{r['ratio']:.3f}** (target <= 1.00); manual at "
+        f"**{100 * r['manual_fraction_of_peak']:.0f}%** of peak jnp.dot ({r['peak_matmul_gflops']:.1f} GFLOP/s on "
+        f"2048x2048 float32; target >= 70%); compile manual/jax.grad = {c['manual'] / c['jax.grad']:.2f} "
+        "(target <= 1). "
+        f"Step = {r['step_gflop']:.3f} GFLOP; {r['config']['repeats']} interleaved repeats.",
+    ])

@@ -1,0 +1,82 @@
+"""RNN and LSTM, D=64, H=256, T=64, batch 64, float32, loss on the last step's projection to 10 classes.
+
+Contenders, interleaved in one run: the manual BPTT step vs ``jax.value_and_grad``
+of the reference (the textbook step inside ``lax.scan``, default unroll).
+Targets on the 2-core CPU: manual/jax.grad <= 0.75 (RNN), <= 0.85 (LSTM).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+
+from manualbp.backprop import loss_and_grads
+from manualbp.cli.benchmarks.timing import compile_time, interleaved, machine
+from manualbp.layers.dense import Dense
+from manualbp.layers.heads import SoftmaxCrossEntropy
+from manualbp.layers.lstm import LSTM
+from manualbp.layers.recurrent import RNN
+from manualbp.layers.sequential import Sequential
+from reference import value_and_grad as reference_step
+
+D, H, T, BATCH, CLASSES = 64, 256, 64, 64, 10
+TARGETS = {"rnn": 0.75, "lstm": 0.85}
+
+
+def _one(name, layer, repeats):
+    model = Sequential(layer, Dense(CLASSES))
+    head = SoftmaxCrossEntropy()
+    params, _ = model.init(jax.random.key(0), (T, D), jnp.float32)
+    kx, ky = jax.random.split(jax.random.key(1))
+    x = jax.random.normal(kx, (BATCH, T, D), jnp.float32)
+    y = jax.random.randint(ky, (BATCH,), 0, CLASSES)
+    contenders = {  # fresh jits, so the first call measures trace + compile
+        "manual": jax.jit(lambda p, x, y: loss_and_grads(model, head, p, x, y)[:2]),
+        "jax.grad": jax.jit(reference_step(model, head, jit=False)),
+    }
+    compile_s = {k: compile_time(fn, params, x, y) for k, fn in contenders.items()}
+    times = interleaved(contenders, (params, x, y), repeats=repeats)
+    return {
+        "times": times,
+        "compile_s": compile_s,
+        "ratio": times["manual"]["median_s"] / times["jax.grad"]["median_s"],
+        "target": TARGETS[name],
+    }
+
+
+def run(repeats: int = 30) -> dict:
+    return {
+        "name": "recurrent",
+        "config": {"D": D, "H": H, "T": T, "batch": BATCH, "classes": CLASSES, "dtype": "float32",
+                   "loss": "softmax cross-entropy on the last step", "repeats": repeats},
+        "machine": machine(),
+        "load_average_1min_before": os.getloadavg()[0],  # other processes on the machine skew both contenders
+        "rnn": _one("rnn", RNN(H, return_sequences=False), repeats),
+        "lstm": _one("lstm", LSTM(H, return_sequences=False), repeats),
+    }
+
+
+def markdown(r: dict) -> str:
+    c = r["config"]
+    lines = [
+        f"### RNN and LSTM, D={c['D']}, H={c['H']}, T={c['T']}, batch {c['batch']}, float32, "
+        f"loss on the last step ({c['classes']} classes)",
+        "",
+        "| layer | contender | median step (ms) | p10-p90 (ms) | compile (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for name in ("rnn", "lstm"):
+        for who in ("manual", "jax.grad"):
+            t, cs = r[name]["times"][who], r[name]["compile_s"][who]
+            lines.append(f"| {name.upper()} | {who} | {t['median_s'] * 1e3:.2f} | {t['p10_s'] * 1e3:.2f}-"
+                         f"{t['p90_s'] * 1e3:.2f} | {cs:.2f} |")
+    lines.append("")
+    lines.append("; ".join(
+        f"{name.upper()} manual/jax.grad = **{r[name]['ratio']:.3f}** (target <= {r[name]['target']:.2f}), "
+        f"compile {r[name]['compile_s']['manual'] / r[name]['compile_s']['jax.grad']:.2f}"
+        for name in ("rnn", "lstm")
+    ) + f". {c['repeats']} interleaved repeats; jax.grad of the reference's lax.scan with default unroll; "
+      f"1-min load average before the run {r['load_average_1min_before']:.1f}.")
+    return "\n".join(lines)

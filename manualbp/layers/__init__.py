@@ -1,0 +1,27 @@
+"""The layers: each file one family, forward AND hand-written backward, the formula in the docstring.
+
+Every file here imports only ``base`` (the layer protocol and the input
+checks) and its own family; ``reference/`` holds, file for file, the same
+layers' forwards written with library ops and differentiated by jax.grad.
+"""
+
+from manualbp.layers.activations import GELU, Elementwise, Identity, LeakyReLU, ReLU, Sigmoid, Softplus, Tanh
+from manualbp.layers.base import Layer
+from manualbp.layers.conv import Conv2D
+from manualbp.layers.dense import Dense
+from manualbp.layers.embedding import Embedding
+from manualbp.layers.heads import MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
+from manualbp.layers.lstm import LSTM
+from manualbp.layers.nodes import Add, Multiply
+from manualbp.layers.norm import BatchNorm, LayerNorm
+from manualbp.layers.pool import AvgPool2D, MaxPool2D
+from manualbp.layers.recurrent import RNN
+from manualbp.layers.reshape import Flatten
+from manualbp.layers.residual import Residual
+from manualbp.layers.sequential import Parallel, Sequential
+
+__all__ = [
+    "GELU", "LSTM", "RNN", "Add", "AvgPool2D", "BatchNorm", "Conv2D", "Dense", "Elementwise", "Embedding", "Flatten",
+    "Identity", "Layer", "LayerNorm", "LeakyReLU", "MaxPool2D", "MeanSquaredError", "Multiply", "Parallel", "ReLU",
+    "Residual", "Sequential", "Sigmoid", "SigmoidBinaryCrossEntropy", "Softplus", "SoftmaxCrossEntropy", "Tanh",
+]

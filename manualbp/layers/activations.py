@@ -1,0 +1,205 @@
+"""Elementwise activations, each with its hand-written derivative.
+
+Every class states f and f' and the convention at non-differentiable
+points, chosen to match ``jax.nn`` (and so ``jax.grad`` of the reference).
+Backward is always dx = dy * f'(.) (the Hadamard product of BP1/BP2); what
+is cached is what f' is cheapest to compute from: the output y for sigmoid
+and tanh (f' = y(1-y), 1-y^2), the input x otherwise (for a large ReLU input,
+the mask [x > 0] packed 8 to a byte instead).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jax.numpy as jnp
+from jax import lax
+
+from manualbp.layers.base import Layer, check_array
+
+
+class Activation(Layer):
+    def forward(self, params, x):
+        check_array(self, x)
+        return self._forward(x)
+
+
+@dataclass(frozen=True)
+class Identity(Activation):
+    """f(x) = x, f'(x) = 1: the linear activation, which removes the (.) f' term of BP2."""
+
+    def _forward(self, x):
+        return x, None
+
+    def backward(self, params, cache, dy):
+        """dx = dy."""
+        return {}, dy
+
+
+@dataclass(frozen=True)
+class Sigmoid(Activation):
+    """f(x) = 1 / (1 + e^-x), f'(x) = f(x)(1 - f(x)) <= 1/4 (why deep sigmoid nets vanish)."""
+
+    def _forward(self, x):
+        y = 0.5 * (jnp.tanh(0.5 * x) + 1)  # = 1/(1+e^-x) without overflow of e^-x
+        return y, y
+
+    def backward(self, params, cache, dy):
+        """dx = dy * y (1 - y), from the cached output y."""
+        y = cache
+        return {}, dy * y * (1 - y)
+
+
+@dataclass(frozen=True)
+class Tanh(Activation):
+    """f(x) = tanh(x), f'(x) = 1 - tanh(x)^2."""
+
+    def _forward(self, x):
+        y = jnp.tanh(x)
+        return y, y
+
+    def backward(self, params, cache, dy):
+        """dx = dy * (1 - y^2), from the cached output y."""
+        y = cache
+        return {}, dy * (1 - y * y)
+
+
+@dataclass(frozen=True)
+class ReLU(Activation):
+    """f(x) = max(x, 0), f'(x) = 1 if x > 0 else 0; f'(0) = 0 as ``jax.nn.relu``.
+
+    (jax.grad of ``jnp.maximum(x, 0)`` gives 0.5 at 0; that of ``jax.nn.relu`` gives 0.)
+    """
+
+    def _forward(self, x):
+        return jnp.maximum(x, 0), _pack_mask(x > 0) if _packs(x) else x
+
+    def backward(self, params, cache, dy):
+        """dx = dy * [x > 0], from x or (large x) from the mask [x > 0] packed 8 to a byte."""
+        return {}, jnp.where(self.kink_pattern(cache), dy, 0)
+
+    def kink_pattern(self, cache):
+        return _unpack_mask(cache) if cache.dtype == jnp.uint8 else cache > 0
+
+
+# a large ReLU caches its mask [x > 0] packed 8 to a byte (a reduction, so XLA materialises it in the forward and
+# x need not stay alive until backward); a small one (e.g. one step of an RNN) caches x, with no packing work
+_PACK_MIN_SIZE = 1 << 20
+
+
+def _packs(x):
+    return x.ndim >= 1 and x.shape[-1] % 8 == 0 and x.size >= _PACK_MIN_SIZE
+
+
+def _bit_weights(ndim):
+    return (jnp.uint8(1) << jnp.arange(8, dtype=jnp.uint8)).reshape((1,) * ndim + (8,))
+
+
+def _pack_mask(mask):
+    """(..., C) bool -> (..., C / 8) uint8, bit k of byte g = mask[..., 8 g + k]."""
+    m = mask.reshape(*mask.shape[:-1], mask.shape[-1] // 8, 8).astype(jnp.uint8)
+    return jnp.sum(m * _bit_weights(mask.ndim), axis=-1, dtype=jnp.uint8)
+
+
+def _unpack_mask(bits):
+    """Inverse of ``_pack_mask``: (..., C / 8) uint8 -> (..., C) bool."""
+    m = (bits[..., None] & _bit_weights(bits.ndim)) != 0
+    return m.reshape(*bits.shape[:-1], bits.shape[-1] * 8)
+
+
+@dataclass(frozen=True)
+class LeakyReLU(Activation):
+    """f(x) = x if x >= 0 else s x, f'(x) = 1 if x >= 0 else s; f'(0) = 1 as ``jax.nn.leaky_relu``."""
+
+    negative_slope: float = 0.01
+
+    def _forward(self, x):
+        return jnp.where(x >= 0, x, self.negative_slope * x), x
+
+    def backward(self, params, cache, dy):
+        """dx = dy * (1 if x >= 0 else negative_slope)."""
+        x = cache
+        return {}, jnp.where(x >= 0, dy, self.negative_slope * dy)
+
+    def kink_pattern(self, cache):
+        return cache >= 0
+
+
+@dataclass(frozen=True)
+class Softplus(Activation):
+    """f(x) = log(1 + e^x), f'(x) = sigmoid(x)."""
+
+    def _forward(self, x):
+        y = jnp.maximum(x, 0) + jnp.log1p(jnp.exp(-jnp.abs(x)))  # stable for large |x|
+        return y, x
+
+    def backward(self, params, cache, dy):
+        """dx = dy * sigmoid(x)."""
+        x = cache
+        return {}, dy * 0.5 * (jnp.tanh(0.5 * x) + 1)
+
+
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+_GELU_C = 0.044715
+
+
+@dataclass(frozen=True)
+class GELU(Activation):
+    """Gaussian error linear unit, as ``jax.nn.gelu``.
+
+    approximate=True:  f(x) = x/2 (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3),
+                       f'(x) = (1 + tanh u)/2 + x/2 (1 - tanh^2 u) sqrt(2/pi) (1 + 3 0.044715 x^2)
+    approximate=False: f(x) = x Phi(x), f'(x) = Phi(x) + x phi(x),
+                       Phi(x) = (1 + erf(x/sqrt 2))/2, phi(x) = e^(-x^2/2)/sqrt(2 pi)
+    """
+
+    approximate: bool = True
+
+    def _forward(self, x):
+        if self.approximate:
+            t = jnp.tanh(_SQRT_2_OVER_PI * (x + _GELU_C * x**3))
+            return 0.5 * x * (1 + t), (x, t)
+        cdf = 0.5 * (1 + lax.erf(x / math.sqrt(2)))
+        return x * cdf, (x, cdf)
+
+    def backward(self, params, cache, dy):
+        """dx = dy * f'(x), f' as in the class docstring."""
+        x, s = cache
+        if self.approximate:
+            du = _SQRT_2_OVER_PI * (1 + 3 * _GELU_C * x * x)
+            return {}, dy * (0.5 * (1 + s) + 0.5 * x * (1 - s * s) * du)
+        pdf = jnp.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+        return {}, dy * (s + x * pdf)
+
+
+@dataclass(frozen=True)
+class Elementwise(Activation):
+    """A user's own activation: ``fn`` and its hand-written ``derivative``, both of x.
+
+    Backward is dx = dy * derivative(x). The reference differentiates ``fn``
+    with jax.grad, so ``check_layer``/``compare`` prove the derivative.
+
+    Example::
+
+        swish = Elementwise(lambda x: x * jax.nn.sigmoid(x),
+                            lambda x: jax.nn.sigmoid(x) * (1 + x * (1 - jax.nn.sigmoid(x))),
+                            label="swish")
+    """
+
+    fn: Callable
+    derivative: Callable
+    label: str = "Elementwise"
+
+    @property
+    def name(self):
+        return self.label
+
+    def _forward(self, x):
+        return self.fn(x), x
+
+    def backward(self, params, cache, dy):
+        """dx = dy * derivative(x)."""
+        x = cache
+        return {}, dy * self.derivative(x)

@@ -1,0 +1,79 @@
+"""Dense (fully connected) layer: y = x @ W + b on the last axis."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+from manualbp.layers.base import Layer, check_array, check_dtype_match, check_params
+
+
+@dataclass(frozen=True)
+class Dense(Layer):
+    """y = x W + b, acting on the last axis (so it is time-distributed on (B, T, D)).
+
+    Attributes:
+      features: output width ``out``.
+      use_bias: whether to add ``b``.
+
+    Params: ``W`` of shape (in, out) (LeCun-normal init, std 1/sqrt(in)),
+    ``b`` of shape (out,) (zeros).
+    """
+
+    features: int
+    use_bias: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.features, int) or self.features <= 0:
+            raise ValueError(f"Dense: features must be a positive int, got {self.features!r}")
+
+    def _keys(self):
+        return ("W", "b") if self.use_bias else ("W",)
+
+    def init(self, key, input_shape, dtype=jnp.float32):
+        if len(input_shape) < 1:
+            raise ValueError(f"Dense: expected an input shape of rank >= 1, got {tuple(input_shape)}")
+        fan_in = input_shape[-1]
+        params = {"W": jax.random.normal(key, (fan_in, self.features), dtype) / jnp.sqrt(fan_in).astype(dtype)}
+        if self.use_bias:
+            params["b"] = jnp.zeros((self.features,), dtype)
+        return params, (*input_shape[:-1], self.features)
+
+    def forward(self, params, x):
+        """x: (..., in) -> y: (..., out); cache: x (BP4 needs the layer's input a^(l-1))."""
+        check_params(self, params, self._keys())
+        check_array(self, x)
+        W = params["W"]
+        if x.shape[-1] != W.shape[0]:
+            raise ValueError(
+                f"Dense: expected x with last axis {W.shape[0]} (W has shape {tuple(W.shape)}), "
+                f"got x of shape {tuple(x.shape)}"
+            )
+        check_dtype_match(self, x, W)
+        y = x @ W
+        if self.use_bias:
+            y = y + params["b"][(None,) * (y.ndim - 1)]  # explicit broadcast over leading axes
+        return y, x
+
+    def backward(self, params, cache, dy):
+        """Backprop through z = a W + b, with delta = dy = dL/dz of shape (..., out).
+
+        .. math::
+            \\partial L/\\partial W = a^T \\delta  \\quad (BP4, summed over batch and time)
+            \\partial L/\\partial b = \\sum_n \\delta_n  \\quad (BP3)
+            \\partial L/\\partial a = \\delta W^T    \\quad (BP2 before the activation's f'(z))
+
+        Every leading axis is folded into one row axis so each gradient is one
+        matmul over the whole minibatch, not a loop over examples.
+        """
+        x = cache
+        W = params["W"]
+        x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+        dy2 = dy.reshape(-1, dy.shape[-1])  # (N, out)
+        grads = {"W": x2.T @ dy2}  # BP4: sum_n a_n^T delta_n
+        if self.use_bias:
+            grads["b"] = jnp.sum(dy2, axis=0)  # BP3
+        dx = dy @ W.T  # BP2: W^T delta
+        return grads, dx

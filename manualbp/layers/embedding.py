@@ -1,0 +1,86 @@
+"""Embedding: integer ids -> rows of a learned table; backward scatter-adds into the table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from manualbp.layers.base import Layer, check_dtype_match, check_params, describe, is_concrete
+
+
+@dataclass(frozen=True)
+class Embedding(Layer):
+    """y[..., :] = E[ids[...], :]: a lookup, i.e. a Dense layer on one-hot(ids) without the matmul.
+
+    Attributes:
+      vocab: V, the number of ids (ids lie in [0, V)).
+      features: F, the width of each row.
+
+    Params: ``E`` of shape (V, F), standard normal.
+
+    Input: integer ids of shape (B, ...) (usually (B, T)); output (B, ..., F).
+    The ids get no gradient: ``backward`` returns dx = None.
+    """
+
+    vocab: int
+    features: int
+
+    def __post_init__(self):
+        for field in ("vocab", "features"):
+            v = getattr(self, field)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"Embedding: {field} must be a positive int, got {v!r}")
+
+    def output_shape(self, input_shape):
+        return (*input_shape, self.features)
+
+    def init(self, key, input_shape, dtype=jnp.float32):
+        return {"E": jax.random.normal(key, (self.vocab, self.features), dtype)}, self.output_shape(input_shape)
+
+    def forward(self, params, x):
+        """ids x: integers (B, ...) -> y = E[x]: (B, ..., F); cache: the ids.
+
+        Out-of-range ids raise when x is concrete. Under ``jax.jit`` they cannot
+        be inspected; there an out-of-range id (negative ones included) reads a
+        zero row and gets no gradient, as one-hot(id) @ E would give.
+        """
+        check_params(self, params, ("E",))
+        E = params["E"]
+        V = E.shape[0]
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            raise TypeError(f"Embedding: expected integer ids as an array, got {type(x).__name__}")
+        if not jnp.issubdtype(x.dtype, jnp.integer):
+            raise TypeError(
+                f"Embedding: expected integer ids, got {describe(x)}; ids index rows of E, "
+                f"cast them, e.g. x.astype(jnp.int32)"
+            )
+        if x.ndim < 1:
+            raise ValueError(f"Embedding: expected ids of rank >= 1 (batch first), got shape {tuple(x.shape)}")
+        if is_concrete(x) and x.size:
+            lo, hi = int(np.min(np.asarray(x))), int(np.max(np.asarray(x)))
+            if lo < 0 or hi >= V:
+                raise ValueError(
+                    f"Embedding: ids must lie in [0, {V}) (E has shape {tuple(E.shape)}), got values in [{lo}, {hi}]"
+                )
+        safe = jnp.where((x >= 0) & (x < V), x, V)  # out of range -> V, an index the gather/scatter skip
+        return E.at[safe].get(mode="fill", fill_value=0), safe
+
+    def backward(self, params, cache, dy):
+        """Scatter-add: dE[v] = sum of dy[n] over every position n with ids[n] = v; no gradient for the ids.
+
+        .. math::
+            \\partial L/\\partial E = \\mathrm{onehot}(ids)^T \\, \\delta
+            \\quad (BP4 of a Dense layer on one-hot inputs; an id used k times gets k contributions)
+        """
+        ids = cache
+        E = params["E"]
+        if tuple(dy.shape) != (*ids.shape, E.shape[1]):
+            raise ValueError(
+                f"Embedding: expected dy of shape {(*ids.shape, E.shape[1])} (the shape of y), got {tuple(dy.shape)}"
+            )
+        check_dtype_match(self, dy, E, what="dy", wname="E")
+        dE = jnp.zeros_like(E).at[ids.reshape(-1)].add(dy.reshape(-1, E.shape[1]), mode="drop")
+        return {"E": dE}, None

@@ -1,0 +1,144 @@
+"""LSTM with hand-written backprop through time; the interface and BPTT layout of ``manualbp.layers.recurrent``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from manualbp.layers.base import check_params
+from manualbp.layers.recurrent import RecurrentBase, as_rows, bias_row, time_major
+
+
+@dataclass(frozen=True)
+class LSTM(RecurrentBase):
+    """Long short-term memory, gates i, f, g, o (Hochreiter & Schmidhuber 1997; forget gate of Gers et al.).
+
+    .. math::
+        [z^i, z^f, z^g, z^o] = x_t W_x + h_{t-1} W_h + b
+        i = \\sigma(z^i),\\ f = \\sigma(z^f),\\ g = \\tanh(z^g),\\ o = \\sigma(z^o)
+        c_t = f \\odot c_{t-1} + i \\odot g
+        h_t = o \\odot \\tanh(c_t)
+
+    The cell state's additive path c_(t-1) -> c_t (gain f, no matrix) is why
+    the LSTM keeps its gradient over many steps where a plain RNN loses it.
+
+    Attributes:
+      hidden: H, the width of h and c.
+      return_sequences: output all hidden states h (B, T, H), or the last (B, H).
+      initial_state: "zeros", or "given" (input ``(x, h0, c0)``, dx ``(dx, dh0, dc0)``).
+
+    Params: ``Wx`` (D, 4H) LeCun-normal, ``Wh`` (H, 4H) orthogonal per gate,
+    ``b`` (4H,) zeros except the forget gate's 1 (Jozefowicz et al. 2015).
+    Gate blocks are laid out [i | f | g | o] along the last axis.
+    """
+
+    hidden: int
+    return_sequences: bool = True
+    initial_state: str = "zeros"
+
+    n_states = 2
+
+    def __post_init__(self):
+        self._check_hyperparameters()
+
+    def init(self, key, input_shape, dtype=jnp.float32):
+        _, D = self._sequence_shape(input_shape)
+        H = self.hidden
+        kx, kh = jax.random.split(key)
+        orth = jax.nn.initializers.orthogonal()
+        params = {
+            "Wx": jax.random.normal(kx, (D, 4 * H), dtype) / jnp.sqrt(D).astype(dtype),
+            "Wh": jnp.concatenate([orth(k, (H, H), dtype) for k in jax.random.split(kh, 4)], axis=1),
+            "b": jnp.zeros((4 * H,), dtype).at[H : 2 * H].set(1),
+        }
+        return params, self.output_shape(input_shape)
+
+    def forward(self, params, x):
+        """x: (B, T, D) or (x, h0, c0) -> y: (B, T, H) or (B, H).
+
+        Cache, per step (T, B, .): [x_t, h_(t-1)] (D + H, side by side: the
+        rows of both weight gradients at step t), the gates [i, f, g, o] (4H)
+        and the cell state c_(t-1) the step started from; c_t and tanh(c_t) are
+        recomputed by the backward pass from these (cheaper than storing them).
+
+        The gates are written over the buffer of the hoisted x_t Wx (step t reads
+        row t, then overwrites it), so the forward holds one (T, B, 4H) array,
+        not two: the whole step's temporaries stay small enough for the
+        allocator to reuse them instead of mapping fresh pages every call.
+        """
+        check_params(self, params, ("Wx", "Wh", "b"))
+        x, (h0, c0) = self._unpack(params, x)
+        Wx, Wh, b = params["Wx"], params["Wh"], bias_row(params["b"], 2)
+        H = self.hidden
+        xs = time_major(x)  # (T, B, D)
+        T, B, D = xs.shape
+        xw = (as_rows(xs) @ Wx).reshape(T, B, 4 * H)  # hoisted: x_t Wx for all t, one matmul
+        # sigma(z) = (tanh(z/2) + 1) / 2, so all four gates are one tanh over (B, 4H): a * tanh(a z) + s
+        a = jnp.repeat(jnp.asarray([0.5, 0.5, 1.0, 0.5], x.dtype), H)[None]  # (1, 4H)
+        s = jnp.repeat(jnp.asarray([0.5, 0.5, 0.0, 0.5], x.dtype), H)[None]
+
+        def step(t, state):
+            h_prev, c_prev, gates, xh, cs = state
+            z = lax.dynamic_index_in_dim(gates, t, keepdims=False) + h_prev @ Wh + b  # x_t Wx + h_(t-1) Wh + b
+            act = a * jnp.tanh(a * z) + s  # [i, f, g, o] = [sigma(z^i), sigma(z^f), tanh(z^g), sigma(z^o)]
+            i, f, g, o = jnp.split(act, 4, axis=1)
+            c = f * c_prev + i * g
+            return (o * jnp.tanh(c), c, lax.dynamic_update_index_in_dim(gates, act, t, 0),
+                    lax.dynamic_update_slice(xh, h_prev[None], (t, 0, D)), lax.dynamic_update_index_in_dim(cs, c_prev, t, 0))
+
+        states = jnp.zeros((T, B, H), x.dtype)
+        xh = jnp.concatenate([xs, states], axis=2)  # (T, B, D + H): [x_t, h_(t-1)], the rows of both dW at step t
+        h_last, _, gates, xh, c_prev = lax.fori_loop(0, T, step, (h0, c0, xw, xh, states))
+        h_prev = xh[:, :, D:]
+        if self.return_sequences:
+            y = time_major(jnp.concatenate([h_prev[1:], h_last[None]]))  # h_1 .. h_T
+        else:
+            y = h_last
+        return y, (xh, gates, c_prev)
+
+    def _bptt(self, params, cache, dy):
+        """Backprop through time carrying (dL/dh, dL/dc) from step t+1 to step t.
+
+        .. math::
+            \\delta h_t = \\partial L/\\partial y_t + \\delta z_{t+1} W_h^T
+            \\delta c_t = \\delta c_{t+1} \\odot f_{t+1} + \\delta h_t \\odot o \\odot (1 - \\tanh^2 c_t)
+            \\delta o = \\delta h_t \\odot \\tanh c_t,\\ \\delta i = \\delta c_t \\odot g,\\
+            \\delta g = \\delta c_t \\odot i,\\ \\delta f = \\delta c_t \\odot c_{t-1}
+            \\delta z = [\\delta i\\, i(1-i),\\ \\delta f\\, f(1-f),\\ \\delta g\\,(1-g^2),\\ \\delta o\\, o(1-o)]
+            dW_x = \\sum_t x_t^T \\delta z_t,\\ dW_h = \\sum_t h_{t-1}^T \\delta z_t,\\ db = \\sum_{t,n} \\delta z_t
+            dx_t = \\delta z_t W_x^T,\\ dh_0 = \\delta z_1 W_h^T,\\ dc_0 = \\delta c_1 \\odot f_1
+
+        The carry is (delta z_t Wh^T, delta c_t * f_t), both (B, H), and the
+        running sums [dW_x; dW_h] (one matmul per step: [x_t, h_(t-1)]^T delta z_t)
+        and db: they are accumulated step by step inside the reverse scan, so no
+        (T, B, 4H) stack of delta z is ever held (with the forward's cache that
+        would double the step's temporary memory, whose fresh pages cost more
+        than a few large matmuls over all T*B rows save). The per-step
+        gradients returned are the totals delta h_t and delta c_t.
+        """
+        xh, gates, c_prev = cache
+        Wx, Wh = params["Wx"], params["Wh"]
+        dys, dh_seed = self._upstream(c_prev, dy)
+
+        def step(carry, inputs):
+            dh_next, dc_next, dWxh, db = carry
+            dy_t, gates_t, xh_t, cp_t = inputs
+            i, f, g, o = jnp.split(gates_t, 4, axis=1)
+            tc_t = jnp.tanh(f * cp_t + i * g)  # tanh(c_t), recomputed from the cache
+            dh = dh_next if dy_t is None else dh_next + dy_t  # total dL/dh_t
+            dc = dc_next + dh * o * (1 - tc_t * tc_t)  # total dL/dc_t
+            dz = jnp.concatenate(
+                [dc * g * i * (1 - i), dc * cp_t * f * (1 - f), dc * i * (1 - g * g), dh * tc_t * o * (1 - o)], axis=1
+            )  # (B, 4H): dL/d[z^i, z^f, z^g, z^o]
+            sums = (dWxh + xh_t.T @ dz, db + jnp.sum(dz, axis=0))  # [x_t, h_(t-1)]^T dz: dW_x and dW_h stacked
+            return (dz @ Wh.T, dc * f, *sums), (dz @ Wx.T, dh, dc)
+
+        D = Wx.shape[0]
+        carry = (dh_seed, jnp.zeros_like(dh_seed), jnp.zeros((D + Wh.shape[0], Wh.shape[1]), Wh.dtype),
+                 jnp.zeros_like(params["b"]))
+        (dh0, dc0, dWxh, db), (dx, dh, dc) = lax.scan(step, carry, (dys, gates, xh, c_prev), reverse=True)
+        dparams = {"Wx": dWxh[:D], "Wh": dWxh[D:], "b": db}
+        return dparams, self._dx(time_major(dx), (dh0, dc0)), {"h": dh, "c": dc}

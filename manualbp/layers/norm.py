@@ -1,0 +1,248 @@
+"""Normalization layers: LayerNorm (over the last axis) and BatchNorm (over every axis but the last).
+
+Both compute, over a set S of N entries per feature,
+
+    mu = mean_S(x),  var = mean_S((x - mu)^2),  rstd = (var + eps)^(-1/2),
+    xhat = (x - mu) rstd,  y = gamma xhat + beta
+
+and share one backward in the compact form. With dxhat = dy gamma and the
+sums over S,
+
+    dxhat_i/dx_j = rstd (delta_ij - 1/N) - (x_i - mu) rstd^3 (x_j - mu)/N
+                 = (rstd/N) (N delta_ij - 1 - xhat_i xhat_j)
+
+(the mean's own term in dvar/dx_j vanishes because sum_S (x - mu) = 0), so
+
+    dx_j = sum_i dxhat_i dxhat_i/dx_j
+         = (rstd/N) (N dxhat_j - sum_S dxhat - xhat_j sum_S dxhat xhat)
+
+one expression, no chain of intermediate nodes. dgamma = sum(dy xhat) and
+dbeta = sum(dy), summed over every axis but the last.
+
+Normalizing over N = 1 entry gives xhat = 0 whatever x is: the output no
+longer depends on the input and its gradient is identically 0. Both layers
+refuse it with a ValueError (LayerNorm over 1 feature; BatchNorm in training
+mode over a batch of 1 with no other axes), as PyTorch's BatchNorm does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import jax.numpy as jnp
+from jax import lax
+
+from manualbp.layers.base import Layer, check_array, check_dtype_match, check_params
+
+_KEYS = ("gamma", "beta")
+
+
+def _check_epsilon(layer):
+    eps = layer.epsilon
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"{layer.name}: epsilon must be a positive finite number, got {eps!r}")
+
+
+def _init(layer, input_shape, dtype):
+    if len(input_shape) < 1:
+        raise ValueError(f"{layer.name}: expected an input shape of rank >= 1, got {tuple(input_shape)}")
+    d = input_shape[-1]
+    return {"gamma": jnp.ones((d,), dtype), "beta": jnp.zeros((d,), dtype)}, tuple(input_shape)
+
+
+def _check_input(layer, params, x, min_ndim):
+    check_params(layer, params, _KEYS)
+    check_array(layer, x, min_ndim=min_ndim)
+    d = params["gamma"].shape[0]
+    if x.shape[-1] != d:
+        raise ValueError(
+            f"{layer.name}: expected x with last axis {d} (gamma has shape {tuple(params['gamma'].shape)}), "
+            f"got x of shape {tuple(x.shape)}"
+        )
+    check_dtype_match(layer, x, params["gamma"], wname="gamma")
+
+
+def _per_feature(v, ndim):
+    """(D,) -> (1, ..., 1, D) so it meets an array of rank ``ndim`` without implicit rank promotion."""
+    return v.reshape((1,) * (ndim - 1) + v.shape)
+
+
+def _normalize(params, x, axes, eps):
+    """(y, xhat, rstd, mu, var) with the statistics over ``axes`` (kept as size-1 axes)."""
+    mu = jnp.mean(x, axis=axes, keepdims=True)
+    xc = x - mu
+    var = jnp.mean(xc * xc, axis=axes, keepdims=True)
+    rstd = lax.rsqrt(var + jnp.asarray(eps, x.dtype))
+    xhat = xc * rstd
+    y = xhat * _per_feature(params["gamma"], x.ndim) + _per_feature(params["beta"], x.ndim)
+    return y, xhat, rstd, mu, var
+
+
+def _backward(params, xhat, rstd, dy, axes):
+    """(dparams, dx): the compact rule of the module docstring, the sums over ``axes``."""
+    n = math.prod(xhat.shape[a] for a in axes)
+    d = xhat.shape[-1]
+    dxhat = dy * _per_feature(params["gamma"], dy.ndim)
+    sum_dxhat = jnp.sum(dxhat, axis=axes, keepdims=True)
+    sum_dxhat_xhat = jnp.sum(dxhat * xhat, axis=axes, keepdims=True)
+    dx = (rstd / n) * (n * dxhat - sum_dxhat - xhat * sum_dxhat_xhat)
+    grads = {
+        "gamma": jnp.sum((dy * xhat).reshape(-1, d), axis=0),  # dgamma = sum dy xhat
+        "beta": jnp.sum(dy.reshape(-1, d), axis=0),  # dbeta = sum dy
+    }
+    return grads, dx
+
+
+@dataclass(frozen=True)
+class LayerNorm(Layer):
+    """y = gamma (x - mu) / sqrt(var + eps) + beta, mu and var over the last axis (per example, per step).
+
+    Attributes:
+      epsilon: added to the variance (> 0).
+
+    Params: ``gamma`` (D,) (ones) and ``beta`` (D,) (zeros). Input (..., D)
+    with D >= 2; output of the same shape.
+    """
+
+    epsilon: float = 1e-5
+
+    def __post_init__(self):
+        _check_epsilon(self)
+
+    def init(self, key, input_shape, dtype=jnp.float32):
+        del key
+        params, shape = _init(self, input_shape, dtype)
+        self._check_features(input_shape[-1])
+        return params, shape
+
+    def _check_features(self, d):
+        if d < 2:
+            raise ValueError(
+                f"{self.name}: normalizing over a last axis of size {d} is undefined (xhat = 0 whatever x is, "
+                "so the output would not depend on the input); LayerNorm needs >= 2 features"
+            )
+
+    def forward(self, params, x):
+        """x: (..., D) -> y: (..., D); cache: (xhat (..., D), rstd (..., 1))."""
+        _check_input(self, params, x, min_ndim=1)
+        self._check_features(x.shape[-1])
+        y, xhat, rstd, _, _ = _normalize(params, x, (x.ndim - 1,), self.epsilon)
+        return y, (xhat, rstd)
+
+    def backward(self, params, cache, dy):
+        """Compact LayerNorm backward, N = D, sums over the last axis (module docstring):
+
+        .. math::
+            dx = (rstd/D) (D\\,dxhat - \\sum_j dxhat_j - xhat \\sum_j dxhat_j xhat_j),\\quad dxhat = dy\\,\\gamma
+            d\\gamma = \\sum_{n} dy_n xhat_n,\\quad d\\beta = \\sum_n dy_n  \\quad (n over every leading axis)
+
+        dy: (..., D); returns ({"gamma": (D,), "beta": (D,)}, dx (..., D)).
+        """
+        xhat, rstd = cache
+        return _backward(params, xhat, rstd, dy, (dy.ndim - 1,))
+
+
+@dataclass(frozen=True)
+class BatchNorm(Layer):
+    """Training mode: y = gamma (x - mu_B) / sqrt(var_B + eps) + beta, statistics over every axis but the last.
+
+    For (B, D) the statistics run over the batch; for (B, T, D) or NHWC
+    images over batch and time/space, one mean and variance per feature
+    (channel), N = B T (or B H W) entries each.
+
+    Attributes:
+      epsilon: added to the variance (> 0).
+      momentum: running statistics decay, in [0, 1).
+
+    Params: ``gamma`` (C,) (ones) and ``beta`` (C,) (zeros).
+
+    Running statistics live OUTSIDE the params, so no gradient ever touches
+    them: a separate dict ``stats = {"mean": (C,), "var": (C,)}`` from
+    ``init_stats``, advanced by the pure function ``update_stats(stats,
+    cache)`` from a training forward's cache (exponential moving average of
+    the batch mean and the biased batch variance, as flax), and used by
+    ``forward_eval(params, stats, x)`` for evaluation, where a batch of 1 is
+    fine. Training mode with N = 1 raises a ValueError: the batch variance
+    is 0 and the output would not depend on the input.
+
+    For every BatchNorm inside a model at once (stats keyed by layer path):
+    ``init_running_stats(model, params)``, ``update_running_stats(model,
+    params, stats, x)`` and ``forward_eval(model, params, stats, x)`` of
+    ``manualbp.training.running_stats``.
+    """
+
+    epsilon: float = 1e-5
+    momentum: float = 0.9
+
+    def __post_init__(self):
+        _check_epsilon(self)
+        m = self.momentum
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m < 1:
+            raise ValueError(f"{self.name}: momentum must lie in [0, 1), got {m!r}")
+
+    def init(self, key, input_shape, dtype=jnp.float32):
+        del key
+        return _init(self, input_shape, dtype)
+
+    def init_stats(self, input_shape, dtype=jnp.float32):
+        """Running statistics {"mean": zeros (C,), "var": ones (C,)} for an input shape (..., C)."""
+        c = tuple(input_shape)[-1]
+        return {"mean": jnp.zeros((c,), dtype), "var": jnp.ones((c,), dtype)}
+
+    def forward(self, params, x):
+        """Training mode. x: (B, ..., C) -> y of x's shape; cache: (xhat, rstd (1, ..., 1, C), mean (C,), var (C,))."""
+        _check_input(self, params, x, min_ndim=2)
+        n = math.prod(x.shape[:-1])
+        if n < 2:
+            raise ValueError(
+                f"{self.name}: training-mode statistics over N = {n} value per channel (x of shape "
+                f"{tuple(x.shape)}) are undefined: the variance is 0 and the output would not depend on x; "
+                "use a batch of >= 2, or forward_eval with running statistics"
+            )
+        axes = tuple(range(x.ndim - 1))
+        y, xhat, rstd, mu, var = _normalize(params, x, axes, self.epsilon)
+        c = x.shape[-1]
+        return y, (xhat, rstd, mu.reshape(c), var.reshape(c))
+
+    def backward(self, params, cache, dy):
+        """Compact BatchNorm backward, N = prod(dy.shape[:-1]), sums over every axis but the last:
+
+        .. math::
+            dx = (rstd/N) (N\\,dxhat - \\sum_n dxhat_n - xhat \\sum_n dxhat_n xhat_n),\\quad dxhat = dy\\,\\gamma
+            d\\gamma = \\sum_n dy_n xhat_n,\\quad d\\beta = \\sum_n dy_n
+
+        dy: (B, ..., C); returns ({"gamma": (C,), "beta": (C,)}, dx of dy's shape).
+        The running statistics are not inputs of the loss: they get no gradient.
+        """
+        xhat, rstd, _, _ = cache
+        return _backward(params, xhat, rstd, dy, tuple(range(dy.ndim - 1)))
+
+    def update_stats(self, stats, cache):
+        """Pure EMA step from a training forward's cache: s <- momentum s + (1 - momentum) s_batch.
+
+        stats: {"mean": (C,), "var": (C,)}; the batch variance is the biased one (divided by N).
+        """
+        _, _, mu, var = cache
+        self._check_stats(stats, mu.shape[0])
+        m = self.momentum
+        return {"mean": m * stats["mean"] + (1 - m) * mu, "var": m * stats["var"] + (1 - m) * var}
+
+    def _check_stats(self, stats, c):
+        if not isinstance(stats, dict) or set(stats) != {"mean", "var"}:
+            got = sorted(stats) if isinstance(stats, dict) else type(stats).__name__
+            raise ValueError(f"{self.name}: expected stats as a dict with keys ['mean', 'var'], got {got}")
+        for k in ("mean", "var"):
+            if tuple(stats[k].shape) != (c,):
+                raise ValueError(f"{self.name}: expected stats[{k!r}] of shape ({c},), got {tuple(stats[k].shape)}")
+
+    def forward_eval(self, params, stats, x):
+        """Evaluation mode: y = gamma (x - mean) / sqrt(var + eps) + beta with the running ``stats``.
+
+        x: (B, ..., C) with any B >= 1 -> y of x's shape. Not differentiated (no cache).
+        """
+        _check_input(self, params, x, min_ndim=2)
+        self._check_stats(stats, params["gamma"].shape[0])
+        rstd = lax.rsqrt(stats["var"] + jnp.asarray(self.epsilon, x.dtype))
+        xhat = (x - _per_feature(stats["mean"], x.ndim)) * _per_feature(rstd, x.ndim)
+        return xhat * _per_feature(params["gamma"], x.ndim) + _per_feature(params["beta"], x.ndim)

@@ -1,0 +1,28 @@
+"""Flatten: (N, d1, ..., dk) -> (N, d1 ... dk), the bridge from convolutions to Dense."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from manualbp.layers.base import Layer, check_array
+
+
+@dataclass(frozen=True)
+class Flatten(Layer):
+    """y = x.reshape(N, -1): every axis but the batch axis folded into one, row-major.
+
+    Shapes: x (N, d1, ..., dk) -> y (N, d1 ... dk). No params.
+    """
+
+    def output_shape(self, input_shape):
+        return (math.prod(input_shape),)
+
+    def forward(self, params, x):
+        """x: (N, d1, ..., dk) -> y: (N, d1 ... dk); cache: x's shape."""
+        check_array(self, x, min_ndim=2)
+        return x.reshape(x.shape[0], -1), tuple(x.shape)
+
+    def backward(self, params, cache, dy):
+        """dx = dy.reshape(x.shape), (N, d1 ... dk) -> (N, d1, ..., dk): a reshape's adjoint is the inverse reshape."""
+        return {}, dy.reshape(cache)

@@ -1,0 +1,130 @@
+"""Containers: Sequential (a chain) and Parallel (a fork into a tuple)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+from manualbp.layers.base import Layer
+
+
+def _check_split(container, params):
+    n = len(container.layers)
+    if not isinstance(params, (tuple, list)) or len(params) != n:
+        got = f"{len(params)} entries" if isinstance(params, (tuple, list)) else type(params).__name__
+        raise ValueError(
+            f"{container.name}: expected params as a tuple of {n} per-layer entries, got {got}; "
+            "the params tree does not match the model"
+        )
+    return tuple(params)
+
+
+class _Container(Layer):
+    @property
+    def children(self):
+        return tuple((str(i), layer) for i, layer in enumerate(self.layers))
+
+    def split_params(self, params):
+        return _check_split(self, params)
+
+    def replace_children(self, layers):
+        return type(self)(*layers)
+
+    def kink_pattern(self, cache):
+        return tuple(
+            layer.kink_pattern(c) if hasattr(layer, "kink_pattern") else None
+            for layer, c in zip(self.layers, cache)
+        )
+
+
+@dataclass(frozen=True, init=False)
+class Sequential(_Container):
+    """y = f_L(... f_2(f_1(x))). Params: a tuple with one entry per layer.
+
+    Backward is the delta recursion over the caches in reverse:
+    dy_L = dy; (dparams_l, dy_(l-1)) = f_l.backward(params_l, cache_l, dy_l).
+    """
+
+    layers: tuple
+
+    def __init__(self, *layers):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        for layer in layers:
+            if not (hasattr(layer, "forward") and hasattr(layer, "backward")):
+                raise TypeError(f"Sequential: {layer!r} is not a layer (needs forward and backward)")
+        object.__setattr__(self, "layers", tuple(layers))
+
+    def init(self, key, input_shape, dtype=jnp.float32):
+        params = []
+        shape = tuple(input_shape)
+        for layer, k in zip(self.layers, jax.random.split(key, max(len(self.layers), 1))):
+            p, shape = layer.init(k, shape, dtype)
+            params.append(p)
+        return tuple(params), shape
+
+    def output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        for layer in self.layers:
+            shape = layer.output_shape(shape)
+        return shape
+
+    def forward(self, params, x):
+        params = self.split_params(params)
+        caches = []
+        for layer, p in zip(self.layers, params):
+            x, c = layer.forward(p, x)
+            caches.append(c)
+        return x, tuple(caches)
+
+    def backward(self, params, cache, dy):
+        """delta recursion: walk the layers in reverse, each turning dL/dy_l into dL/dx_l."""
+        params = self.split_params(params)
+        grads = [None] * len(self.layers)
+        for i in reversed(range(len(self.layers))):
+            grads[i], dy = self.layers[i].backward(params[i], cache[i], dy)
+        return tuple(grads), dy
+
+
+@dataclass(frozen=True, init=False)
+class Parallel(_Container):
+    """x -> (f_1(x), ..., f_n(x)): a fork. Params: a tuple with one entry per branch.
+
+    x is used n times, so its gradient is the sum of the branches' input
+    gradients: dx = sum_i df_i/dx^T dy_i (the add node's rule in reverse).
+    """
+
+    layers: tuple
+
+    def __init__(self, *layers):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        if not layers:
+            raise ValueError("Parallel: needs at least one branch")
+        object.__setattr__(self, "layers", tuple(layers))
+
+    def init(self, key, input_shape, dtype=jnp.float32):
+        outs = [layer.init(k, input_shape, dtype) for layer, k in zip(self.layers, jax.random.split(key, len(self.layers)))]
+        return tuple(p for p, _ in outs), tuple(s for _, s in outs)
+
+    def output_shape(self, input_shape):
+        return tuple(layer.output_shape(input_shape) for layer in self.layers)
+
+    def forward(self, params, x):
+        params = self.split_params(params)
+        outs = [layer.forward(p, x) for layer, p in zip(self.layers, params)]
+        return tuple(y for y, _ in outs), tuple(c for _, c in outs)
+
+    def backward(self, params, cache, dy):
+        """dx = sum over branches of each branch's dx."""
+        params = self.split_params(params)
+        if not isinstance(dy, (tuple, list)) or len(dy) != len(self.layers):
+            raise ValueError(f"Parallel: expected dy as a tuple of {len(self.layers)} arrays")
+        grads, dx = [], None
+        for layer, p, c, d in zip(self.layers, params, cache, dy):
+            g, dxi = layer.backward(p, c, d)
+            grads.append(g)
+            dx = dxi if dx is None else jax.tree_util.tree_map(jnp.add, dx, dxi)
+        return tuple(grads), dx

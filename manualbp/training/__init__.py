@@ -1,0 +1,3 @@
+"""Training: the jitted step (manual, reference, or both in lockstep), the loop, twin mode's verdict,
+gradient clipping, checkpoints, data parallelism, the built-in data and tasks.
+"""

@@ -1,0 +1,112 @@
+"""Models shaped for the training data of ``manualbp.training.data``, with the settings that reach the targets.
+
+``task(model, data)`` pairs a model name (mlp, cnn, rnn, lstm) with a data
+name (digits, spirals, adding) and returns the model, its head, the loader
+and default hyperparameters. Shapes (batch excluded):
+
+- mlp / digits: x (64,) standardized pixels -> Dense(256) ReLU Dense(10) -> logits (10,)
+- cnn / digits: x (8, 8, 1) -> Conv2D(16, 3x3) ReLU MaxPool(2) Conv2D(32, 3x3) ReLU MaxPool(2)
+  Flatten Dense(10) -> (10,)
+- rnn, lstm / digits: x (8, 8), one row per step -> RNN/LSTM(64, last step) Dense(10) -> (10,)
+- mlp / spirals: x (2,) -> Dense(64) tanh Dense(64) tanh Dense(2) -> (2,)
+- rnn, lstm / adding: x (T, 2) -> RNN/LSTM(64, last step) Dense(1) -> (1,), MeanSquaredError head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import optax
+
+from manualbp.layers.activations import ReLU, Tanh
+from manualbp.layers.conv import Conv2D
+from manualbp.layers.dense import Dense
+from manualbp.layers.heads import MeanSquaredError, SoftmaxCrossEntropy
+from manualbp.layers.lstm import LSTM
+from manualbp.layers.pool import MaxPool2D
+from manualbp.layers.recurrent import RNN
+from manualbp.layers.reshape import Flatten
+from manualbp.layers.sequential import Sequential
+from manualbp.training import data as datasets
+
+MODEL_NAMES = ("mlp", "cnn", "rnn", "lstm")
+DATA_NAMES = ("digits", "spirals", "adding")
+OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
+    "sgd": optax.sgd,
+    "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
+    "adam": optax.adam,
+}
+
+
+class Task(NamedTuple):
+    """A model for a dataset, its head, a loader ``load(dtype) -> Dataset`` and default settings."""
+
+    model: object
+    head: object
+    load: Callable
+    optimizer: str
+    lr: float
+    steps: int
+    batch_size: int
+    description: str
+
+
+def _classifier(model, load, optimizer, lr, steps, batch_size, description):
+    return Task(model, SoftmaxCrossEntropy(), load, optimizer, lr, steps, batch_size, description)
+
+
+def _digits(layout, standardize=False):
+    return lambda dtype: datasets.digits(layout, dtype, standardize)
+
+
+def _cnn():
+    return Sequential(Conv2D(16, 3), ReLU(), MaxPool2D(2), Conv2D(32, 3), ReLU(), MaxPool2D(2), Flatten(), Dense(10))
+
+
+TASKS: dict[tuple[str, str], Callable[[], Task]] = {
+    ("mlp", "digits"): lambda: _classifier(
+        Sequential(Dense(256), ReLU(), Dense(10)), _digits("flat", standardize=True), "adam", 1e-3, 3000, 64,
+        "MLP 64-256-10 (ReLU) on 8x8 digits (standardized pixels)"),
+    ("cnn", "digits"): lambda: _classifier(
+        _cnn(), _digits("image"), "momentum", 0.05, 2000, 64,
+        "CNN conv16-pool-conv32-pool-dense10 (ReLU) on 8x8x1 digits"),
+    ("rnn", "digits"): lambda: _classifier(
+        Sequential(RNN(64, return_sequences=False), Dense(10)), _digits("rows"), "adam", 3e-3, 2000, 64,
+        "RNN(64, tanh) reading the 8 rows of each digit, last state -> Dense(10)"),
+    ("lstm", "digits"): lambda: _classifier(
+        Sequential(LSTM(64, return_sequences=False), Dense(10)), _digits("rows"), "adam", 3e-3, 2000, 64,
+        "LSTM(64) reading the 8 rows of each digit, last state -> Dense(10)"),
+    ("mlp", "spirals"): lambda: _classifier(
+        Sequential(Dense(64), Tanh(), Dense(64), Tanh(), Dense(2)), lambda dtype: datasets.spirals(dtype=dtype),
+        "adam", 1e-2, 2000, 64, "MLP 2-64-64-2 (tanh) on two spirals"),
+    ("rnn", "adding"): lambda: Task(
+        Sequential(RNN(64, return_sequences=False), Dense(1)), MeanSquaredError(),
+        lambda dtype: datasets.adding(50, dtype=dtype), "adam", 1e-3, 3000, 64,
+        "RNN(64, tanh) on the adding problem, T=50, last state -> Dense(1)"),
+    ("lstm", "adding"): lambda: Task(
+        Sequential(LSTM(64, return_sequences=False), Dense(1)), MeanSquaredError(),
+        lambda dtype: datasets.adding(50, dtype=dtype), "adam", 1e-3, 3000, 64,
+        "LSTM(64) on the adding problem, T=50, last state -> Dense(1)"),
+}
+
+
+def task(model: str, data: str) -> Task:
+    """The ``Task`` for a model name and a data name; ValueError listing the valid pairs otherwise."""
+    if model not in MODEL_NAMES:
+        raise ValueError(f"unknown model {model!r}; choose one of {list(MODEL_NAMES)}")
+    if data not in DATA_NAMES:
+        raise ValueError(f"unknown data {data!r}; choose one of {list(DATA_NAMES)}")
+    if (model, data) not in TASKS:
+        pairs = ", ".join(f"{m}/{d}" for m, d in TASKS)
+        raise ValueError(f"model {model!r} does not fit data {data!r}; the pairs are: {pairs}")
+    return TASKS[(model, data)]()
+
+
+def optimizer(name: str, lr: float) -> optax.GradientTransformation:
+    """An optax optimizer by name (sgd, momentum, adam) with learning rate ``lr``."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
+    if not lr > 0:
+        raise ValueError(f"learning rate must be > 0, got {lr!r}")
+    return OPTIMIZERS[name](lr)

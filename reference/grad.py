@@ -1,0 +1,80 @@
+"""Gradients from jax.grad: of the model, of every tap, of one layer (vjp), and of a training step."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from .dispatch import Taps, apply, head_forward
+
+
+def _loss(model, head, params, x, y, mask, taps=None):
+    return head_forward(head, apply(model, params, x, taps), y, mask)
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _value_and_grad(model, head, params, x, y, mask):
+    return jax.value_and_grad(partial(_loss, model, head))(params, x, y, mask)
+
+
+def value_and_grad(model, head, *, jit: bool = True):
+    """Return ``f(params, x, y, mask=None) -> (loss, grads)`` from ``jax.value_and_grad``."""
+
+    def f(params, x, y, mask=None):
+        x, y = jnp.asarray(x), jnp.asarray(y)
+        if jit:
+            return _value_and_grad(model, head, params, x, y, mask)
+        return jax.value_and_grad(partial(_loss, model, head))(params, x, y, mask)
+
+    return f
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def trace(model, head, params, x, y, mask=None):
+    """Every intermediate value and gradient, keyed "<layer path>|<kind>".
+
+    Returns a dict with ``loss``, ``grads`` (dL/dparams), ``outputs`` (the
+    forward value at every tap) and ``taps`` (dL/d(value) at every tap):
+    kind "in" is a layer's input, "out" its output, others are
+    layer-specific (e.g. "h" for a recurrent layer's hidden states).
+    """
+    recorder = Taps(values=None)
+    apply(model, params, x, recorder)
+    zeros, outputs = recorder.zeros, recorder.outputs
+
+    def loss_fn(params, tap_values):
+        return _loss(model, head, params, x, y, mask, Taps(values=tap_values))
+
+    loss, (grads, dtaps) = jax.value_and_grad(loss_fn, argnums=(0, 1))(params, zeros)
+    return {"loss": loss, "grads": grads, "outputs": outputs, "taps": dtaps}
+
+
+def vjp_layer(fn, params, x, dy):
+    """(y, dparams, dx) of ``y = fn(params, x)`` from ``jax.vjp`` with cotangent ``dy``.
+
+    dx is None when x is not floating (integer ids have no gradient).
+    """
+    if all(jnp.issubdtype(leaf.dtype, jnp.floating) for leaf in jax.tree_util.tree_leaves(x)):
+        y, pullback = jax.vjp(fn, params, x)
+        dparams, dx = pullback(dy)
+        return y, dparams, dx
+    y, pullback = jax.vjp(lambda p: fn(p, x), params)
+    (dparams,) = pullback(dy)
+    return y, dparams, None
+
+
+def loss_grads_outputs(model, head, params, x, y, mask=None):
+    """(loss, dL/dparams, outputs) of the reference forward; traceable under jit.
+
+    The outputs come out of the same forward as the gradient (``has_aux``), so
+    a training step's accuracy costs no second forward.
+    """
+
+    def loss_fn(p):
+        out = apply(model, p, x)
+        return head_forward(head, out, y, mask), out
+
+    (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return loss, grads, out

@@ -1,0 +1,28 @@
+"""Reference LSTM: the textbook step inside ``lax.scan``, its h_t and c_t tapped per step (see ``recurrent``)."""
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+import manualbp.layers as mbp
+
+from .dispatch import forward
+from .recurrent import plus_tap, sequence_output, split_input, step_taps
+
+
+@forward.register
+def _(layer: mbp.LSTM, params, x, taps):
+    x, (h0, c0) = split_input(layer, x, 2)
+    ph, pc = step_taps(taps, ("h", "c"), x, layer.hidden)
+
+    def step(state, inputs):
+        h_prev, c_prev = state
+        x_t, p_h, p_c = inputs
+        z = jnp.dot(x_t, params["Wx"]) + jnp.dot(h_prev, params["Wh"]) + params["b"][None, :]
+        zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
+        c = plus_tap(jax.nn.sigmoid(zf) * c_prev + jax.nn.sigmoid(zi) * jnp.tanh(zg), p_c)
+        h = plus_tap(jax.nn.sigmoid(zo) * jnp.tanh(c), p_h)
+        return (h, c), h
+
+    _, hs = lax.scan(step, (h0, c0), (jnp.swapaxes(x, 0, 1), ph, pc))
+    return sequence_output(layer, hs)
