@@ -8,25 +8,37 @@ per-type dispatch and the zero taps, ``grad`` the jax.grad entry points.
 This package reads manualbp layers' hyperparameters (it dispatches on their
 types) but never calls their forward or backward: a wrong manual forward
 must not agree with itself.
+
+Installed, this folder is the package ``manualbp.reference`` (``from manualbp
+import reference as ref``): a name that a user's own ``reference.py`` cannot
+shadow. Imported as ``reference`` from the repository's root (scripts, tests),
+it hands back that same module, so both names share one registry of rules.
 """
 
-from . import (  # noqa: F401  (registers the rules)
-    activations,
-    conv,
-    dense,
-    embedding,
-    heads,
-    lstm,
-    nodes,
-    norm,
-    pool,
-    recurrent,
-    reshape,
-    residual,
-    sequential,
-)
-from .dispatch import NoTaps, Taps, apply, forward, head_forward
-from .grad import loss_grads_outputs, trace, value_and_grad, vjp_layer
+import sys
 
-__all__ = ["NoTaps", "Taps", "apply", "forward", "head_forward", "loss_grads_outputs", "trace", "value_and_grad",
-           "vjp_layer"]
+if __name__ == "reference":  # from the repo's root: be the installed twin itself, not a second copy of it
+    import manualbp.reference
+
+    sys.modules[__name__] = manualbp.reference
+else:
+    from . import (  # noqa: F401  (registers the rules)
+        activations,
+        conv,
+        dense,
+        embedding,
+        heads,
+        lstm,
+        nodes,
+        norm,
+        pool,
+        recurrent,
+        reshape,
+        residual,
+        sequential,
+    )
+    from .dispatch import NoTaps, Taps, apply, forward, head_forward
+    from .grad import loss_grads_outputs, trace, value_and_grad, vjp_layer
+
+    __all__ = ["NoTaps", "Taps", "apply", "forward", "head_forward", "loss_grads_outputs", "trace",
+               "value_and_grad", "vjp_layer"]

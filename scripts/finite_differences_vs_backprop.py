@@ -11,7 +11,7 @@ sizes).
 Finite differences run in float64 as one compiled ``lax.map`` over the
 coordinates (32 at a time), not a Python loop, so the figure is compute,
 not interpreter overhead. Manual backprop is ``manualbp.value_and_grad``,
-autodiff is ``reference.value_and_grad`` (``jax.value_and_grad`` of the
+autodiff is ``manualbp.reference.value_and_grad`` (``jax.value_and_grad`` of the
 reference forward); both jitted, timed interleaved.
 
 Run: .venv/bin/python scripts/finite_differences_vs_backprop.py [--out docs/img/]
@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
 
 import manualbp as mbp  # noqa: E402
-import reference as ref  # noqa: E402
+from manualbp import reference as ref  # noqa: E402
 from manualbp.cli.benchmarks.timing import block, interleaved, machine  # noqa: E402
 
 matplotlib.use("Agg")

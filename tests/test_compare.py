@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 import manualbp as mbp
-import reference as ref
+from manualbp import reference as ref
 from manualbp.verify.report import compare_arrays
 
 

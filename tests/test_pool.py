@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import manualbp as mbp
-import reference as ref
+from manualbp import reference as ref
 
 DTYPES = [jnp.float32, jnp.float64]
 POOLS = [mbp.MaxPool2D, mbp.AvgPool2D]

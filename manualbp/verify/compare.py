@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import reference as ref
+from manualbp import reference as ref
 from manualbp.layers.base import check_finite
 from manualbp.verify.report import Report, compare_arrays, param_rows
 from manualbp.verify.tolerances import tolerance

@@ -22,7 +22,7 @@ from manualbp.layers.heads import SoftmaxCrossEntropy
 from manualbp.layers.pool import MaxPool2D
 from manualbp.layers.reshape import Flatten
 from manualbp.layers.sequential import Sequential
-from reference import value_and_grad as reference_step
+from manualbp.reference import value_and_grad as reference_step
 
 BATCH = 128
 INPUT = (28, 28, 1)

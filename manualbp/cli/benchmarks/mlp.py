@@ -16,7 +16,7 @@ from manualbp.layers.activations import ReLU
 from manualbp.layers.dense import Dense
 from manualbp.layers.heads import SoftmaxCrossEntropy
 from manualbp.layers.sequential import Sequential
-from reference import value_and_grad as reference_step
+from manualbp.reference import value_and_grad as reference_step
 
 SIZES = (784, 512, 512, 10)
 BATCH = 256

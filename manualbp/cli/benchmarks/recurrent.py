@@ -19,7 +19,7 @@ from manualbp.layers.heads import SoftmaxCrossEntropy
 from manualbp.layers.lstm import LSTM
 from manualbp.layers.recurrent import RNN
 from manualbp.layers.sequential import Sequential
-from reference import value_and_grad as reference_step
+from manualbp.reference import value_and_grad as reference_step
 
 D, H, T, BATCH, CLASSES = 64, 256, 64, 64, 10
 TARGETS = {"rnn": 0.75, "lstm": 0.85}
