@@ -39,7 +39,8 @@ from manualbp.layers import (
 from manualbp.training import data
 from manualbp.training.clip import clip_by_global_norm
 from manualbp.training.train import train, train_twin
-from manualbp.verify.compare import check_layer, compare
+from manualbp.verify.check_layer import check_layer
+from manualbp.verify.compare import compare
 from manualbp.verify.diagnostics import GradientFlow, gradient_flow
 from manualbp.verify.gradcheck import gradcheck
 from manualbp.verify.report import Report, Row

@@ -11,7 +11,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from manualbp.layers.base import check_finite, is_concrete
+from manualbp.layers.base import check_finite, is_concrete, name_of
 
 
 def loss_and_grads(model, head, params, x, y, mask=None):
@@ -47,15 +47,15 @@ def value_and_grad(model, head, *, jit: bool = True, check: bool = True):
     def f(params, x, y, mask=None):
         x, y = jax.tree_util.tree_map(jnp.asarray, x), jnp.asarray(y)  # x may be a tuple, e.g. (x, h0)
         if check and is_concrete((params, x)):
-            check_finite(model.name, "input x", x)
-            check_finite(model.name, "params", params)
+            check_finite(name_of(model), "input x", x)
+            check_finite(name_of(model), "params", params)
         if jit:
             loss, grads = _jitted(model, head, params, x, y, mask)
         else:
             loss, grads, _, _ = loss_and_grads(model, head, params, x, y, mask)
         if check and is_concrete((loss, grads)):
-            check_finite(model.name, "loss", loss)
-            check_finite(model.name, "gradient (exploding gradients? try clipping)", grads)
+            check_finite(name_of(model), "loss", loss)
+            check_finite(name_of(model), "gradient (exploding gradients? try clipping)", grads)
         return loss, grads
 
     return f

@@ -17,6 +17,7 @@ MANUAL_METHODS = {"forward", "backward", "init", "backward_trace"}
 
 # the manual modules that may import the reference (to compare with it, or to train/time its path beside manual)
 CALLS_REFERENCE = {
+    "manualbp/verify/check_layer.py",
     "manualbp/verify/compare.py",
     "manualbp/training/step.py",
     "manualbp/cli/benchmarks/cnn.py",

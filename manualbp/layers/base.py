@@ -53,6 +53,16 @@ class Layer:
         return {}, self.output_shape(input_shape)
 
 
+def name_of(layer) -> str:
+    """How messages and reports name a layer: its ``name``, or its type's name for a user's own object."""
+    return getattr(layer, "name", type(layer).__name__)
+
+
+def children_of(layer) -> tuple:
+    """A container's ``(name, child)`` pairs; ``()`` for a leaf layer (a user's layer need not define it)."""
+    return tuple(getattr(layer, "children", ()))
+
+
 def describe(x) -> str:
     """'float32[2,5]' for an array, the type name otherwise."""
     if hasattr(x, "shape") and hasattr(x, "dtype"):
@@ -62,7 +72,7 @@ def describe(x) -> str:
 
 def check_array(layer, x, *, what: str = "x", min_ndim: int = 1, ndim: int | None = None):
     """Raise a TypeError/ValueError naming ``layer`` unless ``x`` is a float array of the right rank."""
-    name = layer if isinstance(layer, str) else layer.name
+    name = layer if isinstance(layer, str) else name_of(layer)
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         raise TypeError(f"{name}: expected {what} to be an array, got {type(x).__name__}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -97,6 +107,39 @@ def check_params(layer, params, keys: tuple[str, ...]):
             f"{layer.name}: expected params with keys {sorted(keys)}, got {sorted(params)}; "
             "the params tree does not match the model"
         )
+
+
+def check_param(layer, params, key: str, shape, *, like=None, why: str = ""):
+    """Raise unless ``params[key]`` is a floating array of exactly ``shape`` (and, given ``like``, of its dtype).
+
+    Parameters are never broadcast or promoted, so a gradient always comes back
+    with exactly its parameter's shape. ``shape`` is what the layer's
+    hyperparameters and input imply; ``why`` says so in the message, e.g.
+    "(in, features) = (4, 3)". Static: free under ``jax.jit``.
+    """
+    name = name_of(layer)
+    w = params[key]
+    shape = tuple(shape)
+    if not hasattr(w, "shape") or not hasattr(w, "dtype"):
+        raise TypeError(f"{name}: expected parameter {key} to be an array of shape {shape}, got {type(w).__name__}")
+    if not jnp.issubdtype(w.dtype, jnp.floating):
+        raise TypeError(f"{name}: expected parameter {key} of a floating dtype, got {describe(w)}")
+    if tuple(w.shape) != shape:
+        raise ValueError(
+            f"{name}: expected parameter {key} of shape {shape}{' ' + why if why else ''}, got {tuple(w.shape)}"
+        )
+    if like is not None:
+        check_dtype_match(layer, like, w, wname=key)
+
+
+def check_no_params(layer, params):
+    """Raise a ValueError unless ``params`` is empty: a parameter-free layer given weights is a mismatched tree."""
+    if params is None or (isinstance(params, (dict, tuple, list)) and len(params) == 0):
+        return
+    got = sorted(params) if isinstance(params, dict) else describe(params)
+    raise ValueError(
+        f"{name_of(layer)}: takes no parameters (expected params {{}}), got {got}; the params tree does not match the model"
+    )
 
 
 def is_concrete(tree) -> bool:

@@ -8,6 +8,7 @@ forward updates or uses the statistics of its path.
 
 from __future__ import annotations
 
+from manualbp.layers.base import children_of
 from manualbp.layers.norm import BatchNorm
 
 
@@ -30,16 +31,16 @@ def _swap(layer, make, path=""):
     """``layer`` with every BatchNorm at path p replaced by ``make(p, bn)``."""
     if isinstance(layer, BatchNorm):
         return make(path, layer)
-    if layer.children:
-        return layer.replace_children([_swap(c, make, f"{path}/{n}" if path else n) for n, c in layer.children])
+    if children_of(layer):
+        return layer.replace_children([_swap(c, make, f"{path}/{n}" if path else n) for n, c in children_of(layer)])
     return layer
 
 
 def _batchnorm_params(layer, params, path=""):
     if isinstance(layer, BatchNorm):
         yield path, layer, params
-    elif layer.children:
-        for (name, child), p in zip(layer.children, layer.split_params(params), strict=True):
+    elif children_of(layer):
+        for (name, child), p in zip(children_of(layer), layer.split_params(params), strict=True):
             yield from _batchnorm_params(child, p, f"{path}/{name}" if path else name)
 
 

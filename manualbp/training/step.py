@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import optax
 
 from manualbp.backprop import loss_and_grads
+from manualbp.reference.dispatch import apply as reference_apply
+from manualbp.reference.grad import loss_grads_outputs
 from manualbp.training.data import Dataset
 from manualbp.training.twin import parameter_differences
 from manualbp.verify.tolerances import Tolerance
-from manualbp.reference.dispatch import apply as reference_apply
-from manualbp.reference.grad import loss_grads_outputs
 
 GRADS = ("manual", "reference")
 

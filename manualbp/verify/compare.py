@@ -1,9 +1,10 @@
-"""Manual vs jax.grad, layer by layer (the only manual module that calls the reference).
+"""Manual vs jax.grad, layer by layer.
 
 ``compare`` runs the model once by hand (recording every layer's output,
 upstream gradient dL/dy and input gradient dL/dx) and once through the
-reference with zero taps (see ``reference.dispatch.Taps``), and lines the two up by layer path.
-``check_layer`` does the same for one layer alone against ``jax.vjp``.
+reference with zero taps (see ``manualbp.reference.dispatch.Taps``), and
+lines the two up by layer path. ``check_layer`` (its own module) does the
+same for one layer alone against ``jax.vjp``.
 """
 
 from __future__ import annotations
@@ -13,24 +14,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from manualbp import reference as ref
-from manualbp.layers.base import check_finite
+from manualbp.layers.base import check_finite, children_of, name_of
 from manualbp.verify.report import Report, compare_arrays, param_rows
 from manualbp.verify.tolerances import tolerance
 from manualbp.verify.trace import label as _label
 from manualbp.verify.trace import record, walk
 
 
-def _by_kind(kind: str, value) -> dict:
+def by_kind(kind: str, value) -> dict:
     """{kind: array} or, for a tuple value, {kind.0: ..., kind.1: ...} (the reference's tap names)."""
     if isinstance(value, (tuple, list)):
         out = {}
         for i, v in enumerate(value):
-            out.update(_by_kind(f"{kind}.{i}", v))
+            out.update(by_kind(f"{kind}.{i}", v))
         return out
     return {} if value is None else {kind: value}
 
 
-def _dtype_of(params, x):
+def dtype_of(params, x):
     leaves = [leaf for leaf in jax.tree_util.tree_leaves((params, x)) if jnp.issubdtype(leaf.dtype, jnp.floating)]
     return np.dtype(leaves[0].dtype) if leaves else np.dtype(np.float32)
 
@@ -47,9 +48,9 @@ def compare(model, head, params, x, y, mask=None, *, jit: bool = True, title: st
     proves nothing); non-finite gradients show as failing rows instead.
     """
     x, y = jax.tree_util.tree_map(jnp.asarray, x), jnp.asarray(y)  # x may be a tuple, e.g. (x, h0)
-    check_finite(model.name, "input x", x)
-    check_finite(model.name, "params", params)
-    dtype = _dtype_of(params, x)
+    check_finite(name_of(model), "input x", x)
+    check_finite(name_of(model), "params", params)
+    dtype = dtype_of(params, x)
     tol = tolerance(dtype)
 
     def manual(params, x, y, mask):
@@ -60,20 +61,20 @@ def compare(model, head, params, x, y, mask=None, *, jit: bool = True, title: st
     r = ref.trace(model, head, params, x, y, mask)
     r_out, r_taps = r["outputs"], r["taps"]
 
-    report = Report(title or f"manualbp vs jax.grad: {model.name} + {head.name}", dtype.name, tol)
+    report = Report(title or f"manualbp vs jax.grad: {name_of(model)} + {name_of(head)}", dtype.name, tol)
     # rows in the order the pass computes them, so the first failing row is where the error enters:
     # forward outputs layer by layer, the loss, then the backward pass from the last layer to the first
     forward_rows, backward_rows = [], []
     leaves = [(p, layer, gm, gr) for (p, layer, gm), (_, _, gr) in zip(walk(model, m_grads), walk(model, r["grads"]))
-              if not layer.children or not p]  # an inner container's values are its children's
+              if not children_of(layer) or not p]  # an inner container's values are its children's
     for path, layer, _, _ in [*leaves[1:], leaves[0]]:  # the model's own output last
-        for key, val in _by_kind("out", store[path]["y"]).items():
+        for key, val in by_kind("out", store[path]["y"]).items():
             forward_rows.append(compare_arrays(_label(path, layer), "forward y" + key[3:], val,
                                                r_out[f"{path}|{key}"], tol))
     for path, layer, gm, gr in reversed(leaves):
         label, entry = _label(path, layer), store[path]
-        if not layer.children:
-            for key, val in _by_kind("out", entry["dy"]).items():
+        if not children_of(layer):
+            for key, val in by_kind("out", entry["dy"]).items():
                 backward_rows.append(compare_arrays(label, "dL/dy" + key[3:], val, r_taps[f"{path}|{key}"], tol))
             for kind, val in entry.get("extras", {}).items():
                 # extras are per-time-step quantities of shape (B, T, ...): one row per step t
@@ -84,52 +85,8 @@ def compare(model, head, params, x, y, mask=None, *, jit: bool = True, title: st
                 report.timestep_norms[f"{label} dL/d{kind}"] = np.sqrt(
                     np.sum(np.asarray(val, np.float64) ** 2, axis=axes))
             backward_rows.extend(param_rows(label, gm, gr, tol))
-        for key, val in _by_kind("in", entry["dx"]).items():
+        for key, val in by_kind("in", entry["dx"]).items():
             backward_rows.append(compare_arrays(label, "dL/dx" + key[2:], val, r_taps[f"{path}|{key}"], tol))
-    loss_row = compare_arrays(f"model {model.name}", "loss", m_loss, r["loss"], tol)
+    loss_row = compare_arrays(f"model {name_of(model)}", "loss", m_loss, r["loss"], tol)
     report.rows.extend([*forward_rows, loss_row, *backward_rows])
-    return report
-
-
-def check_layer(layer, params, x, dy=None, *, reference=None, key=None, jit: bool = False,
-                title: str | None = None) -> Report:
-    """One layer alone: manual forward/backward vs ``jax.vjp`` of the reference forward.
-
-    Args:
-      layer: a manualbp layer, or a user's own object with
-        ``forward(params, x) -> (y, cache)`` and
-        ``backward(params, cache, dy) -> (dparams, dx)``.
-      params, x: the point to check at.
-      dy: the cotangent; a random normal one (``key``, default key 0) if None.
-      reference: ``fn(params, x) -> y`` written with library ops; defaults
-        to the reference forward registered for ``type(layer)``.
-      jit: run the manual forward and backward under ``jax.jit``.
-
-    Rows: forward y, dL/dx, and one per parameter gradient.
-    """
-    name = getattr(layer, "name", type(layer).__name__)
-    x = jax.tree_util.tree_map(jnp.asarray, x)
-    if dy is None:
-        key = jax.random.key(0) if key is None else key
-        shapes = jax.eval_shape(lambda p, x: layer.forward(p, x)[0], params, x)
-        leaves, treedef = jax.tree_util.tree_flatten(shapes)
-        keys = jax.random.split(key, len(leaves))
-        dy = jax.tree_util.tree_unflatten(treedef, [jax.random.normal(k, v.shape, v.dtype) for k, v in zip(keys, leaves)])
-
-    def manual(params, x, dy):
-        y, cache = layer.forward(params, x)
-        return (y, *layer.backward(params, cache, dy))
-
-    y, dparams, dx = (jax.jit(manual) if jit else manual)(params, x, dy)
-    fn = reference if reference is not None else (lambda p, x: ref.forward(layer, p, x, ref.NoTaps()))
-    y_r, dparams_r, dx_r = ref.vjp_layer(fn, params, x, dy)
-    dtype = _dtype_of(params, x)
-    tol = tolerance(dtype)
-    report = Report(title or f"check_layer: {name} vs jax.vjp", dtype.name, tol)
-    for key_, val in _by_kind("y", y).items():
-        report.rows.append(compare_arrays(name, "forward " + key_, val, _by_kind("y", y_r)[key_], tol))
-    if dx_r is not None:
-        for key_, val in _by_kind("x", dx).items():
-            report.rows.append(compare_arrays(name, "dL/d" + key_, val, _by_kind("x", dx_r)[key_], tol))
-    report.rows.extend(param_rows(name, dparams, dparams_r, tol))
     return report

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from manualbp.layers.activations import ReLU, Sigmoid, Tanh
+from manualbp.layers.base import children_of, name_of
 from manualbp.verify.trace import label, record, walk
 
 SATURATION_THRESHOLD = 0.01
@@ -181,9 +182,9 @@ def gradient_flow(model, head, params, x, y, mask=None, *, lr: float = 1e-2, jit
     x, y = jnp.asarray(x), jnp.asarray(y)
     run = _jitted_record(model, head) if jit else partial(record, model, head)
     loss, grads, store = run(params, x, y, mask)
-    flow = GradientFlow(f"gradient flow: {model.name} + {head.name}", float(loss), float(lr))
+    flow = GradientFlow(f"gradient flow: {name_of(model)} + {name_of(head)}", float(loss), float(lr))
     for (path, layer, p), (_, _, g) in zip(walk(model, params), walk(model, grads), strict=True):
-        if layer.children:
+        if children_of(layer):
             continue
         entry = store[path]
         has_params = bool(jax.tree_util.tree_leaves(p))

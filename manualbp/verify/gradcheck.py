@@ -30,7 +30,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from manualbp.backprop import loss_and_grads
-from manualbp.layers.base import check_finite
+from manualbp.layers.base import check_finite, children_of, name_of
 from manualbp.verify.report import Report, compare_arrays, param_name
 from manualbp.verify.tolerances import FINITE_DIFFERENCE
 from manualbp.verify.trace import label, walk
@@ -98,10 +98,10 @@ def gradcheck(model, head, params, x, y, mask=None, *, mode: str = "directions",
     key = jax.random.key(0) if key is None else key
     with jax.enable_x64(True):
         params, x, y, mask = _to64((params, jax.tree_util.tree_map(jnp.asarray, x), jnp.asarray(y), mask))
-        check_finite(model.name, "input x", x)
-        check_finite(model.name, "params", params)
+        check_finite(name_of(model), "input x", x)
+        check_finite(name_of(model), "params", params)
         _, grads, dx, _ = jax.jit(lambda p, x: loss_and_grads(model, head, p, x, y, mask))(params, x)
-        title = f"manualbp vs finite differences ({mode}, eps={eps:g}): {model.name} + {head.name}"
+        title = f"manualbp vs finite differences ({mode}, eps={eps:g}): {name_of(model)} + {name_of(head)}"
         report = Report(title, "float64", FINITE_DIFFERENCE)
         if mode == "directions":
             _directions(report, model, head, params, x, y, mask, grads, dx, k, eps, key)
@@ -130,7 +130,7 @@ def _directions(report, model, head, params, x, y, mask, grads, dx, k, eps, key)
             numeric = (lp - lm) / (2 * eps)
             analytic = _dot(g, v)
             kink = bool(_kinked(p0, pa, pb))
-            row = compare_arrays("model " + model.name, f"dL/d{what} . v{i}", analytic, numeric, report.tolerance,
+            row = compare_arrays("model " + name_of(model), f"dL/d{what} . v{i}", analytic, numeric, report.tolerance,
                                  note="kink crossed (not compared)" if kink else "")
             if kink:
                 row.ok = True
@@ -164,7 +164,7 @@ def _exhaustive(report, model, head, params, x, y, mask, grads, eps, max_params)
     num_tree, kink_tree = unravel(numeric), unravel(kinked.astype(theta.dtype))
     for (path, layer, gm), (_, _, gn), (_, _, kt) in zip(walk(model, grads), walk(model, num_tree),
                                                           walk(model, kink_tree)):
-        if layer.children:
+        if children_of(layer):
             continue
         for (kp, m), nv, kv in zip(jax.tree_util.tree_leaves_with_path(gm), jax.tree_util.tree_leaves(gn),
                                    jax.tree_util.tree_leaves(kt)):

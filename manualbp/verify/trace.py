@@ -10,12 +10,13 @@ they are, over the wrapped children, so the record is of the real pass.
 from __future__ import annotations
 
 from manualbp.backprop import loss_and_grads
+from manualbp.layers.base import children_of, name_of
 
 
 class _Recorder:
     def __init__(self, layer, path, store):
         self.layer, self.path, self.store = layer, path, store
-        self.name = layer.name
+        self.name = name_of(layer)
 
     def forward(self, params, x):
         y, cache = self.layer.forward(params, x)
@@ -36,21 +37,21 @@ class _Recorder:
 def walk(layer, params, path=""):
     """Yield (path, layer, params) for ``layer`` and every layer inside it, depth first."""
     yield path, layer, params
-    if layer.children:
-        for (name, child), p in zip(layer.children, layer.split_params(params)):
+    if children_of(layer):
+        for (name, child), p in zip(children_of(layer), layer.split_params(params)):
             yield from walk(child, p, f"{path}/{name}" if path else name)
 
 
 def label(path: str, layer) -> str:
     """How reports name a layer: "<path> <name>", the whole model as "model <name>"."""
-    return f"{path} {layer.name}" if path else f"model {layer.name}"
+    return f"{path} {name_of(layer)}" if path else f"model {name_of(layer)}"
 
 
 def wrap(layer, store, path=""):
     """``layer`` with every layer inside it (and itself) recording into ``store``."""
-    if layer.children:
+    if children_of(layer):
         layer = layer.replace_children(
-            [wrap(child, store, f"{path}/{name}" if path else name) for name, child in layer.children]
+            [wrap(child, store, f"{path}/{name}" if path else name) for name, child in children_of(layer)]
         )
     return _Recorder(layer, path, store)
 
