@@ -8,14 +8,9 @@ import os
 import sys
 import time
 
+from manualbp.cli.args import positive_int
+
 CHECKPOINT_FILE = "checkpoint.npz"
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _positive_float(text: str) -> float:
@@ -36,20 +31,20 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, choices=DATA_NAMES)
     p.add_argument("--grad", default="manual", choices=["manual", "reference", "twin"],
                    help="manual backprop, jax.grad of the reference, or both in lockstep (default: manual)")
-    p.add_argument("--steps", type=_positive_int, help="training steps (default: the task's)")
+    p.add_argument("--steps", type=positive_int, help="training steps (default: the task's)")
     p.add_argument("--lr", type=_positive_float, help="learning rate (default: the task's)")
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), help="optax optimizer (default: the task's)")
-    p.add_argument("--batch-size", type=_positive_int, help="examples per step (default: the task's)")
+    p.add_argument("--batch-size", type=positive_int, help="examples per step (default: the task's)")
     p.add_argument("--clip", type=_positive_float, metavar="C",
                    help="clip gradients to global norm C (manual path: manualbp.training.clip; reference: optax's)")
-    p.add_argument("--seq-len", type=_positive_int, metavar="T", help="adding problem: sequence length (default 50)")
+    p.add_argument("--seq-len", type=positive_int, metavar="T", help="adding problem: sequence length (default 50)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--seed", type=int, default=0, help="seed for parameters and batch order")
     p.add_argument("--plot", metavar="OUT.png", help="write loss curves (and, in twin mode, the divergence)")
     p.add_argument("--checkpoint", metavar="DIR", help=f"save {CHECKPOINT_FILE} in DIR (atomically)")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=None, help="steps between saves (default: end)")
+    p.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between saves (default: end)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint DIR")
-    p.add_argument("--devices", type=_positive_int, help="data-parallel over N devices (CPU: forced host devices)")
+    p.add_argument("--devices", type=positive_int, help="data-parallel over N devices (CPU: forced host devices)")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.set_defaults(func=run)
     return p
