@@ -9,16 +9,22 @@ the tools that compare them with the autodiff twin in ``reference`` live in
 from manualbp.backprop import value_and_grad
 from manualbp.layers import (
     GELU,
+    GRU,
     LSTM,
     RNN,
     Add,
     AvgPool2D,
     BatchNorm,
+    Bidirectional,
+    Conv1D,
     Conv2D,
+    ConvTranspose2D,
     Dense,
     Elementwise,
     Embedding,
     Flatten,
+    GlobalAvgPool2D,
+    GlobalMaxPool2D,
     Identity,
     Layer,
     LayerNorm,
@@ -55,4 +61,5 @@ __all__ = [
     "Embedding", "LSTM", "RNN",
     "AvgPool2D", "Conv2D", "Flatten", "MaxPool2D",
     "clip_by_global_norm", "data", "train", "train_twin",
+    "GRU", "Bidirectional", "Conv1D", "ConvTranspose2D", "GlobalAvgPool2D", "GlobalMaxPool2D",
 ]

@@ -9,9 +9,11 @@ import jax
 import jax.numpy as jnp
 
 from manualbp.layers.activations import ReLU, Tanh
+from manualbp.layers.bidirectional import Bidirectional
 from manualbp.layers.conv import Conv2D
 from manualbp.layers.dense import Dense
 from manualbp.layers.embedding import Embedding
+from manualbp.layers.gru import GRU
 from manualbp.layers.heads import SoftmaxCrossEntropy
 from manualbp.layers.lstm import LSTM
 from manualbp.layers.pool import MaxPool2D
@@ -84,8 +86,16 @@ def cnn() -> Builtin:
                    "flatten -> dense 10, softmax cross-entropy")
 
 
+def gru() -> Builtin:
+    model = Sequential(Dense(8), Tanh(), Bidirectional(GRU(8, return_sequences=False)), Dense(5))
+    return Builtin(model, SoftmaxCrossEntropy(), (6, 3), _classification_batch((6, 3), 5),
+                   "Dense 3->8 (tanh) at every step -> Bidirectional GRU 8+8 (each direction's last state) -> "
+                   "Dense 5, softmax cross-entropy")
+
+
 # name -> builder; other files' models are added to this table
 MODELS: dict[str, Callable[[], Builtin]] = {"mlp": mlp, "rnn": rnn, "lstm": lstm, "cnn": cnn}
+MODELS["gru"] = gru
 
 
 def get(name: str) -> Builtin:

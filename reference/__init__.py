@@ -24,9 +24,14 @@ if __name__ == "reference":  # from the repo's root: be the installed twin itsel
 else:
     from . import (  # noqa: F401  (registers the rules)
         activations,
+        bidirectional,
         conv,
+        conv1d,
+        conv_transpose,
         dense,
         embedding,
+        global_pool,
+        gru,
         heads,
         lstm,
         nodes,

@@ -7,9 +7,14 @@ layers' forwards written with library ops and differentiated by jax.grad.
 
 from manualbp.layers.activations import GELU, Elementwise, Identity, LeakyReLU, ReLU, Sigmoid, Softplus, Tanh
 from manualbp.layers.base import Layer
+from manualbp.layers.bidirectional import Bidirectional
 from manualbp.layers.conv import Conv2D
+from manualbp.layers.conv1d import Conv1D
+from manualbp.layers.conv_transpose import ConvTranspose2D
 from manualbp.layers.dense import Dense
 from manualbp.layers.embedding import Embedding
+from manualbp.layers.global_pool import GlobalAvgPool2D, GlobalMaxPool2D
+from manualbp.layers.gru import GRU
 from manualbp.layers.heads import MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
 from manualbp.layers.lstm import LSTM
 from manualbp.layers.nodes import Add, Multiply
@@ -24,4 +29,5 @@ __all__ = [
     "GELU", "LSTM", "RNN", "Add", "AvgPool2D", "BatchNorm", "Conv2D", "Dense", "Elementwise", "Embedding", "Flatten",
     "Identity", "Layer", "LayerNorm", "LeakyReLU", "MaxPool2D", "MeanSquaredError", "Multiply", "Parallel", "ReLU",
     "Residual", "Sequential", "Sigmoid", "SigmoidBinaryCrossEntropy", "Softplus", "SoftmaxCrossEntropy", "Tanh",
+    "GRU", "Bidirectional", "Conv1D", "ConvTranspose2D", "GlobalAvgPool2D", "GlobalMaxPool2D",
 ]

@@ -1,0 +1,155 @@
+"""GRU with hand-written backprop through time; the interface and BPTT layout of ``manualbp.layers.recurrent``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from manualbp.layers.base import check_param, check_params
+from manualbp.layers.recurrent import RecurrentBase, as_rows, bias_row, time_major
+
+
+@dataclass(frozen=True)
+class GRU(RecurrentBase):
+    """Gated recurrent unit (Cho et al. 2014), gates r (reset), z (update) and candidate n, PyTorch's convention.
+
+    .. math::
+        [a^r, a^z, a^n] = x_t W_x + b,\\qquad [u^r, u^z, u^n] = h_{t-1} W_h
+        r = \\sigma(a^r + u^r),\\ z = \\sigma(a^z + u^z)
+        n = \\tanh(a^n + r \\odot (u^n + b_{hn}))
+        h_t = (1 - z) \\odot n + z \\odot h_{t-1}
+
+    The convention is PyTorch's ``nn.GRU`` (and cuDNN's, Keras' ``reset_after=True``):
+    r scales the recurrent term AFTER the matmul, r (h W_hn + b_hn), so the
+    recurrent product of all three gates is one (B, H) x (H, 3H) matmul. (The
+    original paper applies r first: (r h) W_hn; a different cell.) b_hn must
+    stay separate from b's n block because r multiplies it; PyTorch's b_hr and
+    b_hz would only add to b's r and z blocks, so they are left out.
+
+    Attributes:
+      hidden: H, the width of h.
+      return_sequences: output all hidden states (B, T, H), or the last (B, H).
+      initial_state: "zeros", or "given" (input ``(x, h0)``, dx ``(dx, dh0)``).
+
+    Params: ``Wx`` (D, 3H) LeCun-normal, ``Wh`` (H, 3H) orthogonal per gate,
+    ``b`` (3H,) zeros, ``bhn`` (H,) zeros. Gate blocks are laid out
+    [r | z | n] along the last axis.
+    """
+
+    hidden: int
+    return_sequences: bool = True
+    initial_state: str = "zeros"
+
+    def __post_init__(self):
+        self._check_hyperparameters()
+
+    def init(self, key, input_shape, dtype=jnp.float32):
+        _, D = self._sequence_shape(input_shape)
+        H = self.hidden
+        kx, kh = jax.random.split(key)
+        orth = jax.nn.initializers.orthogonal()
+        params = {
+            "Wx": jax.random.normal(kx, (D, 3 * H), dtype) / jnp.sqrt(D).astype(dtype),
+            "Wh": jnp.concatenate([orth(k, (H, H), dtype) for k in jax.random.split(kh, 3)], axis=1),
+            "b": jnp.zeros((3 * H,), dtype),
+            "bhn": jnp.zeros((H,), dtype),
+        }
+        return params, self.output_shape(input_shape)
+
+    def _check(self, params, x):
+        check_params(self, params, ("Wx", "Wh", "b", "bhn"))
+        Wx, H = params["Wx"], self.hidden
+        D = Wx.shape[0] if getattr(Wx, "ndim", 0) >= 1 else "D"  # D itself is checked against x by _unpack
+        check_param(self, params, "Wx", (D, 3 * H), why=f"(input features, 3 hidden) = ({D}, {3 * H})")
+        x, states = self._unpack(params, x)
+        check_param(self, params, "Wh", (H, 3 * H), like=x, why=f"(hidden, 3 hidden) = ({H}, {3 * H})")
+        check_param(self, params, "b", (3 * H,), like=x, why=f"(3 hidden,) = ({3 * H},)")
+        check_param(self, params, "bhn", (H,), like=x, why=f"(hidden,) = ({H},)")
+        return x, states
+
+    def forward(self, params, x):
+        """x: (B, T, D) or (x, h0) -> y: (B, T, H) or (B, H).
+
+        Cache, per step (T, B, .): the gates [r, z, n] (3H), u^n + b_hn (H, what
+        dL/dr needs), and [x_t, h_(t-1)] (D + H, side by side: the rows of both
+        weight gradients at step t). The gates are written over the buffer of
+        the hoisted x_t W_x (step t reads row t, then overwrites it), so the
+        forward holds one (T, B, 3H) array, not two.
+        """
+        x, (h0,) = self._check(params, x)
+        Wx, Wh, b, bhn = params["Wx"], params["Wh"], bias_row(params["b"], 2), bias_row(params["bhn"], 2)
+        H = self.hidden
+        xs = time_major(x)  # (T, B, D)
+        T, B, D = xs.shape
+        xw = (as_rows(xs) @ Wx).reshape(T, B, 3 * H)  # hoisted: x_t Wx for all t, one matmul
+
+        def step(t, state):
+            h_prev, gates, hn_all, xh = state
+            a = lax.dynamic_index_in_dim(gates, t, keepdims=False) + b  # (B, 3H): [a^r, a^z, a^n] = x_t Wx + b
+            u = h_prev @ Wh  # (B, 3H): [u^r, u^z, u^n]
+            rz = 0.5 * jnp.tanh(0.5 * (a[:, : 2 * H] + u[:, : 2 * H])) + 0.5  # sigma(s) = (tanh(s/2) + 1) / 2
+            r, z = rz[:, :H], rz[:, H:]
+            hn = u[:, 2 * H :] + bhn  # h_(t-1) W_hn + b_hn: what r gates
+            n = jnp.tanh(a[:, 2 * H :] + r * hn)
+            h = n + z * (h_prev - n)  # (1 - z) n + z h_(t-1)
+            return (h, lax.dynamic_update_index_in_dim(gates, jnp.concatenate([rz, n], axis=1), t, 0),
+                    lax.dynamic_update_index_in_dim(hn_all, hn, t, 0),
+                    lax.dynamic_update_slice(xh, h_prev[None], (t, 0, D)))
+
+        hn_all = jnp.zeros((T, B, H), x.dtype)
+        xh = jnp.concatenate([xs, hn_all], axis=2)  # (T, B, D + H): [x_t, h_(t-1)]
+        h_last, gates, hn_all, xh = lax.fori_loop(0, T, step, (h0, xw, hn_all, xh))
+        h_prev = xh[:, :, D:]
+        y = time_major(jnp.concatenate([h_prev[1:], h_last[None]])) if self.return_sequences else h_last
+        return y, (xh, gates, hn_all)
+
+    def _bptt(self, params, cache, dy):
+        """Backprop through time carrying dL/dh from step t+1 to step t.
+
+        .. math::
+            \\delta h_t = \\partial L/\\partial y_t + \\delta h_{t+1} \\odot z_{t+1} + \\delta u_{t+1} W_h^T
+            \\delta n = \\delta h_t \\odot (1 - z),\\quad \\delta z = \\delta h_t \\odot (h_{t-1} - n)
+            \\delta a^n = \\delta n \\odot (1 - n)(1 + n),\\quad \\delta r = \\delta a^n \\odot (u^n + b_{hn})
+            \\delta a^r = \\delta r \\odot r (1 - r),\\quad \\delta a^z = \\delta z \\odot z (1 - z)
+            \\delta a = [\\delta a^r, \\delta a^z, \\delta a^n],\\quad \\delta u = [\\delta a^r, \\delta a^z, r \\odot \\delta a^n]
+            dW_x = \\sum_t x_t^T \\delta a_t,\\ db = \\sum_{t,n} \\delta a_t,\\ dx_t = \\delta a_t W_x^T
+            dW_h = \\sum_t h_{t-1}^T \\delta u_t,\\ db_{hn} = \\sum_{t,n} r \\odot \\delta a^n_t
+            dh_0 = \\delta h_1 \\odot z_1 + \\delta u_1 W_h^T
+
+        h_(t-1) reaches h_t twice: directly (gain z, no matrix) and through
+        u = h_(t-1) W_h into all three gates. delta a and delta u differ only in
+        the n block: r multiplies u^n + b_hn, not a^n.
+
+        The carry is delta h_t z_t + delta u_t Wh^T (B, H) and the running sums
+        dW_x, dW_h, db, db_hn, accumulated step by step inside the reverse
+        scan (as the LSTM's), so no (T, B, 3H) stack of deltas is held on top
+        of the cache. The per-step gradients returned are the totals delta h_t.
+        """
+        xh, gates, hn_all = cache
+        Wx, Wh = params["Wx"], params["Wh"]
+        H, D = self.hidden, Wx.shape[0]
+        dys, dh_seed = self._upstream(hn_all, dy)
+
+        def step(carry, inputs):
+            dh_next, dWx, dWh, db, dbhn = carry
+            dy_t, gates_t, hn, xh_t = inputs
+            r, z, n = gates_t[:, :H], gates_t[:, H : 2 * H], gates_t[:, 2 * H :]
+            x_t, h_prev = xh_t[:, :D], xh_t[:, D:]
+            dh = dh_next if dy_t is None else dh_next + dy_t  # total dL/dh_t
+            dan = dh * (1 - z) * (1 - n) * (1 + n)  # dL/da^n: through n, tanh' = (1 - n)(1 + n)
+            dar = dan * hn * r * (1 - r)  # dL/da^r: dr = dan (u^n + b_hn), sigma' = r (1 - r)
+            daz = dh * (h_prev - n) * z * (1 - z)  # dL/da^z: dz = dh (h_(t-1) - n)
+            run = dan * r  # dL/du^n (= dL/db_hn)
+            da = jnp.concatenate([dar, daz, dan], axis=1)  # (B, 3H)
+            du = jnp.concatenate([dar, daz, run], axis=1)  # (B, 3H)
+            sums = (dWx + x_t.T @ da, dWh + h_prev.T @ du, db + jnp.sum(da, axis=0), dbhn + jnp.sum(run, axis=0))
+            return (dh * z + du @ Wh.T, *sums), (da @ Wx.T, dh)
+
+        carry = (dh_seed, jnp.zeros_like(Wx), jnp.zeros_like(Wh), jnp.zeros_like(params["b"]),
+                 jnp.zeros_like(params["bhn"]))
+        (dh0, dWx, dWh, db, dbhn), (dx, dh) = lax.scan(step, carry, (dys, gates, hn_all, xh), reverse=True)
+        dparams = {"Wx": dWx, "Wh": dWh, "b": db, "bhn": dbhn}
+        return dparams, self._dx(time_major(dx), (dh0,)), {"h": dh}
