@@ -144,7 +144,7 @@ def test_unknown_names():
 
 def test_every_task_fits_its_data():
     outputs = {"digits": (10,), "spirals": (2,), "adding": (1,)}
-    inputs = {"mlp": (64,), "cnn": (8, 8, 1), "rnn": (8, 8), "lstm": (8, 8)}
+    inputs = {"mlp": (64,), "cnn": (8, 8, 1), "rnn": (8, 8), "lstm": (8, 8), "gru": (8, 8)}
     for (model_name, data_name), make in zoo.TASKS.items():
         shape = {"digits": inputs[model_name], "spirals": (2,), "adding": (50, 2)}[data_name]
         model = make().model

@@ -7,9 +7,9 @@ and default hyperparameters. Shapes (batch excluded):
 - mlp / digits: x (64,) standardized pixels -> Dense(256) ReLU Dense(10) -> logits (10,)
 - cnn / digits: x (8, 8, 1) -> Conv2D(16, 3x3) ReLU MaxPool(2) Conv2D(32, 3x3) ReLU MaxPool(2)
   Flatten Dense(10) -> (10,)
-- rnn, lstm / digits: x (8, 8), one row per step -> RNN/LSTM(64, last step) Dense(10) -> (10,)
+- rnn, lstm, gru / digits: x (8, 8), one row per step -> RNN/LSTM/GRU(64, last step) Dense(10) -> (10,)
 - mlp / spirals: x (2,) -> Dense(64) tanh Dense(64) tanh Dense(2) -> (2,)
-- rnn, lstm / adding: x (T, 2) -> RNN/LSTM(64, last step) Dense(1) -> (1,), MeanSquaredError head.
+- rnn, lstm, gru / adding: x (T, 2) -> RNN/LSTM/GRU(64, last step) Dense(1) -> (1,), MeanSquaredError head.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import optax
 from manualbp.layers.activations import ReLU, Tanh
 from manualbp.layers.conv import Conv2D
 from manualbp.layers.dense import Dense
+from manualbp.layers.gru import GRU
 from manualbp.layers.heads import MeanSquaredError, SoftmaxCrossEntropy
 from manualbp.layers.lstm import LSTM
 from manualbp.layers.pool import MaxPool2D
@@ -30,7 +31,7 @@ from manualbp.layers.reshape import Flatten
 from manualbp.layers.sequential import Sequential
 from manualbp.training import data as datasets
 
-MODEL_NAMES = ("mlp", "cnn", "rnn", "lstm")
+MODEL_NAMES = ("mlp", "cnn", "rnn", "lstm", "gru")
 DATA_NAMES = ("digits", "spirals", "adding")
 OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
     "sgd": optax.sgd,
@@ -88,6 +89,13 @@ TASKS: dict[tuple[str, str], Callable[[], Task]] = {
         Sequential(LSTM(64, return_sequences=False), Dense(1)), MeanSquaredError(),
         lambda dtype: datasets.adding(50, dtype=dtype), "adam", 1e-3, 3000, 64,
         "LSTM(64) on the adding problem, T=50, last state -> Dense(1)"),
+    ("gru", "digits"): lambda: _classifier(
+        Sequential(GRU(64, return_sequences=False), Dense(10)), _digits("rows"), "adam", 3e-3, 2000, 64,
+        "GRU(64) reading the 8 rows of each digit, last state -> Dense(10)"),
+    ("gru", "adding"): lambda: Task(
+        Sequential(GRU(64, return_sequences=False), Dense(1)), MeanSquaredError(),
+        lambda dtype: datasets.adding(50, dtype=dtype), "adam", 1e-3, 3000, 64,
+        "GRU(64) on the adding problem, T=50, last state -> Dense(1)"),
 }
 
 
