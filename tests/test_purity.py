@@ -21,6 +21,7 @@ CALLS_REFERENCE = {
     "manualbp/verify/compare.py",
     "manualbp/training/step.py",
     "manualbp/cli/benchmarks/cnn.py",
+    "manualbp/cli/benchmarks/conv_layers.py",
     "manualbp/cli/benchmarks/mlp.py",
     "manualbp/cli/benchmarks/recurrent.py",
 }

@@ -11,7 +11,8 @@ from manualbp.cli.args import positive_int
 BENCHES = {
     "mlp": "manualbp.cli.benchmarks.mlp",
     "cnn": "manualbp.cli.benchmarks.cnn",
-    "recurrent": "manualbp.cli.benchmarks.recurrent",  # RNN and LSTM
+    "recurrent": "manualbp.cli.benchmarks.recurrent",  # RNN, LSTM and GRU
+    "conv-layers": "manualbp.cli.benchmarks.conv_layers",  # Conv1D and ConvTranspose2D
 }
 
 

@@ -1,8 +1,8 @@
-"""RNN and LSTM, D=64, H=256, T=64, batch 64, float32, loss on the last step's projection to 10 classes.
+"""RNN, LSTM and GRU, D=64, H=256, T=64, batch 64, float32, loss on the last step's projection to 10 classes.
 
 Contenders, interleaved in one run: the manual BPTT step vs ``jax.value_and_grad``
 of the reference (the textbook step inside ``lax.scan``, default unroll).
-Targets on the 2-core CPU: manual/jax.grad <= 0.75 (RNN), <= 0.85 (LSTM).
+Targets on the 2-core CPU: manual/jax.grad <= 0.75 (RNN), <= 0.85 (LSTM, GRU).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from manualbp.backprop import loss_and_grads
 from manualbp.cli.benchmarks.timing import compile_time, interleaved, machine
 from manualbp.layers.dense import Dense
+from manualbp.layers.gru import GRU
 from manualbp.layers.heads import SoftmaxCrossEntropy
 from manualbp.layers.lstm import LSTM
 from manualbp.layers.recurrent import RNN
@@ -22,7 +23,8 @@ from manualbp.layers.sequential import Sequential
 from manualbp.reference import value_and_grad as reference_step
 
 D, H, T, BATCH, CLASSES = 64, 256, 64, 64, 10
-TARGETS = {"rnn": 0.75, "lstm": 0.85}
+TARGETS = {"rnn": 0.75, "lstm": 0.85, "gru": 0.85}
+LAYERS = ("rnn", "lstm", "gru")
 
 
 def _one(name, layer, repeats):
@@ -55,19 +57,20 @@ def run(repeats: int = 30) -> dict:
         "load_average_1min_before": os.getloadavg()[0],  # other processes on the machine skew both contenders
         "rnn": _one("rnn", RNN(H, return_sequences=False), repeats),
         "lstm": _one("lstm", LSTM(H, return_sequences=False), repeats),
+        "gru": _one("gru", GRU(H, return_sequences=False), repeats),
     }
 
 
 def markdown(r: dict) -> str:
     c = r["config"]
     lines = [
-        f"### RNN and LSTM, D={c['D']}, H={c['H']}, T={c['T']}, batch {c['batch']}, float32, "
+        f"### RNN, LSTM and GRU, D={c['D']}, H={c['H']}, T={c['T']}, batch {c['batch']}, float32, "
         f"loss on the last step ({c['classes']} classes)",
         "",
         "| layer | contender | median step (ms) | p10-p90 (ms) | compile (s) |",
         "|---|---|---|---|---|",
     ]
-    for name in ("rnn", "lstm"):
+    for name in LAYERS:
         for who in ("manual", "jax.grad"):
             t, cs = r[name]["times"][who], r[name]["compile_s"][who]
             lines.append(f"| {name.upper()} | {who} | {t['median_s'] * 1e3:.2f} | {t['p10_s'] * 1e3:.2f}-"
@@ -76,7 +79,7 @@ def markdown(r: dict) -> str:
     lines.append("; ".join(
         f"{name.upper()} manual/jax.grad = **{r[name]['ratio']:.3f}** (target <= {r[name]['target']:.2f}), "
         f"compile {r[name]['compile_s']['manual'] / r[name]['compile_s']['jax.grad']:.2f}"
-        for name in ("rnn", "lstm")
+        for name in LAYERS
     ) + f". {c['repeats']} interleaved repeats; jax.grad of the reference's lax.scan with default unroll; "
       f"1-min load average before the run {r['load_average_1min_before']:.1f}.")
     return "\n".join(lines)
