@@ -85,11 +85,11 @@ def test_a_missing_time_reversal_fails_at_the_input_gradient():
 
 
 def test_against_finite_differences():
-    model = _model()
-    params, _ = model.init(jax.random.key(0), (5, 2), jnp.float64)
-    x = _rand((2, 5, 2), jnp.float64, 1)
-    y, mask = jnp.array([[0, 1, 2, 3, 0], [3, 2, 1, 0, 0]]), jnp.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
-    report = mbp.gradcheck(model, mbp.SoftmaxCrossEntropy(), params, x, y, mask, k=4)
+    model = mbp.Sequential(mbp.Bidirectional(mbp.GRU(2)), mbp.Dense(3))
+    params, _ = model.init(jax.random.key(0), (4, 2), jnp.float64)
+    x = _rand((2, 4, 2), jnp.float64, 1)
+    y, mask = jnp.array([[0, 1, 2, 0], [2, 1, 0, 0]]), jnp.array([[1, 1, 1, 1], [1, 1, 0, 0]])
+    report = mbp.gradcheck(model, mbp.SoftmaxCrossEntropy(), params, x, y, mask, k=3)
     assert report.ok, str(report)
 
 

@@ -64,11 +64,11 @@ def test_random_configurations(k, s, d, padding, c, f, n, t, dtype):
 
 def test_against_finite_differences():
     layer, shape, _ = CONFIGS[1]  # stride and dilation
-    model = mbp.Sequential(mbp.Conv1D(3, 2, padding="CAUSAL"), mbp.Tanh(), layer, mbp.Flatten())
-    p0, _ = model.layers[0].init(jax.random.key(0), shape[1:], jnp.float64)
-    params, x, _ = _case(layer, (shape[0], shape[1], 3), jnp.float64)
-    y = _rand((shape[0], int(np.prod(layer.output_shape((shape[1], 3))))), jnp.float64, 9)
-    report = mbp.gradcheck(model, mbp.MeanSquaredError(), (p0, {}, params, {}), x[..., :2], y, k=4)
+    model = mbp.Sequential(layer, mbp.Flatten())
+    params, x, y = _case(layer, shape, jnp.float64)
+    # the loss is quadratic along every direction (a linear layer under MSE): no truncation error, so a larger step
+    # only shrinks the rounding error O(1e-16 |L| / eps)
+    report = mbp.gradcheck(model, mbp.MeanSquaredError(), (params, {}), x, y.reshape(shape[0], -1), k=4, eps=1e-3)
     assert report.ok, str(report)
 
 

@@ -60,7 +60,7 @@ def test_layer_matches_reference(config, jit):
         assert len([r for r in report.rows if r.quantity.startswith("dL/dx")]) == 2
 
 
-@settings(max_examples=3, deadline=None)
+@settings(max_examples=2, deadline=None)
 @given(
     btdh=st.tuples(st.integers(1, 3), st.integers(1, 6), st.integers(1, 4), st.integers(1, 5)),
     seq=st.booleans(),
@@ -70,7 +70,7 @@ def test_layer_matches_reference(config, jit):
 )
 def test_random_configurations(btdh, seq, init, dtype, seed):
     layer, params, x = _case(*btdh, seq, init, dtype, seed)
-    report = mbp.check_layer(layer, params, x, jit=True, key=jax.random.key(seed))
+    report = mbp.check_layer(layer, params, x, key=jax.random.key(seed))  # eager: compiles less (jit: CONFIGS)
     assert report.ok, str(report)
 
 
