@@ -60,7 +60,7 @@ def test_nothing_to_differentiate_nan_inputs_and_k():
 
 def test_backward_returning_the_wrong_number_of_cotangents():
     f = custom(scale, _fwd, lambda res, dy: (dy * res[1],))
-    with pytest.raises(ValueError, match=r"the backward of scale returns 1 cotangents but scale takes 2 argument\(s\) "
+    with pytest.raises(ValueError, match=r"the backward of scale returns 1 cotangent\(s\) but scale takes 2 argument\(s\) "
                                          r"\(float64\[3\], float64\[3\]\); return a tuple with one cotangent per "
                                          r"argument \(None for one without a gradient\)"):
         mbp.check_vjp(f, scale, X, W)

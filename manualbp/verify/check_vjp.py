@@ -69,8 +69,7 @@ def check_vjp(fn, reference, *args, argnums=None, k: int = 3, seed: int = 0, jit
       integer argument in ``argnums``; a backward returning the wrong number,
       structure, shapes or dtypes of cotangents; NaN/Inf in the inputs.
     """
-    name = getattr(fn, "__name__", type(fn).__name__)
-    ref_name = getattr(reference, "__name__", type(reference).__name__)
+    name, ref_name = _name(fn), _name(reference)
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"check_vjp: k must be a positive int (the number of random cotangents), got {k!r}")
     inputs = Inputs.build(name, args, argnums)
@@ -100,6 +99,11 @@ def check_vjp(fn, reference, *args, argnums=None, k: int = 3, seed: int = 0, jit
     report.rows.extend(_reentrancy_rows(name, inputs, g_fn, pull, cts[0], got[0], jit, tol))
     report.rows.extend(_vmap_rows(name, inputs, pull, cts, looped, jit, tol))
     return report
+
+
+def _name(f) -> str:
+    """A function's name for rows and messages (a functools.partial's is its function's)."""
+    return getattr(f, "__name__", None) or getattr(getattr(f, "func", None), "__name__", None) or type(f).__name__
 
 
 def _row(name: str, quantity: str, got, want, tol: Tolerance, *, truth=None, exact: bool = False, shape=None,

@@ -163,7 +163,7 @@ def check_custom_vjp_rule(fn, name: str, args: tuple):
     except Exception:  # noqa: BLE001  (the rule cannot be run on shapes alone: the real call reports, reworded below)
         return
     if not isinstance(cts, (tuple, list)) or len(cts) != len(args):
-        got = f"{len(cts)} cotangents" if isinstance(cts, (tuple, list)) else f"a bare {describe_tree(cts)}"
+        got = f"{len(cts)} cotangent(s)" if isinstance(cts, (tuple, list)) else f"a bare {describe_tree(cts)}"
         raise ValueError(f"check_vjp: the backward of {name} returns {got} but {name} takes {len(args)} argument(s) "
                          f"{describe_tree(tuple(args))}; return a tuple with one cotangent per argument "
                          "(None for one without a gradient)")
