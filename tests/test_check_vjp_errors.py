@@ -56,6 +56,10 @@ def test_nothing_to_differentiate_nan_inputs_and_k():
         mbp.check_vjp(scale, scale, X, W.at[0].set(jnp.nan))
     with pytest.raises(ValueError, match=r"k must be a positive int"):
         mbp.check_vjp(scale, scale, X, W, k=0)
+    with pytest.raises(ValueError, match=r"check_vjp: argmax returns no floating-point output \(int64\[\]\)"):
+        def argmax(x):
+            return jnp.argmax(x)
+        mbp.check_vjp(argmax, jnp.argmax, X)
 
 
 def test_backward_returning_the_wrong_number_of_cotangents():
@@ -103,3 +107,19 @@ def test_a_wrong_rule_inside_a_wrapper_is_reported_in_check_vjps_words():
 
     with pytest.raises(TypeError, match=r"the backward of outer2 returns a cotangent of dtype float32 for arg 1"):
         mbp.check_vjp(outer2, scale, X, W)
+
+
+def test_a_reference_that_runs_a_hand_written_rule_proves_nothing():
+    f = custom(scale, _fwd, lambda res, dy: (dy * res[1], dy * res[0]))
+    with pytest.raises(ValueError, match=r"the reference scale runs a jax.custom_vjp \(<lambda> at .*\), so jax.vjp of it "
+                                         r"is a hand-written rule too, not autodiff"):
+        mbp.check_vjp(f, f, X, W)  # fn as its own reference: would always pass
+    with pytest.raises(ValueError, match=r"the reference <lambda> runs a jax.custom_vjp"):
+        mbp.check_vjp(f, lambda x, w: jax.jit(f)(x, w) + 0.0, X, W)  # nested inside a jit, too
+
+
+def test_a_function_without_a_rule_says_its_vjp_is_autodiffs():
+    report = mbp.check_vjp(scale, lambda x, w: w * x, X, W)
+    assert report.ok and "scale runs no custom_vjp/custom_jvp: its VJP is autodiff's too" in report.title
+    rule = mbp.check_vjp(custom(scale, _fwd, lambda res, dy: (dy * res[1], dy * res[0])), scale, X, W)
+    assert rule.ok and "autodiff's too" not in rule.title

@@ -25,6 +25,7 @@ This is the verify module that calls autodiff on the user's functions
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +33,7 @@ import numpy as np
 
 from manualbp.verify.report import Report, Row, compare_arrays
 from manualbp.verify.tolerances import Tolerance, tolerance
-from manualbp.verify.vjp_inputs import Inputs, check_custom_vjp_rule, check_outputs, reraise_rule_error
+from manualbp.verify.vjp_inputs import Inputs, check_custom_vjp_rule, reraise_rule_error, trace
 
 
 def check_vjp(fn, reference, *args, argnums=None, k: int = 3, seed: int = 0, jit: bool = False,
@@ -64,6 +65,8 @@ def check_vjp(fn, reference, *args, argnums=None, k: int = 3, seed: int = 0, jit
       says how far fn and the reference each are from the reference at float64.
 
     Raises:
+      ValueError if ``reference`` runs a ``jax.custom_vjp`` (fn itself, say):
+      its VJP would not be autodiff's and the check would prove nothing.
       ValueError/TypeError naming the argument or output: ``fn`` and
       ``reference`` with different output structures, shapes or dtypes; an
       integer argument in ``argnums``; a backward returning the wrong number,
@@ -73,8 +76,7 @@ def check_vjp(fn, reference, *args, argnums=None, k: int = 3, seed: int = 0, jit
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"check_vjp: k must be a positive int (the number of random cotangents), got {k!r}")
     inputs = Inputs.build(name, args, argnums)
-    out_spec = check_outputs(name, ref_name, jax.eval_shape(lambda: fn(*inputs.args)),
-                             jax.eval_shape(lambda: reference(*inputs.args)))
+    out_spec, has_rule = trace(name, ref_name, fn, reference, inputs.args)
     check_custom_vjp_rule(fn, name, inputs.args)
     g_fn, g_ref = inputs.closed(fn), inputs.closed(reference)
     cts = _cotangents(out_spec, k, seed)
@@ -87,7 +89,8 @@ def check_vjp(fn, reference, *args, argnums=None, k: int = 3, seed: int = 0, jit
 
     dtype = _lowest_precision([*inputs.diff, *jax.tree_util.tree_leaves(y_fn)])
     tol = tolerance(dtype)
-    report = Report(title or f"check_vjp: {name} vs jax.vjp of {ref_name} ({k} random cotangent{'s' * (k > 1)})",
+    plain = "" if has_rule else f"; {name} runs no custom_vjp/custom_jvp: its VJP is autodiff's too"
+    report = Report(title or f"check_vjp: {name} vs jax.vjp of {ref_name} ({k} random cotangent{'s' * (k > 1)}{plain})",
                     dtype.name, tol)
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(y_fn), jax.tree_util.tree_leaves(y_ref)):
         report.rows.append(_row(name, "output" + jax.tree_util.keystr(path), a, b, tol))
@@ -107,7 +110,7 @@ def _name(f) -> str:
 
 
 def _row(name: str, quantity: str, got, want, tol: Tolerance, *, truth=None, exact: bool = False, shape=None,
-         why: str = "", note: str = "") -> Row:
+         why: str = "", note: str = "", failed: str = "") -> Row:
     """Every row of a check_vjp report is built here: one place to change how a row is judged.
 
     ``truth``: the reference at float64 (when x64 is on and the check runs in a
@@ -115,7 +118,11 @@ def _row(name: str, quantity: str, got, want, tol: Tolerance, *, truth=None, exa
     ``exact``: the row passes only when bitwise equal (reentrancy), ``why``
     says what a failure means. ``shape``: the shape shown (the input's, for a
     stack of k cotangents). ``note``: shown on the row whatever its verdict.
+    ``failed``: the quantity could not be computed (the reason): a failing row
+    with nothing compared.
     """
+    if failed:
+        return Row(name, quantity, tuple(shape), math.nan, math.nan, math.nan, False, False, failed)
     row = compare_arrays(name, quantity, got, want, tol, note)
     if exact and not row.exact:
         row = dataclasses.replace(row, ok=False, note="; ".join(filter(None, [row.note, why])))
@@ -202,8 +209,8 @@ def _reentrancy_rows(name, inputs: Inputs, g, pull, ct, first, jit: bool, tol) -
             again = rerun = pull(ct)[0]
     except Exception as e:  # noqa: BLE001  (e.g. a leaked tracer: state kept from an earlier trace)
         why = f"calling the pullback again raised {type(e).__name__}: the backward keeps hidden state"
-        return [dataclasses.replace(_row(name, f"{label} backward twice", a, a, tol, shape=a.shape), ok=False,
-                                    note=why) for label, a in zip(inputs.labels, first)]
+        return [_row(name, f"{label} backward twice", None, None, tol, shape=a.shape, failed=why)
+                for label, a in zip(inputs.labels, first)]
     rows = []
     for label, a, b, c in zip(inputs.labels, first, again, rerun):
         row = _row(name, f"{label} backward twice", b, a, tol, exact=True, why=why, note=note, shape=a.shape)
@@ -230,7 +237,7 @@ def _vmap_rows(name, inputs: Inputs, pull, cts, looped, jit: bool, tol) -> list[
         out = (jax.jit(batched) if jit else batched)(pull, [np.stack(col) for col in columns])
     except Exception as e:  # noqa: BLE001  (a backward that cannot be batched is a failing row, not a crash)
         why = f"the backward does not run under jax.vmap: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
-        return [dataclasses.replace(_row(name, f"{label} vmap over cotangents", a, a, tol, shape=leaf.shape),
-                                    ok=False, note=why) for label, a, leaf in zip(inputs.labels, looped, inputs.diff)]
+        return [_row(name, f"{label} vmap over cotangents", None, None, tol, shape=leaf.shape, failed=why)
+                for label, leaf in zip(inputs.labels, inputs.diff)]
     return [_row(name, f"{label} vmap over cotangents", b, a, tol, shape=leaf.shape)
             for label, a, b, leaf in zip(inputs.labels, looped, out, inputs.diff)]

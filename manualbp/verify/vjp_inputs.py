@@ -3,7 +3,9 @@
 Arguments are pytrees; every array leaf gets a label by its path, "arg 0",
 "arg 1['W']", "arg 2[0]". Floating array leaves are differentiated, integer and
 boolean ones (indices, masks) and Python scalars are side inputs. Nothing here
-calls autodiff: structures and shapes come from ``jax.eval_shape``.
+calls autodiff: structures and shapes come from tracing (``jax.make_jaxpr``,
+``jax.eval_shape``), which also shows whether a function runs a hand-written
+rule.
 """
 
 from __future__ import annotations
@@ -122,6 +124,41 @@ class Inputs:
                                 f"for {label} ({describe(leaf)}); a cotangent has its input's dtype")
 
 
+def _custom_rules(jaxpr, found: dict) -> dict:
+    """{"custom_vjp": [its bwd, ...], "custom_jvp": [...]} met in ``jaxpr`` and every jaxpr nested in it."""
+    for eqn in jaxpr.eqns:
+        kind = eqn.primitive.name.removesuffix("_call")
+        if kind in found:
+            info = getattr(eqn.params.get("bwd"), "debug_info", None)
+            found[kind].append(getattr(info, "func_src_info", None) or kind)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's jaxpr, or a Jaxpr itself
+                if hasattr(inner, "eqns"):
+                    _custom_rules(inner, found)
+    return found
+
+
+def trace(name: str, ref_name: str, fn, reference, args: tuple):
+    """(fn's output spec, whether fn has a hand-written rule) from one trace of each, without running them.
+
+    Raises a ValueError when the reference itself runs a ``jax.custom_vjp``: its
+    VJP would be a hand-written rule too (or fn's own), not autodiff, and the
+    comparison would prove nothing.
+    """
+    fn_jaxpr, out = jax.make_jaxpr(lambda: fn(*args), return_shape=True)()
+    ref_jaxpr, ref_out = jax.make_jaxpr(lambda: reference(*args), return_shape=True)()
+    rules = _custom_rules(ref_jaxpr.jaxpr, {"custom_vjp": []})["custom_vjp"]
+    if rules:
+        raise ValueError(f"check_vjp: the reference {ref_name} runs a jax.custom_vjp ({rules[0]}), so jax.vjp of it is a "
+                         f"hand-written rule too, not autodiff; pass the computation written with plain ops")
+    check_outputs(name, ref_name, out, ref_out)
+    if not any(jnp.issubdtype(v.dtype, jnp.inexact) for v in jax.tree_util.tree_leaves(out)):
+        raise ValueError(f"check_vjp: {name} returns no floating-point output ({describe_tree(out)}): no cotangent "
+                         "flows back through it, there is no VJP to check")
+    return out, any(_custom_rules(fn_jaxpr.jaxpr, {"custom_vjp": [], "custom_jvp": []}).values())
+
+
 def check_outputs(name: str, ref_name: str, out, ref_out):
     """Raise unless ``fn`` and ``reference`` return the same structure, shapes and dtypes; return fn's output spec."""
     if jax.tree_util.tree_structure(out) != jax.tree_util.tree_structure(ref_out):
@@ -137,7 +174,6 @@ def check_outputs(name: str, ref_name: str, out, ref_out):
         if np.dtype(a.dtype) != np.dtype(b.dtype):
             raise TypeError(f"check_vjp: {where} of {name} has dtype {np.dtype(a.dtype).name} but {ref_name}'s has "
                             f"dtype {np.dtype(b.dtype).name}; compare the two in one precision")
-    return out
 
 
 def check_custom_vjp_rule(fn, name: str, args: tuple):
