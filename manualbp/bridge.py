@@ -47,7 +47,7 @@ class _Static(NamedTuple):
     cache_treedef: Any
     cache_static: tuple  # (index, value) of every leaf of the cache that is not an array
     x_treedef: Any
-    x_spec: tuple  # (shape, dtype) of every leaf of x
+    x_spec: tuple  # (shape, dtype) of every leaf of x (a JAX dtype: PRNG keys included)
 
 
 jax.tree_util.register_pytree_node(_Static, lambda s: ((), tuple(s)), lambda aux, _: _Static(*aux))
@@ -108,7 +108,7 @@ def as_function(layer):
         cache_leaves, cache_treedef = jax.tree_util.tree_flatten(cache)
         x_leaves, x_treedef = jax.tree_util.tree_flatten(x)
         static = _Static(cache_treedef, tuple((i, v) for i, v in enumerate(cache_leaves) if not _is_array(v)),
-                         x_treedef, tuple((tuple(v.shape), np.dtype(v.dtype)) for v in x_leaves))
+                         x_treedef, tuple((tuple(v.shape), v.dtype) for v in x_leaves))
         return y, (params, [v for v in cache_leaves if _is_array(v)], static)
 
     def bwd(res, dy):

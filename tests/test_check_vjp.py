@@ -169,3 +169,18 @@ def test_a_backward_that_cannot_be_batched_fails_its_vmap_row():
     assert report.row("sin", "arg 0").ok and report.row("sin", "arg 0 backward twice").ok
     row = report.row("sin", "arg 0 vmap over cotangents")
     assert not row.ok and "does not run under jax.vmap" in row.note
+
+
+def test_a_prng_key_is_a_side_input():
+    """Dropout with its key as an input: the key gets no row, the mask's gradient is checked."""
+
+    def dropout(x, key):
+        return jnp.where(jax.random.bernoulli(key, 0.5, x.shape), 2 * x, 0)
+
+    def bwd(keep, dy):
+        return (jnp.where(keep, 2 * dy, 0), None)
+
+    rule = custom(dropout, lambda x, key: (dropout(x, key), jax.random.bernoulli(key, 0.5, x.shape)), bwd)
+    report = mbp.check_vjp(rule, dropout, _normal((3, 4)), jax.random.key(7))
+    assert report.ok and [r.quantity for r in report.rows][:2] == ["output", "arg 0"]
+    assert not any("arg 1" in r.quantity for r in report.rows)

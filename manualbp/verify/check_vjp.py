@@ -122,7 +122,8 @@ def _row(name: str, quantity: str, got, want, tol: Tolerance, *, truth=None, exa
     with nothing compared.
     """
     if failed:
-        return Row(name, quantity, tuple(shape), math.nan, math.nan, math.nan, False, False, failed)
+        return Row(layer=name, quantity=quantity, shape=tuple(shape), max_abs=math.nan, max_rel=math.nan,
+                   norm_rel=math.nan, exact=False, ok=False, note=failed)
     row = compare_arrays(name, quantity, got, want, tol, note)
     if exact and not row.exact:
         row = dataclasses.replace(row, ok=False, note="; ".join(filter(None, [row.note, why])))

@@ -17,9 +17,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from manualbp.layers.base import describe
-
 keystr = jax.tree_util.keystr
+
+
+def describe(leaf) -> str:
+    """'float32[3,4]' for an array (a PRNG key array too: 'key<fry>[2]'), the type name otherwise."""
+    if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+        return f"{leaf.dtype.name}[{','.join(map(str, leaf.shape))}]"
+    return type(leaf).__name__
 
 
 class _Desc:
@@ -76,8 +81,8 @@ class Inputs:
             if marked and not (_is_array(leaf) and _floating(leaf)):
                 raise TypeError(
                     f"check_vjp: {label} is marked differentiable (argnums) but is {describe(leaf)}: integer "
-                    f"inputs (indices, masks) have no cotangent; leave argument {i} out of argnums, and it is "
-                    "passed through as a side input"
+                    f"inputs (indices, masks, PRNG keys) have no cotangent; leave argument {i} out of argnums, and "
+                    "it is passed through as a side input"
                 )
             if _is_array(leaf):
                 leaf = jnp.asarray(leaf)
