@@ -184,3 +184,18 @@ def test_a_prng_key_is_a_side_input():
     report = mbp.check_vjp(rule, dropout, _normal((3, 4)), jax.random.key(7))
     assert report.ok and [r.quantity for r in report.rows][:2] == ["output", "arg 0"]
     assert not any("arg 1" in r.quantity for r in report.rows)
+
+
+def test_nondet_tol_admits_a_backward_nondeterministic_by_design():
+    """Like an atomic scatter-add on a GPU: each call rounds differently. Bitwise by default, as torch's gradcheck."""
+    rng = np.random.default_rng(0)
+
+    def bwd(x, dy):
+        return (2 * x * dy + float(rng.uniform(-1e-13, 1e-13)),)  # host-side noise, a new draw on every call
+
+    square = custom(lambda x: x**2, lambda x: (x**2, x), bwd)
+    strict = mbp.check_vjp(square, lambda x: x**2, _normal((4,)))
+    assert strict.first_failure.quantity == "arg 0 backward twice" and "nondet_tol" in strict.first_failure.note
+    assert mbp.check_vjp(square, lambda x: x**2, _normal((4,)), nondet_tol=1e-12).ok
+    with pytest.raises(ValueError, match="nondet_tol must be >= 0"):
+        mbp.check_vjp(square, lambda x: x**2, _normal((4,)), nondet_tol=-1.0)
