@@ -33,7 +33,7 @@ import numpy as np
 
 from manualbp.verify.report import Report, Row, compare_arrays
 from manualbp.verify.tolerances import Tolerance, tolerance
-from manualbp.verify.vjp_inputs import Inputs, check_custom_vjp_rule, reraise_rule_error, trace
+from manualbp.verify.vjp_inputs import Inputs, check_custom_vjp_rule, reraise_rule_error, trace_both
 
 
 def check_vjp(fn, reference, *args, argnums=None, k: int = 3, seed: int = 0, jit: bool = False,
@@ -81,7 +81,7 @@ def check_vjp(fn, reference, *args, argnums=None, k: int = 3, seed: int = 0, jit
     if not nondet_tol >= 0:
         raise ValueError(f"check_vjp: nondet_tol must be >= 0, got {nondet_tol!r}")
     inputs = Inputs.build(name, args, argnums)
-    out_spec, has_rule = trace(name, ref_name, fn, reference, inputs.args)
+    out_spec, has_rule = trace_both(name, ref_name, fn, reference, inputs.args)
     check_custom_vjp_rule(fn, name, inputs.args)
     g_fn, g_ref = inputs.closed(fn), inputs.closed(reference)
     cts = _cotangents(out_spec, k, seed)

@@ -144,7 +144,7 @@ def _custom_rules(jaxpr, found: dict) -> dict:
     return found
 
 
-def trace(name: str, ref_name: str, fn, reference, args: tuple):
+def trace_both(name: str, ref_name: str, fn, reference, args: tuple):
     """(fn's output spec, whether fn has a hand-written rule) from one trace of each, without running them.
 
     Raises a ValueError when the reference itself runs a ``jax.custom_vjp``: its
