@@ -1,6 +1,6 @@
 # Two commands on a fresh machine with only python3 and make:
 #   make demo   -> creates .venv, installs manualbp, runs `manualbp check` on the built-in models
-#   make test   -> creates .venv, installs the test extra, runs the test suite
+#   make test   -> creates .venv, installs the test extras (and flax, equinox), runs the test suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,7 +12,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[test,examples]"
+	$(BIN)/python -m pip install --quiet -e ".[test,examples,flax,equinox]"
 	touch $@
 
 demo: $(VENV)/.installed

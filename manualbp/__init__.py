@@ -7,6 +7,7 @@ the tools that compare them with the autodiff twin in ``reference`` live in
 """
 
 from manualbp.backprop import value_and_grad
+from manualbp.bridge import as_function
 from manualbp.layers import (
     GELU,
     GRU,
@@ -46,6 +47,7 @@ from manualbp.training import data
 from manualbp.training.clip import clip_by_global_norm
 from manualbp.training.train import train, train_twin
 from manualbp.verify.check_layer import check_layer
+from manualbp.verify.check_vjp import check_vjp
 from manualbp.verify.compare import compare
 from manualbp.verify.diagnostics import GradientFlow, gradient_flow
 from manualbp.verify.gradcheck import gradcheck
@@ -62,4 +64,5 @@ __all__ = [
     "AvgPool2D", "Conv2D", "Flatten", "MaxPool2D",
     "clip_by_global_norm", "data", "train", "train_twin",
     "GRU", "Bidirectional", "Conv1D", "ConvTranspose2D", "GlobalAvgPool2D", "GlobalMaxPool2D",
+    "as_function", "check_vjp",
 ]

@@ -26,10 +26,18 @@ CALLS_REFERENCE = {
     "manualbp/cli/benchmarks/recurrent.py",
 }
 
+# the manual modules that may call autodiff, and exactly what: check_vjp differentiates the USER's functions (fn and
+# its reference); the bridge wraps a manual backward as a jax.custom_vjp (and refuses second order with a custom_jvp)
+CALLS_AUTODIFF = {
+    "manualbp/verify/check_vjp.py": {"vjp"},
+    "manualbp/bridge.py": {"custom_vjp", "custom_jvp"},
+}
+
 # floor plan: what each part of manualbp may import (besides itself); imports point down
 MAY_IMPORT = {
     "layers": set(),
     "backprop.py": {"layers"},
+    "bridge.py": {"layers"},
     "models.py": {"layers"},
     "verify": {"layers", "backprop.py", "reference"},
     "training": {"layers", "backprop.py", "verify", "reference"},
@@ -60,14 +68,15 @@ def _jax_aliases(tree):
     return names
 
 
-def autodiff_uses(path):
+def autodiff_uses(path, allowed=frozenset()):
+    """Every use of a JAX autodiff entry point in ``path``, except those named in ``allowed``."""
     tree = ast.parse(path.read_text())
     jax_names = _jax_aliases(tree)
     hits = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "jax":
             hits += [f"{path.name}:{node.lineno} imports {a.name}" for a in node.names if a.name in AUTODIFF]
-        if isinstance(node, ast.Attribute) and node.attr in AUTODIFF:
+        if isinstance(node, ast.Attribute) and node.attr in AUTODIFF - set(allowed):
             root = node.value
             while isinstance(root, ast.Attribute):
                 root = root.value
@@ -100,7 +109,16 @@ def _part(module: str) -> str | None:
 
 @pytest.mark.parametrize("path", _sources("manualbp"), ids=_rel)
 def test_manual_code_never_calls_autodiff(path):
-    assert autodiff_uses(path) == []
+    assert autodiff_uses(path, CALLS_AUTODIFF.get(_rel(path), ())) == []
+
+
+@pytest.mark.parametrize("rel", sorted(CALLS_AUTODIFF))
+def test_each_named_exception_uses_exactly_what_it_is_allowed(rel):
+    """A named exception that no longer calls autodiff, or calls more than it is named for, fails."""
+    path = ROOT / rel
+    assert autodiff_uses(path, CALLS_AUTODIFF[rel]) == []
+    for name in CALLS_AUTODIFF[rel]:
+        assert autodiff_uses(path, CALLS_AUTODIFF[rel] - {name}) != [], f"{rel} no longer uses jax.{name}"
 
 
 @pytest.mark.parametrize("path", _sources("reference"), ids=_rel)
