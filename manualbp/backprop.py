@@ -29,6 +29,35 @@ def _jitted(model, head, params, x, y, mask):
     return loss, grads
 
 
+_forward_output = jax.jit(lambda model, params, x: model.forward(params, x)[0], static_argnums=0)
+
+
+def as_inputs(x, y, mask=None):
+    """(x, y, mask) as jax arrays: a Python list or numpy array is converted, a tuple x stays a tuple (e.g. (x, h0))."""
+    x = jax.tree_util.tree_map(jnp.asarray, x)
+    return x, jnp.asarray(y), None if mask is None else jnp.asarray(mask)
+
+
+def check_values(model, head, params, x, y, mask=None):
+    """Raise a ValueError for invalid input VALUES while they are concrete, before any ``jax.jit``.
+
+    Inside a jit every value is a tracer, so a layer cannot raise there (it
+    gives NaN instead, see ``manualbp.layers.heads``). Call this first with the
+    arrays you will pass in: ``value_and_grad`` does. It checks
+    ``model.check_input(params, x)`` (Embedding ids in [0, vocab), for the
+    layers that read x itself), then the head's labels and mask
+    (``head.check_values``: labels in range, finite targets, a mask finite,
+    >= 0 and not all zero) against the shape of the model's output, found by
+    abstract evaluation (no FLOPs; cached per model and input shape). Shape and
+    dtype errors of the forward surface here too. A no-op for traced values.
+    """
+    x, y, mask = as_inputs(x, y, mask)
+    if is_concrete(x) and hasattr(model, "check_input"):
+        model.check_input(params, x)
+    if is_concrete((y, mask)) and hasattr(head, "check_values"):
+        head.check_values(_forward_output.eval_shape(model, params, x), y, mask)
+
+
 def value_and_grad(model, head, *, jit: bool = True, check: bool = True):
     """Return ``f(params, x, y, mask=None) -> (loss, grads)`` computed by manual backprop.
 
@@ -40,12 +69,19 @@ def value_and_grad(model, head, *, jit: bool = True, check: bool = True):
         or parameter gradient holding NaN/Inf (explosion). Skipped when ``f``
         is itself traced by an outer ``jax.jit``.
 
+    The value checks of ``check_values`` (labels, ids, mask) run whenever the
+    inputs are concrete, jit or not. Under an outer ``jax.jit`` an invalid
+    value gives a NaN loss and NaN gradient instead; wrap the call in
+    ``jax.experimental.checkify.checkify`` to get the error:
+    ``err, out = checkify.checkify(jax.jit(f))(params, x, y); err.throw()``.
+
     ``grads`` has exactly the structure of ``params``, so
     ``optax.GradientTransformation.update`` consumes it unchanged.
     """
 
     def f(params, x, y, mask=None):
-        x, y = jax.tree_util.tree_map(jnp.asarray, x), jnp.asarray(y)  # x may be a tuple, e.g. (x, h0)
+        x, y, mask = as_inputs(x, y, mask)
+        check_values(model, head, params, x, y, mask)
         if check and is_concrete((params, x)):
             check_finite(name_of(model), "input x", x)
             check_finite(name_of(model), "params", params)

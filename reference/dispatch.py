@@ -93,8 +93,9 @@ def head_forward(head, logits, labels, mask=None):
 
 
 def masked_mean(per_example, mask):
-    """Mean over all axes, or the mask-weighted mean sum(m l) / sum(m)."""
+    """Mean over all axes, or the mask-weighted mean sum(m l) / sum(m); NaN if an entry of m is negative or not finite."""
     if mask is None:
         return jnp.mean(per_example)
-    m = mask.astype(per_example.dtype)
+    m = jnp.asarray(mask).astype(per_example.dtype)
+    m = jnp.where((m >= 0) & (m < jnp.inf), m, jnp.nan)
     return jnp.sum(m * per_example) / jnp.sum(m)

@@ -23,7 +23,8 @@ def value_and_grad(model, head, *, jit: bool = True):
     """Return ``f(params, x, y, mask=None) -> (loss, grads)`` from ``jax.value_and_grad``."""
 
     def f(params, x, y, mask=None):
-        x, y = jnp.asarray(x), jnp.asarray(y)
+        x, y = jax.tree_util.tree_map(jnp.asarray, x), jnp.asarray(y)  # x may be a tuple, e.g. (x, h0)
+        mask = None if mask is None else jnp.asarray(mask)
         if jit:
             return _value_and_grad(model, head, params, x, y, mask)
         return jax.value_and_grad(partial(_loss, model, head))(params, x, y, mask)

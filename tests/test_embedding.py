@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import manualbp as mbp
+from manualbp import reference as ref
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=lambda d: jnp.dtype(d).name)
@@ -67,14 +68,25 @@ def test_ids_out_of_vocabulary_are_an_error(bad):
         layer.forward(params, ids)
 
 
-def test_out_of_range_ids_under_jit_read_zeros_and_get_no_gradient_like_the_reference():
+def test_out_of_range_ids_under_jit_read_nan_and_get_no_gradient_like_the_reference():
+    """Traced ids cannot be checked: an id outside [0, V) reads a NaN row (no plausible output) and adds nothing to dE."""
     layer = mbp.Embedding(5, 2)
     params, _ = layer.init(jax.random.key(0), (3,), jnp.float64)
     ids = jnp.array([[0, 7, -1]])
-    report = mbp.check_layer(layer, params, ids, jit=True)  # traced: the ids cannot be checked
-    assert report.ok, str(report)
-    y = jax.jit(lambda p, x: layer.forward(p, x)[0])(params, ids)
-    assert jnp.all(y[0, 1:] == 0)
+    dy = jnp.arange(6.0).reshape(1, 3, 2)
+
+    def manual(p, x):
+        y, cache = layer.forward(p, x)
+        return y, layer.backward(p, cache, dy)[0]["E"]
+
+    y, dE = jax.jit(manual)(params, ids)
+    y_r, dparams_r, _ = ref.vjp_layer(lambda p, x: ref.forward(layer, p, x, ref.NoTaps()), params, ids, dy)
+    assert np.array_equal(np.isnan(y), [[[False, False], [True, True], [True, True]]])
+    assert np.array_equal(np.isnan(y_r), np.isnan(y))
+    assert np.array_equal(y[0, 0], params["E"][0])
+    expected = np.zeros((5, 2))
+    expected[0] = dy[0, 0]
+    assert np.array_equal(dE, expected) and np.array_equal(dparams_r["E"], expected)
 
 
 def test_other_bad_input():
@@ -89,3 +101,29 @@ def test_other_bad_input():
     _, cache = layer.forward(params, jnp.array([[0, 1, 2]]))
     with pytest.raises(ValueError, match=r"Embedding: expected dy of shape \(1, 3, 2\) \(the shape of y\), got"):
         layer.backward(params, cache, jnp.ones((1, 3, 3), jnp.float32))
+
+
+@pytest.mark.parametrize("dtype, vocab", [(jnp.uint8, 257), (jnp.uint8, 258), (jnp.int8, 300), (jnp.uint16, 65536),
+                                          (jnp.uint16, 65537), (jnp.uint16, 65538), (jnp.int16, 40000),
+                                          (jnp.uint32, 70000), (jnp.int64, 9)],
+                         ids=lambda v: jnp.dtype(v).name if not isinstance(v, int) else str(v))
+@pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])
+def test_any_integer_dtype_of_ids_gives_the_int32_result(dtype, vocab, jit):
+    """An index or comparison in the ids' own dtype would wrap (uint8 against vocab 257): manual and reference widen first."""
+    layer = mbp.Embedding(vocab, 2)
+    params, _ = layer.init(jax.random.key(0), (4,), jnp.float64)
+    top = min(int(jnp.iinfo(dtype).max), vocab - 1)
+    ids32 = jnp.array([[0, 1, top, 7], [top, top - 1, 3, 0]], jnp.int32)
+    ids = ids32.astype(dtype)
+    dy = jax.random.normal(jax.random.key(1), (2, 4, 2), jnp.float64)
+
+    def run(x):
+        y, cache = layer.forward(params, x)
+        return y, layer.backward(params, cache, dy)[0]["E"]
+
+    run = jax.jit(run) if jit else run
+    (y, dE), (y32, dE32) = run(ids), run(ids32)
+    assert np.array_equal(y, y32) and np.array_equal(y, params["E"][np.asarray(ids32)])
+    assert np.array_equal(dE, dE32)
+    y_r, dparams_r, _ = ref.vjp_layer(lambda p, x: ref.forward(layer, p, x, ref.NoTaps()), params, ids, dy)
+    assert np.array_equal(y_r, y32) and np.allclose(dparams_r["E"], dE32, rtol=1e-15, atol=0)

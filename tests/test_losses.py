@@ -105,3 +105,56 @@ def test_label_errors():
         mbp.MeanSquaredError().forward(z, jnp.zeros((3,)))
     with pytest.raises(TypeError, match="SigmoidBinaryCrossEntropy: expected logits of a floating dtype"):
         mbp.SigmoidBinaryCrossEntropy().forward(jnp.zeros((3, 4), jnp.int32), jnp.zeros((3, 4)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_soft_targets_whose_rows_do_not_sum_to_1_get_the_general_rule(dtype):
+    """dz = w (softmax(z) sum_i c_i - c): rows summing to 0.5, 2 and 0 (padding) as well as 1."""
+    z = _logits(dtype, (5, 4))
+    c = jnp.array([[0.25, 0.25, 0.0, 0.0],  # sums to 0.5
+                   [1.0, 0.5, 0.0, 0.5],  # 2
+                   [0.0, 0.0, 0.0, 0.0],  # 0: a padding row
+                   [0.1, 0.2, 0.3, 0.4],  # 1
+                   [0.0, 0.0, 1.0, 0.0]], dtype)  # one-hot
+    _check_head(mbp.SoftmaxCrossEntropy(), z, c)
+    _check_head(mbp.SoftmaxCrossEntropy(), z, c, jnp.array([1, 1, 0, 1, 1]))
+    value, cache = mbp.SoftmaxCrossEntropy().forward(z, c)
+    dz = mbp.SoftmaxCrossEntropy().backward(cache)
+    assert jnp.all(dz[2] == 0)  # a zero row contributes nothing
+    p = jax.nn.softmax(z)
+    assert compare_arrays("SCE", "dz", dz, (p * c.sum(-1, keepdims=True) - c) / 5, mbp.tolerance(dtype)).ok
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_rows_summing_to_1_and_integer_labels_keep_softmax_minus_c(dtype):
+    """The other branch: for one-hot or probability rows (sum 1) the general rule is p - c, as integer labels give."""
+    z = _logits(dtype, (4, 3))
+    labels = jnp.array([0, 2, 1, 2])
+    one_hot = jax.nn.one_hot(labels, 3, dtype=dtype)
+    head = mbp.SoftmaxCrossEntropy()
+    dz_int = head.backward(head.forward(z, labels)[1])
+    dz_soft = head.backward(head.forward(z, one_hot)[1])
+    expected = (jax.nn.softmax(z) - one_hot) / 4
+    tol = mbp.tolerance(dtype)
+    assert compare_arrays("SCE", "int", dz_int, expected, tol).ok and compare_arrays("SCE", "soft", dz_soft, expected, tol).ok
+
+
+def test_soft_targets_in_a_model_compare_clean():
+    model = mbp.Sequential(mbp.Dense(6), mbp.Tanh(), mbp.Dense(3))
+    params, _ = model.init(jax.random.key(0), (4,), jnp.float64)
+    x = jax.random.normal(jax.random.key(1), (3, 4), jnp.float64)
+    c = jnp.array([[0.5, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 0.0]])
+    report = mbp.compare(model, mbp.SoftmaxCrossEntropy(), params, x, c)
+    assert report.ok, str(report)
+
+
+@pytest.mark.parametrize("dtype", [jnp.uint8, jnp.int8, jnp.uint16], ids=lambda d: jnp.dtype(d).name)
+def test_integer_labels_of_any_dtype_give_the_int32_result(dtype):
+    """300 classes, labels in a narrow dtype: the one-hot comparison must not wrap (uint8 255 vs class 255 + 256)."""
+    z = _logits(jnp.float64, (4, 300))
+    labels32 = jnp.array([0, 127, 255 if dtype != jnp.int8 else 100, 3])
+    head = mbp.SoftmaxCrossEntropy()
+    v32, c32 = jax.jit(head.forward)(z, labels32)
+    v, c = jax.jit(head.forward)(z, labels32.astype(dtype))
+    assert v == v32 and jnp.array_equal(head.backward(c), head.backward(c32))
+    _check_head(head, z, labels32.astype(dtype))

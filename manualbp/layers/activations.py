@@ -4,8 +4,15 @@ Every class states f and f' and the convention at non-differentiable
 points, chosen to match ``jax.nn`` (and so ``jax.grad`` of the reference).
 Backward is always dx = dy * f'(.) (the Hadamard product of BP1/BP2); what
 is cached is what f' is cheapest to compute from: the output y for sigmoid
-and tanh (f' = y(1-y), 1-y^2), the input x otherwise (for a large ReLU input,
-the mask [x > 0] packed 8 to a byte instead).
+and tanh (f' = y(1-y), (1-y)(1+y)), the input x otherwise (for a large ReLU
+input, the mask [x > 0] packed 8 to a byte instead).
+
+Saturated units have tiny derivatives, and each is computed in a form that
+keeps its relative precision (a test checks every one against a high-precision
+truth at extreme inputs): tanh' = (1 - y)(1 + y), not 1 - y^2, whose y^2 rounds
+away the difference from 1 (at x = 10 in float64 it is off by ~1e-9 relative);
+sigmoid(x) = 1/(1 + e^-x), not (tanh(x/2) + 1)/2, which loses everything below
+~1e-8 (float32) for x << 0.
 """
 
 from __future__ import annotations
@@ -17,11 +24,25 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 from jax import lax
 
-from manualbp.layers.base import Layer, check_array
+from manualbp.layers.base import Layer, check_array, check_no_params
+
+
+def sigmoid(x):
+    """1 / (1 + e^-x), to full relative precision at both ends (e^-x = inf for x << 0 gives the limit 0)."""
+    return 1 / (1 + jnp.exp(-x))
+
+
+def sigmoid_pair(x):
+    """(sigmoid(x), sigmoid(-x)) from one e^-|x|, each to full relative precision (1 - sigmoid(x) would cancel)."""
+    e = jnp.exp(-jnp.abs(x))
+    r = 1 / (1 + e)
+    big = x >= 0
+    return jnp.where(big, r, e * r), jnp.where(big, e * r, r)
 
 
 class Activation(Layer):
     def forward(self, params, x):
+        check_no_params(self, params)
         check_array(self, x)
         return self._forward(x)
 
@@ -43,27 +64,31 @@ class Sigmoid(Activation):
     """f(x) = 1 / (1 + e^-x), f'(x) = f(x)(1 - f(x)) <= 1/4 (why deep sigmoid nets vanish)."""
 
     def _forward(self, x):
-        y = 0.5 * (jnp.tanh(0.5 * x) + 1)  # = 1/(1+e^-x) without overflow of e^-x
+        y = sigmoid(x)
         return y, y
 
     def backward(self, params, cache, dy):
-        """dx = dy * y (1 - y), from the cached output y."""
+        """dx = dy * y (1 - y), from the cached output y (as jax.grad: 1 - y is exact once y > 1/2)."""
         y = cache
         return {}, dy * y * (1 - y)
 
 
 @dataclass(frozen=True)
 class Tanh(Activation):
-    """f(x) = tanh(x), f'(x) = 1 - tanh(x)^2."""
+    """f(x) = tanh(x), f'(x) = 1 - tanh(x)^2 = (1 - y)(1 + y)."""
 
     def _forward(self, x):
         y = jnp.tanh(x)
         return y, y
 
     def backward(self, params, cache, dy):
-        """dx = dy * (1 - y^2), from the cached output y."""
+        """dx = dy * (1 - y)(1 + y), from the cached output y.
+
+        Not 1 - y^2: near saturation y^2 rounds to within an ulp of 1 and the
+        subtraction keeps only that rounding; 1 - y is exact there (Sterbenz).
+        """
         y = cache
-        return {}, dy * (1 - y * y)
+        return {}, dy * (1 - y) * (1 + y)
 
 
 @dataclass(frozen=True)
@@ -136,9 +161,9 @@ class Softplus(Activation):
         return y, x
 
     def backward(self, params, cache, dy):
-        """dx = dy * sigmoid(x)."""
+        """dx = dy * sigmoid(x), sigmoid(x) = 1/(1 + e^-x) (full relative precision for x << 0)."""
         x = cache
-        return {}, dy * 0.5 * (jnp.tanh(0.5 * x) + 1)
+        return {}, dy * sigmoid(x)
 
 
 _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
@@ -149,10 +174,14 @@ _GELU_C = 0.044715
 class GELU(Activation):
     """Gaussian error linear unit, as ``jax.nn.gelu``.
 
-    approximate=True:  f(x) = x/2 (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3),
-                       f'(x) = (1 + tanh u)/2 + x/2 (1 - tanh^2 u) sqrt(2/pi) (1 + 3 0.044715 x^2)
+    approximate=True:  f(x) = x/2 (1 + t), t = tanh(u), u = sqrt(2/pi) (x + 0.044715 x^3),
+                       f'(x) = (1 + t)/2 + x/2 (1 - t)(1 + t) u'
+                             = (1 + t)/2 (1 + x (1 - t) u'),  u' = sqrt(2/pi) (1 + 3 0.044715 x^2)
     approximate=False: f(x) = x Phi(x), f'(x) = Phi(x) + x phi(x),
-                       Phi(x) = (1 + erf(x/sqrt 2))/2, phi(x) = e^(-x^2/2)/sqrt(2 pi)
+                       Phi(x) = erfc(-x/sqrt 2)/2, phi(x) = e^(-x^2/2)/sqrt(2 pi)
+
+    Phi is erfc(-x/sqrt 2)/2, not (1 + erf(x/sqrt 2))/2, which cancels to 0
+    for x << 0 (as ``jax.nn.gelu``); (1 - t)(1 + t), not 1 - t^2 (see Tanh).
     """
 
     approximate: bool = True
@@ -161,15 +190,15 @@ class GELU(Activation):
         if self.approximate:
             t = jnp.tanh(_SQRT_2_OVER_PI * (x + _GELU_C * x**3))
             return 0.5 * x * (1 + t), (x, t)
-        cdf = 0.5 * (1 + lax.erf(x / math.sqrt(2)))
+        cdf = 0.5 * lax.erfc(-x / math.sqrt(2))
         return x * cdf, (x, cdf)
 
     def backward(self, params, cache, dy):
-        """dx = dy * f'(x), f' as in the class docstring."""
+        """dx = dy * f'(x), f' as in the class docstring (cache: x and t = tanh(u), or x and Phi(x))."""
         x, s = cache
         if self.approximate:
             du = _SQRT_2_OVER_PI * (1 + 3 * _GELU_C * x * x)
-            return {}, dy * (0.5 * (1 + s) + 0.5 * x * (1 - s * s) * du)
+            return {}, dy * (0.5 * (1 + s) * (1 + x * (1 - s) * du))
         pdf = jnp.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
         return {}, dy * (s + x * pdf)
 

@@ -19,7 +19,11 @@ forward (ReLU signs, max-pool winners) so finite differences can tell a
 crossed kink from a wrong derivative.
 
 Every shape check here runs on static shapes, so it costs nothing under
-``jax.jit`` and fires before XLA sees a mismatched operand.
+``jax.jit`` and fires before XLA sees a mismatched operand. A value check
+(labels or ids out of range, a negative mask) can only raise where the values
+are concrete; under tracing ``check_values`` registers a
+``jax.experimental.checkify`` check and hands back the bad entries, which the
+layer turns into NaN so that no invalid input yields a plausible number.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 Array = jax.Array
 Params = Any
@@ -51,6 +56,10 @@ class Layer:
     def init(self, key, input_shape, dtype=jnp.float32):
         del key, dtype
         return {}, self.output_shape(input_shape)
+
+    def check_input(self, params, x):
+        """Raise on invalid VALUES of a concrete input (ids out of range); shapes are forward's job. Default: none."""
+        del params, x
 
 
 def name_of(layer) -> str:
@@ -164,3 +173,48 @@ def check_finite(name: str, what: str, tree):
     where = first_nonfinite(tree)
     if where is not None:
         raise ValueError(f"{name}: {what} contains NaN or Inf at {where}")
+
+
+def as_index(ids):
+    """Integer ``ids`` as a signed type at least as wide (int32, or int64 for 64-bit ids).
+
+    Every id that is a valid index keeps its value and every other stays out of
+    range (a uint32 above 2^31 becomes negative), so a range test or a
+    comparison with ``arange(V)`` never wraps around in a narrow dtype: uint8
+    ids compared with V = 257 in uint8 would.
+    """
+    return ids.astype(jnp.int64 if np.dtype(ids.dtype).itemsize == 8 else jnp.int32)
+
+
+def _span(v) -> str:
+    if np.issubdtype(v.dtype, np.floating) and np.isnan(v).any():
+        return "NaN"
+    return f"values in [{np.min(v)}, {np.max(v)}]" if v.size else "no values"
+
+
+def check_values(name: str, message: str, values, is_bad):
+    """A value check: raise where it can, otherwise register it and return the bad entries.
+
+    ``is_bad(v)`` maps the values (integers widened by ``as_index``) to a
+    boolean array, with numpy or jax.numpy operators alike. Concrete values:
+    raise ``ValueError("<name>: <message>, got values in [lo, hi]")`` if any
+    is bad, else return None. Traced values (under ``jax.jit``), which cannot
+    be inspected: register ``checkify.debug_check`` with the same message (an
+    error when the caller runs under ``jax.experimental.checkify.checkify``, a
+    no-op otherwise) and return the boolean mask of bad entries, for the
+    caller to turn into NaN.
+    """
+    if is_concrete(values):
+        v = np.asarray(values)
+        if np.issubdtype(v.dtype, np.integer):
+            v = v.astype(np.int64)
+        if np.any(is_bad(v)):
+            raise ValueError(f"{name}: {message}, got {_span(v)}")
+        return None
+    v = as_index(values) if jnp.issubdtype(values.dtype, jnp.integer) else values
+    bad = is_bad(v)
+    if v.size == 0:
+        return bad
+    checkify.debug_check(~jnp.any(bad), f"{name}: {message}, got values in [{{lo}}, {{hi}}]",
+                         lo=jnp.min(v), hi=jnp.max(v))
+    return bad

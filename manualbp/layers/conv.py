@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from manualbp.layers.base import Layer, check_array, check_dtype_match, check_params
+from manualbp.layers.base import Layer, check_array, check_param, check_params
 from manualbp.layers.window import check_padding, effective, output_size, pair, resolve_padding
 
 # im2col + one matmul beats XLA CPU's weight-gradient convolution when a patch
@@ -90,12 +90,16 @@ class Conv2D(Layer):
         check_params(self, params, self._keys())
         check_array(self, x, ndim=4)
         W = params["W"]
-        if W.ndim != 4 or W.shape[2] != x.shape[3] or W.shape[3] != self.features:
+        kh, kw = pair(self.name, "kernel_size", self.kernel_size)
+        if getattr(W, "shape", None) is not None and len(W.shape) == 4 and W.shape[2] != x.shape[3] \
+                and tuple(W.shape) == (kh, kw, W.shape[2], self.features):
             raise ValueError(
                 f"Conv2D: expected x with {W.shape[2]} channels (W has shape {tuple(W.shape)}, HWIO), "
                 f"got x of shape {tuple(x.shape)}"
             )
-        check_dtype_match(self, x, W)
+        check_param(self, params, "W", (kh, kw, x.shape[3], self.features), like=x, why="(kh, kw, C, features), HWIO")
+        if self.use_bias:
+            check_param(self, params, "b", (self.features,), like=x, why="(features,)")
         _, stride, dilation, pads, _ = self._geometry(x.shape[1:3])
         y = lax.conv_general_dilated(
             x, W, stride, pads, rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC")
@@ -132,7 +136,14 @@ class Conv2D(Layer):
 
     @staticmethod
     def _dx(dy, W, size, kernel, stride, dilation, pads, out):
-        """Transposed convolution: dx = (dy dilated by s) correlated with W flipped, channels swapped."""
+        """Transposed convolution: dx = (dy dilated by s) correlated with W flipped, channels swapped.
+
+        Where dy is smaller than the kernel along an axis (o < k: a width-1 input, padding >= kernel, a
+        stride beyond the input), XLA CPU's simplifier swaps the operands of that convolution and emits an
+        invalid one that aborts the process; there dx is the adjoint of im2col instead (``_dx_col2im``).
+        """
+        if any(o < k for o, k in zip(out, kernel, strict=True)):
+            return Conv2D._dx_col2im(dy, W, size, stride, dilation, pads)
         tr_pads = []
         for n, k, (lo, _), s, d, o in zip(size, kernel, pads, stride, dilation, out, strict=True):
             low = (k - 1) * d - lo  # flipped kernel tap (k-1-i) meets dy[o] at h = o s + i d - lo
@@ -141,6 +152,29 @@ class Conv2D(Layer):
             dy, W[::-1, ::-1], (1, 1), tr_pads, lhs_dilation=stride, rhs_dilation=dilation,
             dimension_numbers=("NHWC", "HWOI", "NHWC"),
         )
+
+    @staticmethod
+    def _dx_col2im(dy, W, size, stride, dilation, pads):
+        """dx as the adjoint of im2col: dcols = dy W^T, each tap's slab put back where its slice of xp came from.
+
+        Tap (i, j) read xp[n, o s_h + i d_h, p s_w + j d_w, :], i.e. x at row o s_h + i d_h - top: its gradient
+        dy W[i, j]^T (N, Ho, Wo, C) is spread with s - 1 zeros between rows/columns and shifted there (a
+        negative pad crops what fell in the padding); the taps' contributions add.
+        """
+        kh, kw, C, F = W.shape
+        N, Ho, Wo, _ = dy.shape
+        dcols = (dy.reshape(-1, F) @ W.reshape(kh * kw * C, F).T).reshape(N, Ho, Wo, kh * kw, C)
+        zero = jnp.zeros((), dy.dtype)
+        dx = None
+        for i in range(kh):
+            for j in range(kw):
+                cfg = [(0, 0, 0)]
+                for n, o, (lo, _), s, t in zip(size, (Ho, Wo), pads, stride, (i * dilation[0], j * dilation[1]),
+                                               strict=True):
+                    cfg.append((t - lo, n + lo - t - (o - 1) * s - 1, s - 1))
+                term = lax.pad(dcols[:, :, :, i * kw + j], zero, [*cfg, (0, 0, 0)])
+                dx = term if dx is None else dx + term
+        return dx
 
     @staticmethod
     def _dW(x, dy, kernel, stride, dilation, pads, out):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from manualbp.layers.base import Layer, check_array, check_dtype_match, check_params
+from manualbp.layers.base import Layer, check_array, check_param, check_params
 
 
 @dataclass(frozen=True)
@@ -46,12 +46,14 @@ class Dense(Layer):
         check_params(self, params, self._keys())
         check_array(self, x)
         W = params["W"]
-        if x.shape[-1] != W.shape[0]:
+        if getattr(W, "ndim", None) == 2 and W.shape[1] == self.features and x.shape[-1] != W.shape[0]:
             raise ValueError(
                 f"Dense: expected x with last axis {W.shape[0]} (W has shape {tuple(W.shape)}), "
                 f"got x of shape {tuple(x.shape)}"
             )
-        check_dtype_match(self, x, W)
+        check_param(self, params, "W", (x.shape[-1], self.features), like=x, why="(in, features)")
+        if self.use_bias:
+            check_param(self, params, "b", (self.features,), like=x, why="(features,)")
         y = x @ W
         if self.use_bias:
             y = y + params["b"][(None,) * (y.ndim - 1)]  # explicit broadcast over leading axes

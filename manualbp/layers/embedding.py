@@ -6,9 +6,17 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from manualbp.layers.base import Layer, check_dtype_match, check_params, describe, is_concrete
+from manualbp.layers.base import (
+    Layer,
+    as_index,
+    check_dtype_match,
+    check_param,
+    check_params,
+    check_values,
+    describe,
+    is_concrete,
+)
 
 
 @dataclass(frozen=True)
@@ -40,16 +48,7 @@ class Embedding(Layer):
     def init(self, key, input_shape, dtype=jnp.float32):
         return {"E": jax.random.normal(key, (self.vocab, self.features), dtype)}, self.output_shape(input_shape)
 
-    def forward(self, params, x):
-        """ids x: integers (B, ...) -> y = E[x]: (B, ..., F); cache: the ids.
-
-        Out-of-range ids raise when x is concrete. Under ``jax.jit`` they cannot
-        be inspected; there an out-of-range id (negative ones included) reads a
-        zero row and gets no gradient, as one-hot(id) @ E would give.
-        """
-        check_params(self, params, ("E",))
-        E = params["E"]
-        V = E.shape[0]
+    def _check_ids(self, x):
         if not hasattr(x, "shape") or not hasattr(x, "dtype"):
             raise TypeError(f"Embedding: expected integer ids as an array, got {type(x).__name__}")
         if not jnp.issubdtype(x.dtype, jnp.integer):
@@ -59,14 +58,33 @@ class Embedding(Layer):
             )
         if x.ndim < 1:
             raise ValueError(f"Embedding: expected ids of rank >= 1 (batch first), got shape {tuple(x.shape)}")
-        if is_concrete(x) and x.size:
-            lo, hi = int(np.min(np.asarray(x))), int(np.max(np.asarray(x)))
-            if lo < 0 or hi >= V:
-                raise ValueError(
-                    f"Embedding: ids must lie in [0, {V}) (E has shape {tuple(E.shape)}), got values in [{lo}, {hi}]"
-                )
-        safe = jnp.where((x >= 0) & (x < V), x, V)  # out of range -> V, an index the gather/scatter skip
-        return E.at[safe].get(mode="fill", fill_value=0), safe
+        V = self.vocab
+        check_values(self.name, f"ids must lie in [0, {V}) (E has shape ({V}, {self.features}))", x,
+                     lambda v: (v < 0) | (v >= V))
+
+    def check_input(self, params, x):
+        """Raise a ValueError if concrete ids lie outside [0, vocab) (what ``forward`` raises, before any jit)."""
+        del params
+        if is_concrete(x):
+            self._check_ids(x)
+
+    def forward(self, params, x):
+        """ids x: integers (B, ...) of any integer dtype -> y = E[x]: (B, ..., F); cache: the ids as int32/int64.
+
+        Out-of-range ids raise when x is concrete. Under ``jax.jit`` they cannot
+        be inspected: there an out-of-range id (negative ones included) reads a
+        row of NaN (so the loss is NaN, never a plausible number) and adds nothing
+        to dE; under ``jax.experimental.checkify`` it is an error. The ids are
+        widened first (``as_index``): uint8 ids compared with vocab 257 in uint8
+        would wrap around.
+        """
+        check_params(self, params, ("E",))
+        self._check_ids(x)
+        check_param(self, params, "E", (self.vocab, self.features), why="(vocab, features)")
+        E = params["E"]
+        ids = as_index(x)
+        safe = jnp.where((ids >= 0) & (ids < self.vocab), ids, self.vocab)  # out of range -> V: gather fills, scatter drops
+        return E.at[safe].get(mode="fill", fill_value=jnp.nan), safe
 
     def backward(self, params, cache, dy):
         """Scatter-add: dE[v] = sum of dy[n] over every position n with ids[n] = v; no gradient for the ids.

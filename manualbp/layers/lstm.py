@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from manualbp.layers.activations import sigmoid
 from manualbp.layers.base import check_params
 from manualbp.layers.recurrent import RecurrentBase, as_rows, bias_row, time_major
 
@@ -40,6 +41,7 @@ class LSTM(RecurrentBase):
     initial_state: str = "zeros"
 
     n_states = 2
+    n_gates = 4
 
     def __post_init__(self):
         self._check_hyperparameters()
@@ -76,14 +78,13 @@ class LSTM(RecurrentBase):
         xs = time_major(x)  # (T, B, D)
         T, B, D = xs.shape
         xw = (as_rows(xs) @ Wx).reshape(T, B, 4 * H)  # hoisted: x_t Wx for all t, one matmul
-        # sigma(z) = (tanh(z/2) + 1) / 2, so all four gates are one tanh over (B, 4H): a * tanh(a z) + s
-        a = jnp.repeat(jnp.asarray([0.5, 0.5, 1.0, 0.5], x.dtype), H)[None]  # (1, 4H)
-        s = jnp.repeat(jnp.asarray([0.5, 0.5, 0.0, 0.5], x.dtype), H)[None]
 
         def step(t, state):
             h_prev, c_prev, gates, xh, cs = state
             z = lax.dynamic_index_in_dim(gates, t, keepdims=False) + h_prev @ Wh + b  # x_t Wx + h_(t-1) Wh + b
-            act = a * jnp.tanh(a * z) + s  # [i, f, g, o] = [sigma(z^i), sigma(z^f), tanh(z^g), sigma(z^o)]
+            # [i, f, g, o] = [sigma(z^i), sigma(z^f), tanh(z^g), sigma(z^o)], sigma(z) = 1/(1 + e^-z): not
+            # (tanh(z/2) + 1)/2, which keeps only absolute precision (~1e-8 in float32) for a gate shut tight
+            act = jnp.concatenate([sigmoid(z[:, :2 * H]), jnp.tanh(z[:, 2 * H:3 * H]), sigmoid(z[:, 3 * H:])], axis=1)
             i, f, g, o = jnp.split(act, 4, axis=1)
             c = f * c_prev + i * g
             return (o * jnp.tanh(c), c, lax.dynamic_update_index_in_dim(gates, act, t, 0),
@@ -104,10 +105,10 @@ class LSTM(RecurrentBase):
 
         .. math::
             \\delta h_t = \\partial L/\\partial y_t + \\delta z_{t+1} W_h^T
-            \\delta c_t = \\delta c_{t+1} \\odot f_{t+1} + \\delta h_t \\odot o \\odot (1 - \\tanh^2 c_t)
+            \\delta c_t = \\delta c_{t+1} \\odot f_{t+1} + \\delta h_t \\odot o \\odot (1 - \\tanh c_t)(1 + \\tanh c_t)
             \\delta o = \\delta h_t \\odot \\tanh c_t,\\ \\delta i = \\delta c_t \\odot g,\\
             \\delta g = \\delta c_t \\odot i,\\ \\delta f = \\delta c_t \\odot c_{t-1}
-            \\delta z = [\\delta i\\, i(1-i),\\ \\delta f\\, f(1-f),\\ \\delta g\\,(1-g^2),\\ \\delta o\\, o(1-o)]
+            \\delta z = [\\delta i\\, i(1-i),\\ \\delta f\\, f(1-f),\\ \\delta g\\,(1-g)(1+g),\\ \\delta o\\, o(1-o)]
             dW_x = \\sum_t x_t^T \\delta z_t,\\ dW_h = \\sum_t h_{t-1}^T \\delta z_t,\\ db = \\sum_{t,n} \\delta z_t
             dx_t = \\delta z_t W_x^T,\\ dh_0 = \\delta z_1 W_h^T,\\ dc_0 = \\delta c_1 \\odot f_1
 
@@ -129,9 +130,9 @@ class LSTM(RecurrentBase):
             i, f, g, o = jnp.split(gates_t, 4, axis=1)
             tc_t = jnp.tanh(f * cp_t + i * g)  # tanh(c_t), recomputed from the cache
             dh = dh_next if dy_t is None else dh_next + dy_t  # total dL/dh_t
-            dc = dc_next + dh * o * (1 - tc_t * tc_t)  # total dL/dc_t
+            dc = dc_next + dh * o * (1 - tc_t) * (1 + tc_t)  # total dL/dc_t; tanh' = (1 - t)(1 + t), not 1 - t^2
             dz = jnp.concatenate(
-                [dc * g * i * (1 - i), dc * cp_t * f * (1 - f), dc * i * (1 - g * g), dh * tc_t * o * (1 - o)], axis=1
+                [dc * g * i * (1 - i), dc * cp_t * f * (1 - f), dc * i * (1 - g) * (1 + g), dh * tc_t * o * (1 - o)], axis=1
             )  # (B, 4H): dL/d[z^i, z^f, z^g, z^o]
             sums = (dWxh + xh_t.T @ dz, db + jnp.sum(dz, axis=0))  # [x_t, h_(t-1)]^T dz: dW_x and dW_h stacked
             return (dz @ Wh.T, dc * f, *sums), (dz @ Wx.T, dh, dc)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from manualbp.layers.base import Layer, check_array, describe
+from manualbp.layers.base import Layer, check_array, check_no_params, describe
 
 
-def _check_pair(layer, x):
+def _check_pair(layer, params, x):
+    check_no_params(layer, params)
     if not isinstance(x, (tuple, list)) or len(x) != 2:
         raise TypeError(f"{layer.name}: expected a pair (a, b) of arrays, got {type(x).__name__}")
     a, b = x
@@ -32,7 +33,7 @@ class Add(Layer):
         return tuple(input_shape[0])
 
     def forward(self, params, x):
-        a, b = _check_pair(self, x)
+        a, b = _check_pair(self, params, x)
         return a + b, None
 
     def backward(self, params, cache, dy):
@@ -49,7 +50,7 @@ class Multiply(Layer):
         return tuple(input_shape[0])
 
     def forward(self, params, x):
-        a, b = _check_pair(self, x)
+        a, b = _check_pair(self, params, x)
         return a * b, (a, b)
 
     def backward(self, params, cache, dy):

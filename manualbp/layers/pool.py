@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 from jax import lax
 
-from manualbp.layers.base import Layer, check_array
+from manualbp.layers.base import Layer, check_array, check_no_params
 from manualbp.layers.window import check_padding, output_size, pair, resolve_padding
 
 
@@ -104,6 +104,7 @@ class MaxPool2D(_Pool2D):
         first maximum (int8 when kh kw <= 127): all that backward needs, a
         quarter of y's bytes for 2x2 windows, found in the same pass as y.
         """
+        check_no_params(self, params)
         check_array(self, x, ndim=4)
         y, winner = self._max_and_winner(x)
         return y, (winner, tuple(x.shape))
@@ -192,6 +193,7 @@ class AvgPool2D(_Pool2D):
 
     def forward(self, params, x):
         """x: (N, H, W, C) -> y: (N, Ho, Wo, C); cache: x's shape (backward needs nothing else)."""
+        check_no_params(self, params)
         check_array(self, x, ndim=4)
         kh, kw = pair(self.name, "window", self.window)
         win = self._windows(x, 0)

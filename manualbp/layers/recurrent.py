@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from manualbp.layers.activations import Activation, Tanh
-from manualbp.layers.base import Layer, check_array, check_dtype_match, check_params, describe
+from manualbp.layers.base import Layer, check_array, check_dtype_match, check_param, check_params, describe
 
 _INITIAL_STATES = ("zeros", "given")
 
@@ -53,6 +53,7 @@ class RecurrentBase(Layer):
     """What RNN and LSTM share: hyperparameter checks, input unpacking, output selection."""
 
     n_states = 1  # RNN: h; LSTM: h and c
+    n_gates = 1  # blocks of H columns in Wx, Wh and b: RNN 1, LSTM 4 ([i | f | g | o])
 
     def _check_hyperparameters(self):
         if not isinstance(self.hidden, int) or isinstance(self.hidden, bool) or self.hidden <= 0:
@@ -113,12 +114,16 @@ class RecurrentBase(Layer):
         B, T, D = x.shape
         if T == 0:
             raise ValueError(f"{self.name}: expected at least one time step, got x of shape {tuple(x.shape)}")
-        if D != Wx.shape[0]:
+        G = self.n_gates * self.hidden
+        if len(getattr(Wx, "shape", ())) == 2 and Wx.shape[1] == G and D != Wx.shape[0]:
             raise ValueError(
                 f"{self.name}: expected x of shape (B, T, {Wx.shape[0]}) (Wx has shape {tuple(Wx.shape)}), "
                 f"got {tuple(x.shape)}"
             )
-        check_dtype_match(self, x, Wx, wname="Wx")
+        g = "" if self.n_gates == 1 else f"{self.n_gates} "
+        for key, shape, why in (("Wx", (D, G), f"(D, {g}hidden)"), ("Wh", (self.hidden, G), f"(hidden, {g}hidden)"),
+                                ("b", (G,), f"({g}hidden,)")):
+            check_param(self, params, key, shape, like=x, why=why)
         if states is None:
             return x, tuple(jnp.zeros((B, self.hidden), x.dtype) for _ in range(self.n_states))
         for name, s in zip(self._state_names, states, strict=True):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from manualbp.layers.base import Layer, check_array
+from manualbp.layers.base import Layer, check_array, check_no_params
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,7 @@ class Flatten(Layer):
 
     def forward(self, params, x):
         """x: (N, d1, ..., dk) -> y: (N, d1 ... dk); cache: x's shape."""
+        check_no_params(self, params)
         check_array(self, x, min_ndim=2)
         return x.reshape(x.shape[0], -1), tuple(x.shape)
 

@@ -50,6 +50,10 @@ class Residual(Layer):
             raise self._shape_error(input_shape, out_shape)
         return params, tuple(input_shape)
 
+    def check_input(self, params, x):
+        if hasattr(self.block, "check_input"):
+            self.block.check_input(params, x)
+
     def forward(self, params, x):
         """x: (B, ...) -> y = x + block(x) of x's shape; cache: the block's cache."""
         check_array(self, x)

@@ -21,6 +21,11 @@ def _check_split(container, params):
     return tuple(params)
 
 
+def _check_input(layer, params, x):
+    if hasattr(layer, "check_input"):  # a user's layer need not define it
+        layer.check_input(params, x)
+
+
 class _Container(Layer):
     @property
     def children(self):
@@ -71,6 +76,11 @@ class Sequential(_Container):
             shape = layer.output_shape(shape)
         return shape
 
+    def check_input(self, params, x):
+        """The input's value checks are the first layer's (only it sees x itself)."""
+        if self.layers:
+            _check_input(self.layers[0], self.split_params(params)[0], x)
+
     def forward(self, params, x):
         params = self.split_params(params)
         caches = []
@@ -111,6 +121,11 @@ class Parallel(_Container):
 
     def output_shape(self, input_shape):
         return tuple(layer.output_shape(input_shape) for layer in self.layers)
+
+    def check_input(self, params, x):
+        """Every branch sees x: each checks its values."""
+        for layer, p in zip(self.layers, self.split_params(params)):
+            _check_input(layer, p, x)
 
     def forward(self, params, x):
         params = self.split_params(params)
