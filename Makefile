@@ -1,6 +1,7 @@
 # Two commands on a fresh machine with only python3 and make:
 #   make demo   -> creates .venv, installs manualbp, runs `manualbp check` on the built-in models
 #   make test   -> creates .venv, installs the test extras (and flax, equinox), runs the test suite
+# (demo installs only manualbp's own dependencies; test adds the extras on top)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,11 +12,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[test,examples,flax,equinox]"
+$(VENV)/.installed-core: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-demo: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[test,examples,flax,equinox]"
+	touch $@ $(VENV)/.installed-core
+
+demo: $(VENV)/.installed-core
 	$(BIN)/manualbp check --model all
 
 test: $(VENV)/.installed

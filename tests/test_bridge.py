@@ -54,6 +54,14 @@ EXAMPLES = {
     mbp.Residual: [lambda dt: (mbp.Residual(mbp.Sequential(mbp.Dense(4), mbp.Tanh())), _normal((3, 4), dt))],
     mbp.Sequential: [lambda dt: (mbp.Sequential(mbp.Dense(4), mbp.ReLU(), mbp.Dense(2)), _normal((3, 5), dt))],
     mbp.Parallel: [lambda dt: (mbp.Parallel(mbp.Dense(3), mbp.Tanh()), _normal((2, 3), dt))],
+    mbp.GRU: [lambda dt: _seq(mbp.GRU(3), dt),
+              lambda dt: (mbp.GRU(2, return_sequences=False, initial_state="given"),
+                          (_normal((2, 3, 2), dt), _normal((2, 2), dt, seed=2)))],
+    mbp.Bidirectional: [lambda dt: _seq(mbp.Bidirectional(mbp.GRU(2)), dt)],
+    mbp.Conv1D: [lambda dt: (mbp.Conv1D(3, 2, padding="CAUSAL"), _normal((2, 5, 2), dt))],
+    mbp.ConvTranspose2D: [lambda dt: (mbp.ConvTranspose2D(2, 3, stride=2, padding="SAME"), _normal((2, 3, 3, 2), dt))],
+    mbp.GlobalAvgPool2D: [lambda dt: (mbp.GlobalAvgPool2D(), _normal((2, 3, 3, 2), dt))],
+    mbp.GlobalMaxPool2D: [lambda dt: (mbp.GlobalMaxPool2D(), _normal((2, 3, 3, 2), dt))],
 }
 CASES = [pytest.param(make, id=f"{t.__name__}-{i}") for t, makes in EXAMPLES.items() for i, make in enumerate(makes)]
 

@@ -156,7 +156,7 @@ def _relative_errors(layer, seed, dtype=jnp.float32, scale=10.0):
     return errs(man_p, man_x), errs(jax_p, jax_x)
 
 
-@pytest.mark.parametrize("layer", [mbp.LSTM(8), mbp.RNN(8)], ids=["LSTM", "RNN"])
+@pytest.mark.parametrize("layer", [mbp.LSTM(8), mbp.GRU(8), mbp.RNN(8)], ids=["LSTM", "GRU", "RNN"])
 def test_recurrent_float32_at_input_scale_10_is_as_accurate_as_jax_grad(layer):
     """Saturated gates (|z| up to ~30): the manual gradients' entrywise errors are distributed like jax.grad's.
 

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from manualbp.layers.activations import sigmoid
 from manualbp.layers.base import check_param, check_params
 from manualbp.layers.recurrent import RecurrentBase, as_rows, bias_row, time_major
 
@@ -42,6 +43,7 @@ class GRU(RecurrentBase):
     hidden: int
     return_sequences: bool = True
     initial_state: str = "zeros"
+    n_gates = 3  # [r | z | n]
 
     def __post_init__(self):
         self._check_hyperparameters()
@@ -61,13 +63,8 @@ class GRU(RecurrentBase):
 
     def _check(self, params, x):
         check_params(self, params, ("Wx", "Wh", "b", "bhn"))
-        Wx, H = params["Wx"], self.hidden
-        D = Wx.shape[0] if getattr(Wx, "ndim", 0) >= 1 else "D"  # D itself is checked against x by _unpack
-        check_param(self, params, "Wx", (D, 3 * H), why=f"(input features, 3 hidden) = ({D}, {3 * H})")
-        x, states = self._unpack(params, x)
-        check_param(self, params, "Wh", (H, 3 * H), like=x, why=f"(hidden, 3 hidden) = ({H}, {3 * H})")
-        check_param(self, params, "b", (3 * H,), like=x, why=f"(3 hidden,) = ({3 * H},)")
-        check_param(self, params, "bhn", (H,), like=x, why=f"(hidden,) = ({H},)")
+        x, states = self._unpack(params, x)  # Wx (D, 3H), Wh (H, 3H), b (3H,): RecurrentBase with n_gates = 3
+        check_param(self, params, "bhn", (self.hidden,), like=x, why=f"(hidden,) = ({self.hidden},)")
         return x, states
 
     def forward(self, params, x):
@@ -90,7 +87,7 @@ class GRU(RecurrentBase):
             h_prev, gates, hn_all, xh = state
             a = lax.dynamic_index_in_dim(gates, t, keepdims=False) + b  # (B, 3H): [a^r, a^z, a^n] = x_t Wx + b
             u = h_prev @ Wh  # (B, 3H): [u^r, u^z, u^n]
-            rz = 0.5 * jnp.tanh(0.5 * (a[:, : 2 * H] + u[:, : 2 * H])) + 0.5  # sigma(s) = (tanh(s/2) + 1) / 2
+            rz = sigmoid(a[:, : 2 * H] + u[:, : 2 * H])  # 1/(1 + e^-s): full relative precision when a gate saturates
             r, z = rz[:, :H], rz[:, H:]
             hn = u[:, 2 * H :] + bhn  # h_(t-1) W_hn + b_hn: what r gates
             n = jnp.tanh(a[:, 2 * H :] + r * hn)
