@@ -43,6 +43,7 @@ from manualbp.verify.check_layer import check_layer
 from manualbp.verify.compare import compare
 from manualbp.verify.diagnostics import GradientFlow, gradient_flow
 from manualbp.verify.gradcheck import gradcheck
+from manualbp.verify.register import register_reference
 from manualbp.verify.report import Report, Row
 from manualbp.verify.tolerances import Tolerance, tolerance
 
@@ -55,4 +56,5 @@ __all__ = [
     "Embedding", "LSTM", "RNN",
     "AvgPool2D", "Conv2D", "Flatten", "MaxPool2D",
     "clip_by_global_norm", "data", "train", "train_twin",
+    "register_reference",
 ]
