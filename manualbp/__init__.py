@@ -51,6 +51,7 @@ from manualbp.verify.check_vjp import check_vjp
 from manualbp.verify.compare import compare
 from manualbp.verify.diagnostics import GradientFlow, gradient_flow
 from manualbp.verify.gradcheck import gradcheck
+from manualbp.verify.register import register_reference
 from manualbp.verify.report import Report, Row
 from manualbp.verify.tolerances import Tolerance, tolerance
 
@@ -65,4 +66,5 @@ __all__ = [
     "clip_by_global_norm", "data", "train", "train_twin",
     "GRU", "Bidirectional", "Conv1D", "ConvTranspose2D", "GlobalAvgPool2D", "GlobalMaxPool2D",
     "as_function", "check_vjp",
+    "register_reference",
 ]

@@ -75,7 +75,8 @@ def forward(layer, params, x, taps):
     """The reference forward of ``layer``; one registration per manualbp layer type."""
     raise NotImplementedError(
         f"reference: no reference forward for {type(layer).__name__}; register one with "
-        "@reference.forward.register, or pass a reference function to check_layer"
+        f"mbp.register_reference({type(layer).__name__}, fn) (fn(layer, params, x) -> y, written with library ops), "
+        "or pass reference=fn to check_layer"
     )
 
 

@@ -55,15 +55,26 @@ def trace(model, head, params, x, y, mask=None):
 def vjp_layer(fn, params, x, dy):
     """(y, dparams, dx) of ``y = fn(params, x)`` from ``jax.vjp`` with cotangent ``dy``.
 
-    dx is None when x is not floating (integer ids have no gradient).
+    dx has x's structure with None at every integer leaf (ids, lengths: no
+    gradient), and is None when no leaf of x is floating.
     """
-    if all(jnp.issubdtype(leaf.dtype, jnp.floating) for leaf in jax.tree_util.tree_leaves(x)):
+    leaves, treedef = jax.tree_util.tree_flatten(x)
+    floating = [jnp.issubdtype(leaf.dtype, jnp.floating) for leaf in leaves]
+    if all(floating):
         y, pullback = jax.vjp(fn, params, x)
         dparams, dx = pullback(dy)
         return y, dparams, dx
-    y, pullback = jax.vjp(lambda p: fn(p, x), params)
-    (dparams,) = pullback(dy)
-    return y, dparams, None
+
+    def with_floats(p, floats):
+        it = iter(floats)
+        return fn(p, jax.tree_util.tree_unflatten(treedef, [next(it) if f else a for a, f in zip(leaves, floating)]))
+
+    y, pullback = jax.vjp(with_floats, params, [a for a, f in zip(leaves, floating) if f])
+    dparams, dfloats = pullback(dy)
+    if not dfloats:
+        return y, dparams, None
+    it = iter(dfloats)
+    return y, dparams, jax.tree_util.tree_unflatten(treedef, [next(it) if f else None for f in floating])
 
 
 def loss_grads_outputs(model, head, params, x, y, mask=None):

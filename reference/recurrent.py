@@ -6,6 +6,11 @@ carried on and emitted), so the gradient with respect to the tap "h" of
 shape (B, T, H) is the total dL/dh_t; the LSTM taps its cell state c_t the
 same way ("c", in ``lstm``). The activation of the RNN is the reference forward of its
 class (jax.nn).
+
+Variable lengths: the scan also walks the step index t; where t >= lengths[b]
+the new state is discarded for the old one (``keep``) and the output is zero
+(``sequence_output``). jax.grad then finds on its own that a padded step
+passes the gradient through.
 """
 
 import jax.numpy as jnp
@@ -16,12 +21,25 @@ import manualbp.layers as mbp
 from .dispatch import NoTaps, forward
 
 
+def split_lengths(layer, x):
+    """(the input without its lengths, lengths): (x, None) for a layer without variable lengths."""
+    if not getattr(layer, "variable_length", False):
+        return x, None
+    x, lengths, *states = x
+    return ((x, *states) if states else x), lengths
+
+
 def split_input(layer, x, n_states):
     """(x, initial states): given, or zeros of shape (B, H)."""
     if layer.initial_state == "given":
         return x[0], tuple(x[1 : 1 + n_states])
     B = x.shape[0]
     return x, tuple(jnp.zeros((B, layer.hidden), x.dtype) for _ in range(n_states))
+
+
+def keep(t, lengths, new, old):
+    """The state after step t: ``new`` for the sequences still running (t < length), ``old`` for the others."""
+    return new if lengths is None else jnp.where((t < lengths)[:, None], new, old)
 
 
 def step_taps(taps, kinds, x, hidden):
@@ -36,21 +54,26 @@ def plus_tap(a, p):
     return a if p is None else a + p
 
 
-def sequence_output(layer, hs):
+def sequence_output(layer, hs, lengths=None):
     hs = jnp.swapaxes(hs, 0, 1)  # (B, T, H)
-    return hs if layer.return_sequences else hs[:, -1]
+    if not layer.return_sequences:
+        return hs[:, -1]
+    if lengths is None:
+        return hs
+    return hs * (jnp.arange(hs.shape[1])[None, :] < lengths[:, None])[:, :, None].astype(hs.dtype)  # padding: 0
 
 
 @forward.register
 def _(layer: mbp.RNN, params, x, taps):
+    x, lengths = split_lengths(layer, x)
     x, (h0,) = split_input(layer, x, 1)
     (ph,) = step_taps(taps, ("h",), x, layer.hidden)
 
     def step(h_prev, inputs):
-        x_t, p_t = inputs
+        t, x_t, p_t = inputs
         z = jnp.dot(x_t, params["Wx"]) + jnp.dot(h_prev, params["Wh"]) + params["b"][None, :]
-        h = plus_tap(forward(layer.activation, {}, z, NoTaps()), p_t)
+        h = plus_tap(keep(t, lengths, forward(layer.activation, {}, z, NoTaps()), h_prev), p_t)
         return h, h
 
-    _, hs = lax.scan(step, h0, (jnp.swapaxes(x, 0, 1), ph))
-    return sequence_output(layer, hs)
+    _, hs = lax.scan(step, h0, (jnp.arange(x.shape[1]), jnp.swapaxes(x, 0, 1), ph))
+    return sequence_output(layer, hs, lengths)

@@ -12,6 +12,9 @@ import sys
 if "jax" not in sys.modules:  # only effective before jax starts its backend
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
+# `manualbp check` keeps compiled programs in a persistent cache in the user's cache dir; the suite must not write there
+os.environ.setdefault("MANUALBP_CACHE_DIR", "")
+
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)

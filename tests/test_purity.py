@@ -19,6 +19,7 @@ MANUAL_METHODS = {"forward", "backward", "init", "backward_trace"}
 CALLS_REFERENCE = {
     "manualbp/verify/check_layer.py",
     "manualbp/verify/compare.py",
+    "manualbp/verify/register.py",
     "manualbp/training/step.py",
     "manualbp/cli/benchmarks/cnn.py",
     "manualbp/cli/benchmarks/conv_layers.py",

@@ -24,10 +24,17 @@ Every shape check here runs on static shapes, so it costs nothing under
 are concrete; under tracing ``check_values`` registers a
 ``jax.experimental.checkify`` check and hands back the bad entries, which the
 layer turns into NaN so that no invalid input yields a plausible number.
+
+Every ``init`` of a ``Layer`` subclass first checks that jax can make arrays
+of the requested dtype (``check_dtype_available``): with 64-bit mode off,
+``init(..., jnp.float64)`` would otherwise hand back float32 parameters
+behind a jax warning.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 import jax
@@ -41,10 +48,52 @@ Cache = Any
 Shape = tuple[int, ...]
 
 
+def check_dtype_available(layer, dtype, *, where: str = "init"):
+    """Raise a TypeError unless jax can make arrays of ``dtype`` now: float64 needs 64-bit mode.
+
+    With ``jax_enable_x64`` off, jax silently narrows float64 to float32 (with
+    a warning), so parameters, and every comparison made with them, would not
+    be in the precision asked for.
+    """
+    want = np.dtype(dtype)
+    got = np.dtype(jax.dtypes.canonicalize_dtype(want))
+    if got != want:
+        raise TypeError(
+            f"{name_of(layer)}.{where}: dtype {want.name} needs jax's 64-bit mode, which is off (jax would make "
+            f"{got.name} arrays instead); call jax.config.update(\"jax_enable_x64\", True) at the start of the "
+            f"program, before any array is created, or use float32"
+        )
+
+
+def _checking_dtype(init):
+    """Wrap a layer's ``init`` so that an unavailable dtype is refused before any array is made."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def checked(self, *args, **kwargs):
+        arguments = signature.bind(self, *args, **kwargs)
+        arguments.apply_defaults()
+        if arguments.arguments.get("dtype") is not None:
+            check_dtype_available(self, arguments.arguments["dtype"])
+        return init(self, *args, **kwargs)
+
+    return checked
+
+
 class Layer:
-    """Mixin with the defaults of a parameter-free, shape-preserving layer."""
+    """Mixin with the defaults of a parameter-free, shape-preserving layer.
+
+    Every subclass's ``init`` is wrapped, once, at class creation, with
+    ``check_dtype_available``: the one place that refuses float64 when jax's
+    64-bit mode is off.
+    """
 
     children: tuple = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "init" in cls.__dict__:
+            cls.init = _checking_dtype(cls.__dict__["init"])
 
     @property
     def name(self) -> str:
@@ -54,7 +103,8 @@ class Layer:
         return tuple(input_shape)
 
     def init(self, key, input_shape, dtype=jnp.float32):
-        del key, dtype
+        del key
+        check_dtype_available(self, dtype)
         return {}, self.output_shape(input_shape)
 
     def check_input(self, params, x):
@@ -157,11 +207,16 @@ def is_concrete(tree) -> bool:
 
 
 def first_nonfinite(tree) -> str | None:
-    """Path of the first leaf of a concrete ``tree`` holding NaN or Inf, else None."""
+    """Path of the first leaf of a concrete ``tree`` holding NaN or Inf, else None.
+
+    Tested with numpy on the host: an eager ``jnp.isfinite`` would compile two
+    small XLA programs per distinct leaf shape, the largest cost of a first check.
+    """
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        if leaf is None or not jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact):
+        if leaf is None:
             continue
-        if not bool(jnp.all(jnp.isfinite(leaf))):
+        leaf = np.asarray(leaf)
+        if jnp.issubdtype(leaf.dtype, jnp.inexact) and not np.isfinite(leaf).all():
             return jax.tree_util.keystr(path) or "<root>"
     return None
 

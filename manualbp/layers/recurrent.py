@@ -7,6 +7,15 @@ every hidden state (B, T, H) (``return_sequences=True``) or only the last
 ``(x, h0, c0)`` for the LSTM, each state of shape (B, H), and dx is returned
 as the matching tuple ``(dx, dh0)`` / ``(dx, dh0, dc0)``.
 
+Variable-length sequences (``variable_length=True``): the input is
+``(x, lengths, *initial states)``, ``lengths`` an integer array (B,) with
+0 <= lengths[b] <= T. Steps t >= lengths[b] are padding: they leave the
+state unchanged (h_t = h_(t-1), c_t = c_(t-1)) and output zeros, so the
+last output is the state after the last real step. Backward matches: at a
+padded step dL/dz_t = 0 and the carry passes through unchanged
+(dL/dh_(t-1) = dL/dh_t, dL/dc_(t-1) = dL/dc_t); the lengths get no
+gradient (None in dx's tuple).
+
 Inside, sequences are time-major (T, B, .) so ``lax.scan`` walks axis 0.
 The input projection x_t Wx is hoisted out of the forward scan as a single
 matmul over all T*B rows. The RNN also hoists dWx, dWh, db and dx out of
@@ -26,10 +35,11 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from manualbp.layers.activations import Activation, Tanh
-from manualbp.layers.base import Layer, check_array, check_dtype_match, check_param, check_params, describe
+from manualbp.layers.base import Layer, check_array, check_dtype_match, check_param, check_params, describe, is_concrete
 
 _INITIAL_STATES = ("zeros", "given")
 
@@ -54,12 +64,14 @@ class RecurrentBase(Layer):
 
     n_states = 1  # RNN: h; LSTM: h and c
     n_gates = 1  # blocks of H columns in Wx, Wh and b: RNN 1, LSTM 4 ([i | f | g | o])
+    variable_length = False  # a layer that supports lengths declares it as a dataclass field
 
     def _check_hyperparameters(self):
         if not isinstance(self.hidden, int) or isinstance(self.hidden, bool) or self.hidden <= 0:
             raise ValueError(f"{self.name}: hidden must be a positive int, got {self.hidden!r}")
-        if not isinstance(self.return_sequences, bool):
-            raise ValueError(f"{self.name}: return_sequences must be a bool, got {self.return_sequences!r}")
+        for flag in ("return_sequences", "variable_length"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{self.name}: {flag} must be a bool, got {getattr(self, flag)!r}")
         if self.initial_state not in _INITIAL_STATES:
             raise ValueError(
                 f"{self.name}: initial_state must be one of {_INITIAL_STATES}, got {self.initial_state!r}"
@@ -69,13 +81,28 @@ class RecurrentBase(Layer):
     def _state_names(self):
         return ("h0", "c0")[: self.n_states]
 
+    @property
+    def _input_names(self):
+        """The members of a tuple input, or () when the input is x alone."""
+        if self.initial_state == "zeros" and not self.variable_length:
+            return ()
+        return ("x", *(("lengths",) if self.variable_length else ()),
+                *(self._state_names if self.initial_state == "given" else ()))
+
+    def _input_form(self):
+        """How the options shape the input, for messages: "initial_state='given'", "variable_length=True" or both."""
+        options = ["initial_state='given'"] if self.initial_state == "given" else []
+        return " and ".join(options + (["variable_length=True"] if self.variable_length else []))
+
     def _sequence_shape(self, input_shape):
-        """(T, D) from ``init``'s input shape: (T, D), or ((T, D), (H,), ...) with a given initial state."""
-        if self.initial_state == "given":
-            if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 1 + self.n_states:
+        """(T, D) from ``init``'s input shape: (T, D), or a tuple with (T, D) first (see ``_input_names``)."""
+        names = self._input_names
+        if names:
+            if not isinstance(input_shape, (tuple, list)) or len(input_shape) != len(names):
+                shapes = {"x": "(T, D)", "lengths": "()", "h0": "(H,)", "c0": "(H,)"}
                 raise ValueError(
-                    f"{self.name}: with initial_state='given' the input shape is ((T, D), "
-                    f"{', '.join(['(H,)'] * self.n_states)}), got {input_shape!r}"
+                    f"{self.name}: with {self._input_form()} the input shape is "
+                    f"({', '.join(shapes[n] for n in names)}), got {input_shape!r}"
                 )
             input_shape = input_shape[0]
         if len(input_shape) != 2 or not all(isinstance(n, int) for n in input_shape):
@@ -89,27 +116,38 @@ class RecurrentBase(Layer):
         return (T, self.hidden) if self.return_sequences else (self.hidden,)
 
     def _unpack(self, params, x):
-        """(x, states) from the input, after checking rank, T, D and dtypes against the params.
+        """(x, states) from the input, for a recurrent layer without variable lengths (see ``_unpack_with_mask``)."""
+        x, states, mask = self._unpack_with_mask(params, x)
+        if mask is not None:
+            raise NotImplementedError(f"{self.name}: variable_length=True needs _unpack_with_mask, which returns the mask")
+        return x, states
 
-        Returns x of shape (B, T, D) and a tuple of ``n_states`` arrays of shape (B, H)
-        (zeros unless the initial state is given).
+    def _unpack_with_mask(self, params, x):
+        """(x, states, mask) from the input, after checking rank, T, D, lengths and dtypes against the params.
+
+        Returns x of shape (B, T, D), a tuple of ``n_states`` arrays of shape (B, H)
+        (zeros unless the initial state is given) and, with ``variable_length``,
+        the time-major mask (T, B, 1) of real steps (t < lengths[b]), else None.
         """
         Wx = params["Wx"]
-        if self.initial_state == "given":
-            n = 1 + self.n_states
-            if not isinstance(x, (tuple, list)) or len(x) != n:
+        names = self._input_names
+        if names:
+            if not isinstance(x, (tuple, list)) or len(x) != len(names):
                 raise TypeError(
-                    f"{self.name}: with initial_state='given' expected the input as a tuple "
-                    f"(x, {', '.join(self._state_names)}), got {describe(x)}"
+                    f"{self.name}: with {self._input_form()} expected the input as a tuple "
+                    f"({', '.join(names)}), got {describe(x)}"
                 )
-            x, states = x[0], tuple(x[1:])
+            parts = dict(zip(names, x))
+            x, lengths = parts["x"], parts.get("lengths")
+            states = tuple(parts[n] for n in self._state_names) if self.initial_state == "given" else None
         elif isinstance(x, (tuple, list)):
             raise TypeError(
-                f"{self.name}: got a tuple input but initial_state='zeros'; pass x of shape (B, T, D), "
-                "or use initial_state='given' for (x, initial state)"
+                f"{self.name}: got a tuple input but initial_state='zeros' and variable_length=False; pass x of "
+                "shape (B, T, D), or use initial_state='given' for (x, initial state), variable_length=True for "
+                "(x, lengths)"
             )
         else:
-            states = None
+            states = lengths = None
         check_array(self, x, ndim=3)
         B, T, D = x.shape
         if T == 0:
@@ -124,8 +162,9 @@ class RecurrentBase(Layer):
         for key, shape, why in (("Wx", (D, G), f"(D, {g}hidden)"), ("Wh", (self.hidden, G), f"(hidden, {g}hidden)"),
                                 ("b", (G,), f"({g}hidden,)")):
             check_param(self, params, key, shape, like=x, why=why)
+        mask = None if lengths is None else self._mask(lengths, B, T)
         if states is None:
-            return x, tuple(jnp.zeros((B, self.hidden), x.dtype) for _ in range(self.n_states))
+            return x, tuple(jnp.zeros((B, self.hidden), x.dtype) for _ in range(self.n_states)), mask
         for name, s in zip(self._state_names, states, strict=True):
             check_array(self, s, what=name, ndim=2)
             if tuple(s.shape) != (B, self.hidden):
@@ -133,27 +172,54 @@ class RecurrentBase(Layer):
                     f"{self.name}: expected {name} of shape ({B}, {self.hidden}) (batch, hidden), got {tuple(s.shape)}"
                 )
             check_dtype_match(self, s, Wx, what=name, wname="Wx")
-        return x, states
+        return x, states, mask
 
-    def _output(self, hs):
-        """hs (T, B, H) -> y: (B, T, H) or the last step (B, H)."""
-        return time_major(hs) if self.return_sequences else hs[-1]
+    def _mask(self, lengths, B, T):
+        """The time-major mask (T, B, 1) of real steps, t < lengths[b], after checking ``lengths``.
 
-    def _upstream(self, states, dy):
+        Its values are checked when concrete (eagerly); under ``jax.jit`` a length
+        above T counts as T and one below 0 as 0.
+        """
+        if not hasattr(lengths, "shape") or not hasattr(lengths, "dtype"):
+            raise TypeError(f"{self.name}: expected lengths to be an integer array of shape ({B},), "
+                            f"got {type(lengths).__name__}")
+        if not jnp.issubdtype(lengths.dtype, jnp.integer):
+            raise TypeError(f"{self.name}: expected lengths of an integer dtype (steps per sequence), got {describe(lengths)}")
+        if tuple(lengths.shape) != (B,):
+            raise ValueError(f"{self.name}: expected lengths of shape ({B},) (one per sequence), got {tuple(lengths.shape)}")
+        if is_concrete(lengths) and B and not (0 <= int(np.min(lengths)) and int(np.max(lengths)) <= T):
+            raise ValueError(
+                f"{self.name}: expected lengths in [0, {T}] (T = {T} steps), got values from "
+                f"{int(np.min(lengths))} to {int(np.max(lengths))}"
+            )
+        return (jnp.arange(T)[:, None] < lengths[None, :])[:, :, None]
+
+    def _output(self, hs, mask=None):
+        """hs (T, B, H) -> y: (B, T, H) (zeros at padded steps) or the last step (B, H)."""
+        if not self.return_sequences:
+            return hs[-1]  # the state after the last real step: padded steps carry it unchanged
+        return time_major(hs if mask is None else jnp.where(mask, hs, 0))
+
+    def _upstream(self, states, dy, mask=None):
         """Split dL/dy into the per-step part (T, B, H) (None for last-only) and the seed of the carry (B, H).
 
         ``states`` is any cached (T, B, H) array of the layer (it gives the shapes).
+        A padded step outputs a constant 0, so its dL/dy reaches nothing: zeroed.
         """
         T, B, H = states.shape
         expected = (B, T, H) if self.return_sequences else (B, H)
         if tuple(dy.shape) != expected:
             raise ValueError(f"{self.name}: expected dy of shape {expected} (the shape of y), got {tuple(dy.shape)}")
         if self.return_sequences:
-            return time_major(dy), jnp.zeros((B, H), states.dtype)
+            dys = time_major(dy)
+            return (dys if mask is None else jnp.where(mask, dys, 0)), jnp.zeros((B, H), states.dtype)
         return None, dy  # only h_T reaches the output: dL/dh_T = dy seeds the carry
 
     def _dx(self, dx, dstates):
-        return (dx, *dstates) if self.initial_state == "given" else dx
+        """dx in the input's form: x's gradient, None for the lengths (integers), then the initial states'."""
+        if not self._input_names:
+            return dx
+        return (dx, *((None,) if self.variable_length else ()), *(dstates if self.initial_state == "given" else ()))
 
     def backward(self, params, cache, dy):
         """BPTT as in ``backward_trace``, without the per-step gradients."""
@@ -180,6 +246,8 @@ class RNN(RecurrentBase):
         e.g. ``ReLU()``); its own forward/backward are used at every step.
       return_sequences: output all hidden states (B, T, H), or the last (B, H).
       initial_state: "zeros", or "given" (input ``(x, h0)``, dx ``(dx, dh0)``).
+      variable_length: the input is ``(x, lengths[, h0])``; steps t >= lengths[b]
+        are padding (state unchanged, output 0; see the module docstring).
 
     Params: ``Wx`` (D, H) LeCun-normal (std 1/sqrt(D)), ``Wh`` (H, H)
     orthogonal, ``b`` (H,) zeros.
@@ -189,6 +257,7 @@ class RNN(RecurrentBase):
     activation: Activation = Tanh()
     return_sequences: bool = True
     initial_state: str = "zeros"
+    variable_length: bool = False
 
     def __post_init__(self):
         self._check_hyperparameters()
@@ -209,24 +278,29 @@ class RNN(RecurrentBase):
         return params, self.output_shape(input_shape)
 
     def forward(self, params, x):
-        """x: (B, T, D) or (x, h0) -> y: (B, T, H) or (B, H).
+        """x: (B, T, D) or a tuple (x[, lengths][, h0]) -> y: (B, T, H) or (B, H).
 
-        Cache: x and h0, the hidden states hs (T, B, H) and the activation's
-        per-step cache (None when it is h itself, as for tanh and sigmoid).
+        Cache: x and h0, the hidden states hs (T, B, H), the activation's
+        per-step cache (None when it is h itself, as for tanh and sigmoid) and
+        the mask (T, B, 1) of real steps (None without ``variable_length``).
         """
         check_params(self, params, ("Wx", "Wh", "b"))
-        x, (h0,) = self._unpack(params, x)
+        x, (h0,), mask = self._unpack_with_mask(params, x)
         Wx, Wh, b = params["Wx"], params["Wh"], params["b"]
         xs = time_major(x)  # (T, B, D)
         xw = (as_rows(xs) @ Wx).reshape(*xs.shape[:2], self.hidden)  # hoisted: x_t Wx for all t, one matmul
         b = bias_row(b, 2)
 
-        def step(h_prev, xw_t):
+        def step(h_prev, inputs):
+            xw_t, m_t = inputs
             h, act = self.activation.forward({}, xw_t + h_prev @ Wh + b)  # z_t = x_t Wx + h_(t-1) Wh + b
-            return h, (h, None if act is h else act)
+            act = None if act is h else act
+            if m_t is not None:
+                h = jnp.where(m_t, h, h_prev)  # a padded step keeps the state
+            return h, (h, act)
 
-        _, (hs, act) = lax.scan(step, h0, xw)
-        return self._output(hs), (xs, h0, hs, act)
+        _, (hs, act) = lax.scan(step, h0, (xw, mask))
+        return self._output(hs, mask), (xs, h0, hs, act, mask)
 
     def _bptt(self, params, cache, dy):
         """Backprop through time, with dL/dh_t carried from step t+1 to step t.
@@ -237,21 +311,27 @@ class RNN(RecurrentBase):
             dW_x = \\sum_t x_t^T \\delta z_t,\\ dW_h = \\sum_t h_{t-1}^T \\delta z_t,\\ db = \\sum_t \\sum_n \\delta z_t
             dx_t = \\delta z_t W_x^T,\\ dh_0 = \\delta z_1 W_h^T
 
+        With variable lengths, a padded step t (h_t = h_(t-1), y_t = 0) has
+        delta z_t = 0 and passes delta h_t on unchanged as dL/dh_(t-1).
+
         The reverse scan carries only delta z_t Wh^T (B, H); the sums over t
         are single matmuls over all T*B rows after it.
         """
-        xs, h0, hs, act = cache
+        xs, h0, hs, act, mask = cache
         Wx, Wh = params["Wx"], params["Wh"]
-        act = hs if act is None else act
-        dys, carry = self._upstream(hs, dy)
+        act = hs if act is None else act  # at a padded step not f(z_t), but its delta z_t is zeroed below
+        dys, carry = self._upstream(hs, dy, mask)
 
         def step(dh_next, inputs):
-            dy_t, act_t = inputs
+            dy_t, act_t, m_t = inputs
             dh = dh_next if dy_t is None else dh_next + dy_t  # total dL/dh_t
             _, dz = self.activation.backward({}, act_t, dh)  # dL/dz_t = dL/dh_t * f'(z_t)
-            return dz @ Wh.T, (dz, dh)
+            if m_t is None:
+                return dz @ Wh.T, (dz, dh)
+            dz = jnp.where(m_t, dz, 0)  # a padded step computed nothing that was kept
+            return jnp.where(m_t, dz @ Wh.T, dh), (dz, dh)  # ... and hands dL/dh_t to h_(t-1) unchanged
 
-        dh0, (dz, dh) = lax.scan(step, carry, (dys, act), reverse=True)
+        dh0, (dz, dh) = lax.scan(step, carry, (dys, act, mask), reverse=True)
         h_prev = jnp.concatenate([h0[None], hs[:-1]])  # (T, B, H): h_(t-1) for every t
         dz2 = as_rows(dz)  # (T*B, H)
         dparams = {"Wx": as_rows(xs).T @ dz2, "Wh": as_rows(h_prev).T @ dz2, "b": jnp.sum(dz2, axis=0)}
@@ -262,5 +342,6 @@ class RNN(RecurrentBase):
         """The activation's discrete choices at every step (e.g. ReLU signs), or None if it is smooth."""
         if not hasattr(self.activation, "kink_pattern"):
             return None
-        _, _, hs, act = cache
-        return self.activation.kink_pattern(hs if act is None else act)
+        _, _, hs, act, mask = cache
+        pattern = self.activation.kink_pattern(hs if act is None else act)
+        return pattern if mask is None else jnp.where(mask, pattern, False)  # padded steps choose nothing
