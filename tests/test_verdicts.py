@@ -203,3 +203,14 @@ def test_error_model_for_float32_is_an_option_and_passes_correct_models():
     report = mbp.compare(model, head, params, x, y, mask, verdict="error-model")
     assert report.ok and report.verdict == "error-model", str(report)
     assert f"<= {ERROR_MODEL.k:g}x jax.grad's own" in str(report)
+
+
+def test_check_layer_uses_the_same_verdicts():
+    layer = mbp.Sequential(mbp.Dense(4), mbp.Tanh())
+    params, _ = layer.init(jax.random.key(0), (3,), jnp.float32)
+    x = jax.random.normal(jax.random.key(1), (5, 3), jnp.float32)
+    low = jax.tree_util.tree_map(lambda v: v.astype(jnp.bfloat16), (params, x))
+    report = mbp.check_layer(layer, *low)
+    assert report.ok and report.verdict == "error-model", str(report)
+    assert report.row("Sequential", "dL/dx").err_manual is not None
+    assert mbp.check_layer(layer, params, x, verdict="error-model").ok

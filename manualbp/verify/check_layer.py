@@ -11,7 +11,7 @@ from manualbp.layers.base import check_finite, describe, name_of
 from manualbp.verify.compare import by_kind, dtype_of, judge_all
 from manualbp.verify.quantities import param_name
 from manualbp.verify.report import Report
-from manualbp.verify.rounding import measure
+from manualbp.verify.rounding import choices, measure
 from manualbp.verify.tolerances import ERROR_MODEL, resolve_verdict, tolerance
 
 
@@ -21,7 +21,7 @@ def _as_arrays(params, x):
     floats = [leaf.dtype for leaf in jax.tree_util.tree_leaves(x) if jnp.issubdtype(leaf.dtype, jnp.floating)]
 
     def leaf(v):
-        if isinstance(v, (bool, int, float)) and not isinstance(v, bool) and floats:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and floats:
             return jnp.asarray(v, floats[0])
         return jnp.asarray(v)
 
@@ -44,6 +44,13 @@ def _values(y, dparams, dx) -> dict:
         out.update({("dx", k): v for k, v in by_kind("x", dx).items()})
     out.update({("param", param_name(kp)): v for kp, v in jax.tree_util.tree_leaves_with_path(dparams)})
     return out
+
+
+def _choices(layer):
+    try:
+        return choices(layer)
+    except TypeError:  # an unhashable user layer: the float32 estimate alone
+        return None
 
 
 def check_layer(layer, params, x, dy=None, *, reference=None, key=None, jit: bool = False,
@@ -102,5 +109,5 @@ def check_layer(layer, params, x, dy=None, *, reference=None, key=None, jit: boo
     report = Report(title or f"check_layer: {name} vs jax.vjp", dtype.name, tol, verdict=verdict)
     report.rows.extend(judge_all(rows, m_values, r_values, tol, verdict, dtype,
                                  lambda: measure(lambda point: vjp(*point), (params, x, dy), 2, dtype,
-                                                 samples=ERROR_MODEL.samples)))
+                                                 samples=ERROR_MODEL.samples, same_pieces=_choices(layer))))
     return report

@@ -22,7 +22,7 @@ from manualbp import reference as ref
 from manualbp.layers.base import check_finite, name_of
 from manualbp.verify.quantities import by_kind, manual_values, reference_values, row_order
 from manualbp.verify.report import Report
-from manualbp.verify.rounding import measure
+from manualbp.verify.rounding import choices, measure
 from manualbp.verify.tolerances import ERROR_MODEL, resolve_verdict, tolerance
 from manualbp.verify.trace import record
 from manualbp.verify.verdict import judge
@@ -82,14 +82,6 @@ def _record(model, head, params, x, y, mask):
 _record_jit = partial(jax.jit, static_argnums=(0, 1))(_record)  # compiled once per (model, head, shapes)
 
 
-@partial(jax.jit, static_argnums=0)
-def _pieces(model, params, x):
-    """The discrete choices of the manual forward (ReLU signs, max-pool winners: ``kink_pattern``), or ()."""
-    if not hasattr(model, "kink_pattern"):
-        return ()
-    return model.kink_pattern(model.forward(params, x)[1])
-
-
 def compare(model, head, params, x, y, mask=None, *, jit: bool = True, title: str | None = None,
             verdict: str = "auto") -> Report:
     """Compare manual backprop with jax.grad of the reference, layer by layer.
@@ -124,8 +116,7 @@ def compare(model, head, params, x, y, mask=None, *, jit: bool = True, title: st
         def evaluate(point):
             return reference_values(model, ref.trace(model, head, *point))
 
-        return measure(evaluate, (params, x, y, mask), 2, dtype, samples=ERROR_MODEL.samples,
-                       same_pieces=lambda point: _pieces(model, point[0], point[1]))
+        return measure(evaluate, (params, x, y, mask), 2, dtype, samples=ERROR_MODEL.samples, same_pieces=choices(model))
 
     rows = row_order(model, head, m_values)
     report = Report(title or f"manualbp vs jax.grad: {name_of(model)} + {name_of(head)}", dtype.name, tol,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from manualbp.verify.tolerances import ERROR_MODEL, Tolerance
+from manualbp.verify.tolerances import ERROR_MODEL, ErrorModel, Tolerance
 from manualbp.verify.verdict import Row, compare_arrays  # noqa: F401  (re-exported: the row and its fixed verdict)
 
 
@@ -32,14 +32,15 @@ def _status(row: Row) -> str:
     return {"conditioning": "ok (cond)", "error model": "ok (err model)"}.get(row.rule, "ok")
 
 
-def _rule_text(verdict: str, tol: Tolerance) -> str:
+def _rule_text(verdict: str, tol: Tolerance, model: ErrorModel) -> str:
     fixed = f"norm rel <= {tol.norm:.0e}, max rel <= {tol.elem:.0e}"
     if verdict == "conditioning":
-        return f"{fixed}, or within {ERROR_MODEL.conditioning:g}x jax.grad's own error where that exceeds {tol.norm:.0e}/" \
-               f"{ERROR_MODEL.conditioning:g}"
+        return f"{fixed}, or within {model.conditioning:g}x jax.grad's own error where that exceeds {tol.norm:.0e}/" \
+               f"{model.conditioning:g}"
     if verdict == "error-model":
-        return (f"error model: manual's error vs float64 truth <= {ERROR_MODEL.k:g}x jax.grad's own + "
-                f"{ERROR_MODEL.rounding:g} eps |truth|")
+        return f"manual's error vs float64 truth <= {model.k:g}x jax.grad's own + {model.rounding:g} eps |truth|"
+    if verdict == "finite differences":
+        return f"{fixed}, or within {model.conditioning:g}x the finite difference's estimated error"
     return fixed
 
 
@@ -48,7 +49,7 @@ class Report:
     """Rows of a comparison, their ``status`` ("PASS" | "FAIL" | "INCONCLUSIVE") and the first failure.
 
     ``verdict`` names how rows were judged ("fixed", "conditioning", "error-model"; gradcheck:
-    "finite differences"). ``timestep_norms`` maps a recurrent layer's label to ||dL/dh_t|| per
+    "finite differences"), ``error_model`` the constants it used. ``timestep_norms`` maps a recurrent layer's label to ||dL/dh_t|| per
     step (manual), for plotting vanishing/exploding gradients through time.
     """
 
@@ -58,6 +59,7 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     timestep_norms: dict = field(default_factory=dict)
     verdict: str = "fixed"
+    error_model: ErrorModel = ERROR_MODEL
 
     @property
     def status(self) -> str:
@@ -85,10 +87,14 @@ class Report:
             return row.note
         if row.rule == "error model":
             return (f"manual's error {_fmt(row.err_manual)} vs jax.grad's {_fmt(row.err_ref)} "
-                    f"(allowed {ERROR_MODEL.k:g}x + rounding)")
+                    f"(allowed {self.error_model.k:g}x + rounding)")
         if row.rule == "conditioning":
-            return (f"norm rel {_fmt(row.norm_rel)}, more than {ERROR_MODEL.conditioning:g}x jax.grad's own error "
+            return (f"norm rel {_fmt(row.norm_rel)}, more than {self.error_model.conditioning:g}x jax.grad's own error "
                     f"{_fmt(row.err_ref)}")
+        if row.rule == "finite difference":
+            return (f"norm rel {_fmt(row.norm_rel)} (tol {self.tolerance.norm:.0e}), more than "
+                    f"{self.error_model.conditioning:g}x the estimated error {_fmt(row.err_ref)}"
+                    + (f"; {row.note}" if row.note else ""))
         if row.rule == "fixed":
             return (f"norm rel {_fmt(row.norm_rel)} (tol {self.tolerance.norm:.0e}), "
                     f"max rel {_fmt(row.max_rel)} (tol {self.tolerance.elem:.0e})")
@@ -107,7 +113,7 @@ class Report:
             text = f"PASS: all {len(compared)} compared rows within tolerance ({exact} bitwise equal)"
             cond = sum(r.rule == "conditioning" for r in compared)
             if cond:
-                text += f"; {cond} ill-conditioned, within {ERROR_MODEL.conditioning:g}x jax.grad's own error"
+                text += f"; {cond} ill-conditioned, within {self.error_model.conditioning:g}x jax.grad's own error"
             return text + (f"; {not_compared}" if not_compared else "")
         fail = self.first_failure
         nfail = sum(not r.ok for r in compared)
@@ -128,7 +134,7 @@ class Report:
             for r in self.rows
         ]
         widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
-        lines = [f"{self.title}  [{self.dtype}; {self.verdict}: {_rule_text(self.verdict, self.tolerance)}]"]
+        lines = [f"{self.title}  [{self.dtype}; {self.verdict}: {_rule_text(self.verdict, self.tolerance, self.error_model)}]"]
         for i, cells in enumerate([head, *body]):
             lines.append("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip())
             if i == 0:
@@ -146,7 +152,7 @@ class Report:
             "dtype": self.dtype,
             "verdict": self.verdict,
             "tolerance": self.tolerance._asdict(),
-            "error_model": ERROR_MODEL._asdict(),
+            "error_model": self.error_model._asdict(),
             "summary": self.summary(),
             "rows_compared": sum(r.compared for r in self.rows),
             "first_failure": None if fail is None else {"layer": fail.layer, "quantity": fail.quantity},
