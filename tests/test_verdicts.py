@@ -214,3 +214,24 @@ def test_check_layer_uses_the_same_verdicts():
     assert report.ok and report.verdict == "error-model", str(report)
     assert report.row("Sequential", "dL/dx").err_manual is not None
     assert mbp.check_layer(layer, params, x, verdict="error-model").ok
+
+
+def test_rounding_moves_are_one_rounding_step_and_float64_moves_see_every_kink():
+    from manualbp.verify.rounding import choices, move
+
+    v = jax.random.normal(jax.random.key(0), (64,), jnp.float32).at[0].set(0.0)
+    labels = jnp.arange(4)
+    moved, same_labels = move((v, labels), seed=3, eps=float(jnp.finfo(jnp.float32).eps))
+    ulps = np.abs(np.asarray(moved, np.float64) - np.asarray(v, np.float64)) / np.spacing(np.abs(np.asarray(v)))
+    assert moved.dtype == v.dtype and float(moved[0]) == 0.0 and 0 < ulps[1:].max() <= 2
+    assert np.array_equal(same_labels, labels)
+    assert np.array_equal(move(v, seed=3, eps=1e-7), move(v, seed=3, eps=1e-7))  # the same evidence every call
+    # the float64 estimate from moves needs every discrete choice of the forward visible: ReLU's signs are,
+    # an unknown layer's are not (it falls back to the float32 estimate)
+    relu = mbp.Sequential(mbp.Dense(4), mbp.ReLU(), mbp.Dense(3))
+    params, _ = relu.init(jax.random.key(1), (3,), jnp.float64)
+    x = jax.random.normal(jax.random.key(2), (5, 3), jnp.float64)
+    pattern = choices(relu)
+    assert pattern is not None and len(jax.tree_util.tree_leaves(pattern(params, x))) > 0
+    assert choices(mbp.Sequential(mbp.Dense(4), mbp.Tanh())) is not None
+    assert choices(mbp.Sequential(mbp.Dense(4), StableSoftplus())) is None
