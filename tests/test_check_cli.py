@@ -19,9 +19,10 @@ def test_after_the_tables_one_line_per_model_and_a_legend(capsys):
     assert main(["check", "--model", "mlp"]) == 0
     lines = capsys.readouterr().out.splitlines()
     summary = lines[lines.index(next(line for line in lines if line.startswith("mlp  "))):]
-    assert summary[0].startswith("mlp  PASS  24 rows  (MLP 16-16-16-10")
+    assert summary[0].startswith("mlp  PASS  25 rows  (MLP 16-16-16-10")
     assert summary[1].startswith("legend: max|diff| = max |manual - jax.grad|")
     assert "norm rel = ||manual - jax.grad||" in summary[2] and "ok = norm rel <= 1e-05 and max rel <= 5e-03" in summary[2]
+    assert "ok (cond)" in summary[2]
     assert "the first FAIL is where an error enters" in summary[3]
     assert summary[4].startswith("PASS: 1 of 1 reports pass, in ")
     assert len(summary) == 5

@@ -136,7 +136,9 @@ def test_tuple_outputs_and_float32_with_a_float64_truth():
     assert good.ok and good.dtype == "float32" and [r.quantity for r in good.rows[:2]] == ["output[0]", "output[1]"]
     bad = mbp.check_vjp(wrong, reference, x)
     assert bad.first_failure.quantity == "arg 0"
-    assert "vs float64 truth: fn" in bad.first_failure.note  # the failing side is far from the truth, the reference not
+    fail = bad.first_failure  # the failing side is far from the float64 truth, the reference not
+    assert fail.err_manual > 0.1 and fail.err_ref < 1e-6
+    assert "vs the high-precision truth: manual" in bad.summary()
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
@@ -199,3 +201,32 @@ def test_nondet_tol_admits_a_backward_nondeterministic_by_design():
     assert mbp.check_vjp(square, lambda x: x**2, _normal((4,)), nondet_tol=1e-12).ok
     with pytest.raises(ValueError, match="nondet_tol must be >= 0"):
         mbp.check_vjp(square, lambda x: x**2, _normal((4,)), nondet_tol=-1.0)
+
+
+@pytest.mark.parametrize("dtype, factor", [(jnp.bfloat16, 1.1), (jnp.float16, 1.01)], ids=["bfloat16", "float16"])
+def test_low_precision_is_judged_by_the_error_model(dtype, factor):
+    """A right rule passes and a wrong one fails, in bfloat16/float16, against the float64 truth.
+
+    The wrong rule is off by a few units of the dtype's rounding (bfloat16 keeps 8 bits: eps 2^-7, so
+    a 1% error is rounding there; float16 keeps 11 bits).
+    """
+    def fwd(x):
+        return jnp.tanh(x), jnp.tanh(x)
+
+    def right(y, dy):
+        return (dy * (1 - y) * (1 + y),)
+
+    def wrong(y, dy):
+        return (dy * (1 - y) * (1 + y) * jnp.asarray(factor, y.dtype),)
+
+    x = _normal((64,), jnp.float32).astype(dtype) * 2
+    good = mbp.check_vjp(custom(jnp.tanh, fwd, right), jnp.tanh, x)
+    assert good.verdict == "error-model" and good.ok, good
+    assert good.row("tanh", "arg 0").rule == "error model" and good.row("tanh", "arg 0").err_manual is not None
+    bad = mbp.check_vjp(custom(jnp.tanh, fwd, wrong), jnp.tanh, x, k=4)
+    assert not bad.ok and bad.first_failure.quantity == "arg 0", bad
+
+
+def test_error_model_verdict_for_float64_is_refused():
+    with pytest.raises(ValueError, match="verdict 'error-model' needs"):
+        mbp.check_vjp(jnp.sin, jnp.cos, _normal((3,), jnp.float64), verdict="error-model")

@@ -42,3 +42,13 @@ def test_train_subcommand_end_to_end(capsys):
     d = json.loads(capsys.readouterr().out)
     assert (d["grad"], d["steps"], d["divergence"]["ok"]) == ("twin", 20, True)
     assert set(d["test"]) == {"manual", "reference"}
+
+
+def test_check_in_low_precision_uses_the_error_model(capsys):
+    assert main(["check", "--model", "mlp", "--dtype", "bfloat16", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    report = d["reports"]["mlp"]
+    assert (d["status"], report["dtype"], report["verdict"], report["status"]) == ("PASS", "bfloat16", "error-model", "PASS")
+    assert all(row["err_manual"] is not None and row["err_ref"] is not None for row in report["rows"])
+    assert main(["check", "--model", "mlp", "--dtype", "float64", "--verdict", "error-model"]) == 2
+    assert "float64 has none" in capsys.readouterr().err

@@ -1,10 +1,11 @@
-"""The layer-by-layer report, check_layer with a user's own layer, value_and_grad, and bad input."""
+"""The layer-by-layer report and its row order, check_layer with a user's own layer and bad input, value_and_grad."""
 
 import json
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import manualbp as mbp
@@ -108,3 +109,125 @@ def test_no_reference_registered_is_a_clear_error():
     params = {"a": jnp.float64(1.0)}
     with pytest.raises(NotImplementedError, match="no reference forward for Cube"):
         mbp.check_layer(Cube(), params, jnp.ones((2, 2)))
+
+
+# --- issue 14, item 7: the first failing row is where the error enters, for containers and through time ---
+
+
+@dataclass(frozen=True)
+class ResidualWithoutIdentity(mbp.Residual):
+    """dx = (dF/dx)^T dy only: the identity path's dy is dropped."""
+
+    def backward(self, params, cache, dy):
+        return self.block.backward(params, cache, dy)
+
+    def replace_children(self, layers):
+        (block,) = layers
+        return ResidualWithoutIdentity(block)
+
+
+@dataclass(frozen=True, init=False)
+class ParallelFirstBranchOnly(mbp.Parallel):
+    """dx = dx_1: the other branches' gradients are not summed in."""
+
+    def backward(self, params, cache, dy):
+        grads, _ = super().backward(params, cache, dy)
+        _, dx = self.layers[0].backward(params[0], cache[0], dy[0])
+        return grads, dx
+
+
+ref.forward.register(ResidualWithoutIdentity)(ref.forward.dispatch(mbp.Residual))
+ref.forward.register(ParallelFirstBranchOnly)(ref.forward.dispatch(mbp.Parallel))
+
+
+@pytest.mark.parametrize(("container", "label"), [
+    (ResidualWithoutIdentity(mbp.Sequential(mbp.Dense(4), mbp.Tanh())), "1 ResidualWithoutIdentity"),
+    (mbp.Sequential(ParallelFirstBranchOnly(mbp.Dense(4), mbp.Sequential(mbp.Dense(4), mbp.Tanh())), mbp.Add()),
+     "1/0 ParallelFirstBranchOnly"),
+])
+def test_a_wrong_container_rule_first_fails_at_the_container(container, label):
+    model = mbp.Sequential(mbp.Dense(4), container, mbp.Dense(3))
+    params, _ = model.init(jax.random.key(0), (5,), jnp.float64)
+    x = jax.random.normal(jax.random.key(1), (4, 5), jnp.float64)
+    report = mbp.compare(model, mbp.SoftmaxCrossEntropy(), params, x, jnp.array([0, 1, 2, 0]))
+    assert (report.first_failure.layer, report.first_failure.quantity) == (label, "dL/dx"), str(report)
+    names = [(r.layer, r.quantity) for r in report.rows]
+    # a container's dL/dy comes before its children's rows, its dL/dx after them, its forward y after theirs
+    children = [i for i, (layer, _) in enumerate(names) if layer.startswith(label.split(" ")[0] + "/")]
+    own = {q: i for i, (layer, q) in enumerate(names) if layer == label}
+    assert max(i for q, i in own.items() if q.startswith("dL/dy")) < min(i for i in children if names[i][1] != "forward y"
+                                                                      and not names[i][1].startswith("forward y."))
+    assert own["dL/dx"] > max(children)
+    assert min(i for q, i in own.items() if q.startswith("forward y")) > max(
+        i for i in children if names[i][1].startswith("forward y"))
+
+
+@dataclass(frozen=True)
+class TanhWrongDerivative(mbp.Tanh):
+    """tanh'(z) = 1 - y: wrong, used at every step of an RNN."""
+
+    def backward(self, params, cache, dy):
+        return {}, dy * (1 - cache)
+
+
+ref.forward.register(TanhWrongDerivative)(ref.forward.dispatch(mbp.Tanh))
+
+
+def test_recurrent_rows_follow_backprop_through_time():
+    T = 4
+    rnn = mbp.Sequential(mbp.RNN(3, activation=TanhWrongDerivative()), mbp.Dense(2))
+    params, _ = rnn.init(jax.random.key(0), (T, 2), jnp.float64)
+    x = jax.random.normal(jax.random.key(1), (3, T, 2), jnp.float64)
+    report = mbp.compare(rnn, mbp.SoftmaxCrossEntropy(), params, x, jnp.zeros((3, T), int))
+    # dL/dh at the last step is the output's gradient alone; the wrong derivative first enters dL/dh[t=T-2]
+    steps = [r.quantity for r in report.rows if r.layer == "0 RNN" and "[t=" in r.quantity]
+    assert steps == [f"dL/dh[t={t}]" for t in reversed(range(T))]
+    assert report.row("0 RNN", f"dL/dh[t={T - 1}]").ok
+    assert (report.first_failure.layer, report.first_failure.quantity) == ("0 RNN", f"dL/dh[t={T - 2}]"), str(report)
+    lstm = mbp.Sequential(mbp.LSTM(3), mbp.Dense(2))
+    p2, _ = lstm.init(jax.random.key(0), (T, 2), jnp.float64)
+    lstm_report = mbp.compare(lstm, mbp.SoftmaxCrossEntropy(), p2, x, jnp.zeros((3, T), int))
+    steps = [r.quantity for r in lstm_report.rows if r.layer == "0 LSTM" and "[t=" in r.quantity]
+    assert steps == [f"dL/d{k}[t={t}]" for t in reversed(range(T)) for k in ("h", "c")]
+    assert set(lstm_report.timestep_norms) == {"0 LSTM dL/dh", "0 LSTM dL/dc"}
+
+
+def test_the_head_gradient_is_the_first_backward_row():
+    model, head, params, x, y = _mlp(jnp.float64)
+    report = mbp.compare(model, head, params, x, y)
+    names = [(r.layer, r.quantity) for r in report.rows]
+    i = names.index(("model Sequential", "loss"))
+    assert names[i + 1] == ("head SoftmaxCrossEntropy", "dL/dlogits")
+
+
+# --- issue 14, item 6: check_layer's bad input ---
+
+
+def test_check_layer_accepts_python_numbers_and_numpy_arrays():
+    x = np.random.default_rng(0).standard_normal((3, 2))  # numpy float64 (jax float64 under the tests' x64)
+    fn = lambda p, x: p["a"] * jnp.power(x, 3)  # noqa: E731
+    report = mbp.check_layer(Cube(), {"a": 1.5}, x, reference=fn)
+    assert report.ok and report.dtype == "float64", str(report)
+    assert mbp.check_layer(Cube(), {"a": np.float64(1.5)}, x, reference=fn, jit=True).ok
+
+
+def test_check_layer_raises_on_non_finite_input_like_compare():
+    fn = lambda p, x: p["a"] * jnp.power(x, 3)  # noqa: E731
+    x = jnp.ones((3, 2)).at[1, 1].set(jnp.nan)
+    with pytest.raises(ValueError, match=r"Cube: input x contains NaN or Inf"):
+        mbp.check_layer(Cube(), {"a": 1.5}, x, reference=fn)
+    with pytest.raises(ValueError, match=r"Cube: params contains NaN or Inf"):
+        mbp.check_layer(Cube(), {"a": jnp.inf}, jnp.ones((3, 2)), reference=fn)
+    with pytest.raises(ValueError, match=r"Cube: dy contains NaN or Inf"):
+        mbp.check_layer(Cube(), {"a": 1.5}, jnp.ones((3, 2)), jnp.full((3, 2), jnp.nan), reference=fn)
+
+
+def test_check_layer_names_a_wrong_dy_or_reference_shape():
+    fn = lambda p, x: p["a"] * jnp.power(x, 3)  # noqa: E731
+    x = jnp.ones((3, 2))
+    with pytest.raises(ValueError, match=r"check_layer: Cube: dy is float\d+\[3\], but the layer's forward returns y "
+                                         r"float\d+\[3,2\]"):
+        mbp.check_layer(Cube(), {"a": 1.5}, x, jnp.ones((3,)), reference=fn)
+    with pytest.raises(ValueError, match=r"check_layer: Cube: the reference returns float\d+\[3\], but the layer's forward "
+                                         r"returns y float\d+\[3,2\]"):
+        mbp.check_layer(Cube(), {"a": 1.5}, x, reference=lambda p, x: p["a"] * jnp.sum(x, axis=1))

@@ -4,53 +4,110 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from manualbp import reference as ref
-from manualbp.layers.base import name_of
-from manualbp.verify.compare import by_kind, dtype_of
-from manualbp.verify.report import Report, compare_arrays, param_rows
-from manualbp.verify.tolerances import tolerance
+from manualbp.layers.base import check_finite, describe, name_of
+from manualbp.verify.compare import by_kind, dtype_of, judge_all
+from manualbp.verify.quantities import param_name
+from manualbp.verify.report import Report
+from manualbp.verify.rounding import choices, measure
+from manualbp.verify.tolerances import ERROR_MODEL, resolve_verdict, tolerance
+
+
+def _as_arrays(params, x):
+    """numpy arrays and Python numbers as jax arrays; a Python number in params takes x's floating dtype."""
+    x = jax.tree_util.tree_map(jnp.asarray, x)
+    floats = [leaf.dtype for leaf in jax.tree_util.tree_leaves(x) if jnp.issubdtype(leaf.dtype, jnp.floating)]
+
+    def leaf(v):
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and floats:
+            return jnp.asarray(v, floats[0])
+        return jnp.asarray(v)
+
+    return jax.tree_util.tree_map(leaf, params), x
+
+
+def _shapes(tree):
+    return jax.tree_util.tree_map(lambda v: (tuple(v.shape), np.dtype(v.dtype).name), tree)
+
+
+def _check_shapes(name, what, got, expected, hint):
+    if jax.tree_util.tree_structure(got) != jax.tree_util.tree_structure(expected) or _shapes(got) != _shapes(expected):
+        fmt = lambda t: jax.tree_util.tree_map(lambda v: describe(v), t)  # noqa: E731
+        raise ValueError(f"check_layer: {name}: {what} {fmt(got)}, but the layer's forward returns y {fmt(expected)}; {hint}")
+
+
+def _values(y, dparams, dx) -> dict:
+    out = {("y", k): v for k, v in by_kind("y", y).items()}
+    if dx is not None:
+        out.update({("dx", k): v for k, v in by_kind("x", dx).items()})
+    out.update({("param", param_name(kp)): v for kp, v in jax.tree_util.tree_leaves_with_path(dparams)})
+    return out
+
+
+def _choices(layer):
+    try:
+        return choices(layer)
+    except TypeError:  # an unhashable user layer: the float32 estimate alone
+        return None
 
 
 def check_layer(layer, params, x, dy=None, *, reference=None, key=None, jit: bool = False,
-                title: str | None = None) -> Report:
+                title: str | None = None, verdict: str = "auto") -> Report:
     """One layer alone: manual forward/backward vs ``jax.vjp`` of the reference forward.
 
     Args:
       layer: a manualbp layer, or a user's own object with
         ``forward(params, x) -> (y, cache)`` and
         ``backward(params, cache, dy) -> (dparams, dx)``.
-      params, x: the point to check at.
-      dy: the cotangent; a random normal one (``key``, default key 0) if None.
+      params, x: the point to check at (arrays, numpy arrays or Python numbers; a Python
+        number in params takes x's floating dtype).
+      dy: the cotangent, shaped like the layer's output; a random normal one (``key``, default
+        key 0) if None.
       reference: ``fn(params, x) -> y`` written with library ops; defaults
         to the reference forward registered for ``type(layer)``.
       jit: run the manual forward and backward under ``jax.jit``.
+      verdict: as for ``compare`` ("auto", "fixed", "conditioning", "error-model").
 
     Rows: forward y, dL/dx, and one per parameter gradient.
+
+    Raises ValueError (naming the layer) for NaN/Inf in params, x or dy, a dy not shaped like
+    the output, or a reference whose output is not shaped like the layer's.
     """
     name = name_of(layer)
-    x = jax.tree_util.tree_map(jnp.asarray, x)
+    params, x = _as_arrays(params, x)
+    check_finite(name, "input x", x)
+    check_finite(name, "params", params)
+    y_shape = jax.eval_shape(lambda p, x: layer.forward(p, x)[0], params, x)
+    fn = reference if reference is not None else (lambda p, x: ref.forward(layer, p, x, ref.NoTaps()))
+    _check_shapes(name, "the reference returns", jax.eval_shape(fn, params, x), y_shape,
+                  "the reference must compute the same function as the layer")
     if dy is None:
         key = jax.random.key(0) if key is None else key
-        shapes = jax.eval_shape(lambda p, x: layer.forward(p, x)[0], params, x)
-        leaves, treedef = jax.tree_util.tree_flatten(shapes)
+        leaves, treedef = jax.tree_util.tree_flatten(y_shape)
         keys = jax.random.split(key, len(leaves))
         dy = jax.tree_util.tree_unflatten(treedef, [jax.random.normal(k, v.shape, v.dtype) for k, v in zip(keys, leaves)])
+    dy = jax.tree_util.tree_map(jnp.asarray, dy)
+    _check_shapes(name, "dy is", dy, y_shape, "dy is dL/dy, one entry per output entry")
+    check_finite(name, "dy", dy)
 
     def manual(params, x, dy):
         y, cache = layer.forward(params, x)
         return (y, *layer.backward(params, cache, dy))
 
     y, dparams, dx = (jax.jit(manual) if jit else manual)(params, x, dy)
-    fn = reference if reference is not None else (lambda p, x: ref.forward(layer, p, x, ref.NoTaps()))
-    y_r, dparams_r, dx_r = ref.vjp_layer(fn, params, x, dy)
+    m_values = _values(y, dparams, dx)
+    r_values = _values(*ref.vjp_layer(fn, params, x, dy))
+    vjp = jax.jit(lambda p, x, dy: _values(*ref.vjp_layer(fn, p, x, dy)))
     dtype = dtype_of(params, x)
     tol = tolerance(dtype)
-    report = Report(title or f"check_layer: {name} vs jax.vjp", dtype.name, tol)
-    for key_, val in by_kind("y", y).items():
-        report.rows.append(compare_arrays(name, "forward " + key_, val, by_kind("y", y_r)[key_], tol))
-    if dx_r is not None:
-        for key_, val in by_kind("x", dx).items():
-            report.rows.append(compare_arrays(name, "dL/d" + key_, val, by_kind("x", dx_r)[key_], tol))
-    report.rows.extend(param_rows(name, dparams, dparams_r, tol))
+    verdict = resolve_verdict(verdict, dtype)
+    rows = [(name, ("forward " if k[0] == "y" else "dL/d" if k[0] == "dx" else "") + k[1], k, None)
+            for k in m_values if k[0] != "dx" or k in r_values]
+    rows = [r for r in rows if r[2][0] == "y"] + [r for r in rows if r[2][0] == "dx"] + [r for r in rows if r[2][0] == "param"]
+    report = Report(title or f"check_layer: {name} vs jax.vjp", dtype.name, tol, verdict=verdict)
+    report.rows.extend(judge_all(rows, m_values, r_values, tol, verdict, dtype,
+                                 lambda: measure(lambda point: vjp(*point), (params, x, dy), 2, dtype,
+                                                 samples=ERROR_MODEL.samples, same_pieces=_choices(layer))))
     return report

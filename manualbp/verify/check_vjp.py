@@ -31,13 +31,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from manualbp.verify.report import Report, Row, compare_arrays
-from manualbp.verify.tolerances import Tolerance, tolerance
+from manualbp.verify.report import Report, Row
+from manualbp.verify.tolerances import Tolerance, resolve_verdict, tolerance
+from manualbp.verify.verdict import judge
 from manualbp.verify.vjp_inputs import Inputs, check_custom_vjp_rule, reraise_rule_error, trace_both
 
 
 def check_vjp(fn, reference, *args, argnums=None, k: int = 3, seed: int = 0, jit: bool = False,
-              nondet_tol: float = 0.0, title: str | None = None) -> Report:
+              nondet_tol: float = 0.0, title: str | None = None, verdict: str = "auto") -> Report:
     """Compare ``fn``'s VJP (hand-written) with ``jax.vjp`` of ``reference`` at ``args``.
 
     Args:
@@ -58,14 +59,18 @@ def check_vjp(fn, reference, *args, argnums=None, k: int = 3, seed: int = 0, jit
         still pass "backward twice", for a backward nondeterministic by design
         (atomic scatter-adds on a GPU); 0: bitwise equal, as torch's gradcheck.
       title: the report's title.
+      verdict: how the cotangent rows are judged, as in ``compare``: "auto" (the error model below
+        float32, else "conditioning"), "fixed", "conditioning" or "error-model" (fn's error
+        against the reference run in a higher precision, float64 with x64 on, else float32, must
+        be at most k times the reference's own error plus rounding).
 
     Returns:
       A ``Report``: one row per output leaf ("output", "output[1]", ...); one
       per differentiable input leaf, named by its argument path ("arg 0",
       "arg 0['W']"), comparing its k cotangents; then "<arg> backward twice"
-      (must be bitwise equal) and "<arg> vmap over cotangents" rows. When x64
-      is enabled and the check runs in a lower precision, a failing row also
-      says how far fn and the reference each are from the reference at float64.
+      (must be bitwise equal) and "<arg> vmap over cotangents" rows. Where the
+      check runs below the highest precision available, a cotangent row also
+      holds fn's and the reference's errors against the high-precision truth.
 
     Raises:
       ValueError if ``reference`` runs a ``jax.custom_vjp`` (fn itself, say):
@@ -94,15 +99,19 @@ def check_vjp(fn, reference, *args, argnums=None, k: int = 3, seed: int = 0, jit
 
     dtype = _lowest_precision([*inputs.diff, *jax.tree_util.tree_leaves(y_fn)])
     tol = tolerance(dtype)
+    judged_by = resolve_verdict(verdict, dtype)
+    if judged_by == "error-model" and truth is None:
+        raise ValueError(f"check_vjp: verdict 'error-model' needs {ref_name} in a higher precision than {dtype.name}, "
+                         f"and it could not be run there")
     plain = "" if has_rule else f"; {name} runs no custom_vjp/custom_jvp: its VJP is autodiff's too"
     report = Report(title or f"check_vjp: {name} vs jax.vjp of {ref_name} ({k} random cotangent{'s' * (k > 1)}{plain})",
-                    dtype.name, tol)
+                    dtype.name, tol, verdict=judged_by)
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(y_fn), jax.tree_util.tree_leaves(y_ref)):
         report.rows.append(_row(name, "output" + jax.tree_util.keystr(path), a, b, tol))
     stack = lambda vjps, i: np.stack([np.asarray(v[i]) for v in vjps])  # noqa: E731  (k cotangents of input i)
     looped = [stack(got, i) for i in range(len(inputs.diff))]
     for i, (label, leaf) in enumerate(zip(inputs.labels, inputs.diff)):
-        report.rows.append(_row(name, label, looped[i], stack(want, i), tol,
+        report.rows.append(_row(name, label, looped[i], stack(want, i), tol, verdict=judged_by,
                                 truth=None if truth is None else stack(truth, i), shape=leaf.shape))
     report.rows.extend(_reentrancy_rows(name, inputs, g_fn, pull, cts[0], got[0], jit, nondet_tol, tol))
     report.rows.extend(_vmap_rows(name, inputs, pull, cts, looped, jit, tol))
@@ -114,31 +123,26 @@ def _name(f) -> str:
     return getattr(f, "__name__", None) or getattr(getattr(f, "func", None), "__name__", None) or type(f).__name__
 
 
-def _row(name: str, quantity: str, got, want, tol: Tolerance, *, truth=None, exact: float | None = None,
-         shape=None, why: str = "", note: str = "", failed: str = "") -> Row:
-    """Every row of a check_vjp report is built here: one place to change how a row is judged.
+def _row(name: str, quantity: str, got, want, tol: Tolerance, *, verdict: str = "fixed", truth=None,
+         exact: float | None = None, shape=None, why: str = "", note: str = "", failed: str = "") -> Row:
+    """Every row of a check_vjp report is built here, on ``verdict.judge`` (the rows of ``compare``).
 
-    ``truth``: the reference at float64 (when x64 is on and the check runs in a
-    lower precision); a failing row says how far each side is from it.
-    ``exact``: judge by max |got - want| <= exact instead (0: bitwise equal;
-    reentrancy), ``why`` says what a failure means. ``shape``: the shape shown (the input's, for a
-    stack of k cotangents). ``note``: shown on the row whatever its verdict.
-    ``failed``: the quantity could not be computed (the reason): a failing row
-    with nothing compared.
+    ``verdict`` and ``truth`` (the reference in a higher precision at the same
+    point) go to ``judge``: the error model compares fn's and the reference's
+    errors against the truth. ``exact``: judge by max |got - want| <= exact
+    instead (0: bitwise equal; reentrancy), ``why`` says what a failure means.
+    ``shape``: the shape shown (the input's, for a stack of k cotangents).
+    ``note``: shown on the row whatever its verdict. ``failed``: the quantity
+    could not be computed (the reason): a failing row with nothing compared.
     """
     if failed:
         return Row(layer=name, quantity=quantity, shape=tuple(shape), max_abs=math.nan, max_rel=math.nan,
                    norm_rel=math.nan, exact=False, ok=False, note=failed)
-    row = compare_arrays(name, quantity, got, want, tol, note)
+    eps = float(jnp.finfo(np.asarray(want).dtype).eps) if truth is not None else None
+    row = judge(name, quantity, got, want, tol, verdict=verdict, truth=truth, eps=eps, note=note)
     if exact is not None:
         ok = row.exact or (math.isfinite(row.max_abs) and row.max_abs <= exact)
         row = dataclasses.replace(row, ok=ok, note="; ".join(filter(None, [row.note, "" if ok else why])))
-    if truth is not None and not row.ok and np.all(np.isfinite(got)) and np.all(np.isfinite(want)):
-        t = np.asarray(truth, np.float64)
-        scale = max(float(np.linalg.norm(t)), np.finfo(np.float64).tiny)
-        err = lambda a: float(np.linalg.norm(np.asarray(a, np.float64) - t)) / scale  # noqa: E731
-        row = dataclasses.replace(row, note="; ".join(filter(None, [
-            row.note, f"vs float64 truth: fn {err(got):.1e}, reference {err(want):.1e}"])))
     return row if shape is None else dataclasses.replace(row, shape=tuple(shape))
 
 
@@ -167,14 +171,19 @@ def _vjps(g, diff, cts, jit: bool):
 
 
 def _truth(reference, inputs: Inputs, cts):
-    """The reference's VJPs at float64, when x64 is on and the inputs are of a lower precision; else None."""
-    if not jax.config.read("jax_enable_x64") or all(leaf.dtype == jnp.float64 for leaf in inputs.diff):
+    """The reference's VJPs in the highest precision jax has here (float64 with x64 on, else float32), or None.
+
+    None when every differentiable input is already in that precision, or when the reference
+    refuses it (a function that insists on its dtype: the fixed tolerance decides then).
+    """
+    high = jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32
+    if all(jnp.finfo(leaf.dtype).eps <= jnp.finfo(high).eps for leaf in inputs.diff):
         return None
     up = lambda t: jax.tree_util.tree_map(  # noqa: E731
-        lambda v: v.astype(jnp.float64) if jnp.issubdtype(v.dtype, jnp.floating) else v, t)
+        lambda v: v.astype(high) if jnp.issubdtype(v.dtype, jnp.floating) else v, t)
     try:
-        return _vjps(inputs.closed_float64(reference), up(inputs.diff), [up(ct) for ct in cts], jit=True)[2]
-    except (TypeError, ValueError):  # a reference that insists on its dtype: no truth, the fixed tolerance decides
+        return _vjps(inputs.closed_high(reference, high), up(inputs.diff), [up(ct) for ct in cts], jit=True)[2]
+    except (TypeError, ValueError):
         return None
 
 

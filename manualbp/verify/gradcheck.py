@@ -3,23 +3,30 @@
 Central differences in float64,
 
 .. math::
-    \\frac{\\partial C}{\\partial w_j} \\approx \\frac{C(w + \\epsilon e_j) - C(w - \\epsilon e_j)}{2 \\epsilon},
+    \\frac{\\partial C}{\\partial w_j} \\approx \\frac{C(w + h e_j) - C(w - h e_j)}{2 h},
 
-with truncation error O(eps^2) and rounding error O(1e-16 |C| / eps).
+at two steps h and h/2, extrapolated (Richardson), with an error estimate from the two steps
+(truncation) and from the measured rounding noise of C (rounding ~ sigma / h): see
+``finite_differences``. A row passes within the fixed ``FINITE_DIFFERENCE`` tolerance, or,
+where the estimated error of the finite difference makes that tolerance unreachable (a small
+directional derivative, a noisy loss), within ``FINITE_DIFFERENCE_MODEL.conditioning`` times
+that error (``verdict.judge``, verdict "conditioning").
 
 Two modes:
   * ``"directions"``: k random unit directions v (over all parameters at once,
-    and k over the input); compares (C(w + eps v) - C(w - eps v)) / 2 eps with
-    <grad C, v>. Costs 2k forward passes whatever the parameter count.
-  * ``"exhaustive"``: every coordinate e_j, 2 forward passes per parameter
+    and k over the input); compares the derivative of C along v with <grad C, v>.
+    Costs 12k forward passes whatever the parameter count.
+  * ``"exhaustive"``: every coordinate e_j, 6 forward passes per parameter
     (run batched with ``lax.map``, not a Python loop). For small models: the
     numerical gradient is what backprop saves us from (Nielsen, ch. 2: a
     forward pass per parameter, against one forward and one backward for all).
 
-A step of +/-eps that changes a discrete choice of the forward (a ReLU's
-sign, a max-pool's winner: a layer's ``kink_pattern``) makes the quotient
-meaningless there; such a row or coordinate is reported as "kink crossed"
-and not counted as a failure.
+Kinks (a step that changes a discrete choice of the forward: a ReLU's sign, a max-pool winner,
+a layer's ``kink_pattern``): the side whose choices are those at w gives a one-sided derivative,
+which the manual value must equal (so a ReLU'(0) = 1 bug at an exact kink fails); a single kink
+crossed on both sides gives the subgradient check (the manual value between the left and right
+derivatives); several kinks on both sides cannot be compared, and a report whose rows were all
+uncompared is INCONCLUSIVE, not a PASS.
 """
 
 from __future__ import annotations
@@ -31,15 +38,16 @@ from jax.flatten_util import ravel_pytree
 
 from manualbp.backprop import loss_and_grads
 from manualbp.layers.base import check_finite, children_of, name_of
-from manualbp.verify.report import Report, compare_arrays, param_name
-from manualbp.verify.tolerances import FINITE_DIFFERENCE
+from manualbp.verify.finite_differences import CENTRAL, KINDS, NONE, STEPS, SUBGRADIENT, estimate
+from manualbp.verify.quantities import param_name
+from manualbp.verify.report import Report
+from manualbp.verify.rounding import cast, move
+from manualbp.verify.tolerances import FINITE_DIFFERENCE, FINITE_DIFFERENCE_MODEL
 from manualbp.verify.trace import label, walk
+from manualbp.verify.verdict import judge
 
-
-def _to64(tree):
-    return jax.tree_util.tree_map(
-        lambda v: v.astype(jnp.float64) if jnp.issubdtype(v.dtype, jnp.floating) else v, tree
-    )
+_U = float(np.finfo(np.float64).eps) / 2  # unit roundoff of float64
+_KINDS = np.asarray(KINDS)
 
 
 def _pattern(model, cache):
@@ -53,41 +61,70 @@ def _loss_and_pattern(model, head, params, x, y, mask):
     return head.forward(out, y, mask)[0], _pattern(model, cache)
 
 
-def _kinked(p0, pa, pb):
-    """True where the forward's discrete choices at w +/- eps differ from those at w."""
-    changed = jnp.bool_(False)
-    for a, b, c in zip(p0, pa, pb):
-        changed = changed | jnp.any(a != b) | jnp.any(a != c)
-    return changed
+def _along(model, head, y, mask, p0):
+    """phi(s) = C(w + s v) at s = STEPS x h, and how the forward's choices there compare with ``p0`` (those at s = 0)."""
+
+    def shift(tree, v, s):
+        return jax.tree_util.tree_map(lambda a, b: a + s * b if jnp.issubdtype(a.dtype, jnp.floating) else a, tree, v)
+
+    def same(a, b):
+        return jnp.all(jnp.array([jnp.all(u == w) for u, w in zip(a, b)] or [True]))
+
+    def line(params, x, vp, vx, h):
+        vals, pats = zip(*[_loss_and_pattern(model, head, shift(params, vp, r * h), shift(x, vx, r * h), y, mask)
+                           for r in STEPS])
+        right, left = pats[:3], pats[3:]
+        changed = sum(jnp.sum(jnp.any(jnp.stack([p[i] != z for p in pats]), axis=0)) for i, z in enumerate(p0))
+        return (jnp.stack(vals), jnp.all(jnp.array([same(p, p0) for p in right])),
+                jnp.all(jnp.array([same(p, p0) for p in left])),
+                same(right[0], right[1]) & same(right[1], right[2]) & same(left[0], left[1]) & same(left[1], left[2]),
+                jnp.asarray(changed) == 1)
+
+    return line
+
+
+def _noise(f, c0, params, x, samples=4):
+    """The rounding noise of the loss: its spread over points one rounding step away (at least 2u |C|)."""
+    spread = [abs(float(f(*move((params, x), seed, 2 * _U))) - c0) for seed in range(samples)]
+    return max([2 * _U * abs(c0), *spread])
 
 
 def _unit(key, tree):
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     keys = jax.random.split(key, len(leaves))
-    vs = [jax.random.normal(k, v.shape, v.dtype) for k, v in zip(keys, leaves)]
-    norm = jnp.sqrt(sum(jnp.sum(v * v) for v in vs))
-    return jax.tree_util.tree_unflatten(treedef, [v / norm for v in vs])
+    vs = [jax.random.normal(k, v.shape, v.dtype) if jnp.issubdtype(v.dtype, jnp.floating) else jnp.zeros(v.shape, v.dtype)
+          for k, v in zip(keys, leaves)]
+    norm = jnp.sqrt(sum(jnp.sum(v * v) for v in vs if jnp.issubdtype(v.dtype, jnp.floating)))
+    return jax.tree_util.tree_unflatten(treedef, [v / norm if jnp.issubdtype(v.dtype, jnp.floating) else v for v in vs])
+
+
+def _has_floats(tree) -> bool:
+    return any(jnp.issubdtype(v.dtype, jnp.floating) and v.size for v in jax.tree_util.tree_leaves(tree))
 
 
 def _dot(a, b):
-    return sum(jnp.sum(u * v) for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    pairs = [(u, v) for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+             if jnp.issubdtype(u.dtype, jnp.floating)]
+    return float(sum(jnp.sum(u * v) for u, v in pairs)), float(sum(jnp.sum(jnp.abs(u * v)) for u, v in pairs))
 
 
-def gradcheck(model, head, params, x, y, mask=None, *, mode: str = "directions", k: int = 8, eps: float = 1e-6,
+def gradcheck(model, head, params, x, y, mask=None, *, mode: str = "directions", k: int = 8, eps: float = 1e-4,
               key=None, max_params: int = 20_000) -> Report:
-    """Manual backprop vs central finite differences, in float64.
+    """Manual backprop vs finite differences in float64, with an error estimate for every comparison.
 
     Args:
       model, head, params, x, y, mask: as for ``compare`` (converted to float64).
       mode: "directions" (k random directions in parameter space and k in
         input space) or "exhaustive" (every parameter coordinate).
       k: number of random directions.
-      eps: the finite-difference step.
+      eps: the larger of the two steps h (the other is h/2); the error estimate, not this
+        number, sets what a row is allowed.
       key: PRNG key for the directions (default key 0).
       max_params: exhaustive mode refuses models with more parameters.
 
     Returns:
-      A ``Report`` with tolerance ``tolerances.FINITE_DIFFERENCE``.
+      A ``Report`` (tolerance ``FINITE_DIFFERENCE``) whose rows carry the finite difference's
+      estimated error (``err_ref``) and, for rows at kinks, how they were compared (``note``).
     """
     if mode not in ("directions", "exhaustive"):
         raise ValueError(f"gradcheck: mode must be 'directions' or 'exhaustive', got {mode!r}")
@@ -97,77 +134,115 @@ def gradcheck(model, head, params, x, y, mask=None, *, mode: str = "directions",
         raise ValueError(f"gradcheck: eps must be > 0, got {eps}")
     key = jax.random.key(0) if key is None else key
     with jax.enable_x64(True):
-        params, x, y, mask = _to64((params, jax.tree_util.tree_map(jnp.asarray, x), jnp.asarray(y), mask))
+        params, x, y, mask = cast((params, jax.tree_util.tree_map(jnp.asarray, x), jnp.asarray(y), mask), jnp.float64)
         check_finite(name_of(model), "input x", x)
         check_finite(name_of(model), "params", params)
         _, grads, dx, _ = jax.jit(lambda p, x: loss_and_grads(model, head, p, x, y, mask))(params, x)
-        title = f"manualbp vs finite differences ({mode}, eps={eps:g}): {name_of(model)} + {name_of(head)}"
-        report = Report(title, "float64", FINITE_DIFFERENCE)
+        f = jax.jit(lambda p, x: _loss_and_pattern(model, head, p, x, y, mask))
+        f0, p0 = f(params, x)
+        sigma = _noise(lambda p, x: f(p, x)[0], float(f0), params, x)
+        title = f"manualbp vs finite differences ({mode}, h={eps:g}, h/2, h/4): {name_of(model)} + {name_of(head)}"
+        report = Report(title, "float64", FINITE_DIFFERENCE, verdict="finite differences", error_model=FINITE_DIFFERENCE_MODEL)
+        line = _along(model, head, y, mask, p0)
         if mode == "directions":
-            _directions(report, model, head, params, x, y, mask, grads, dx, k, eps, key)
+            _directions(report, model, line, params, x, grads, dx, k, eps, float(f0), sigma, key)
         else:
-            _exhaustive(report, model, head, params, x, y, mask, grads, eps, max_params)
+            _exhaustive(report, model, line, params, x, grads, eps, float(f0), sigma, max_params)
     return report
 
 
-def _directions(report, model, head, params, x, y, mask, grads, dx, k, eps, key):
-    f = jax.jit(lambda p, x: _loss_and_pattern(model, head, p, x, y, mask))
-    _, p0 = f(params, x)
+def _judge(layer, quantity, manual, manual_abs, value, error, lo, hi, kind, note=""):
+    """One row: the manual value against the estimate (or the nearest end of the subgradient interval)."""
+    manual, kind = np.asarray(manual, np.float64), np.asarray(kind)
+    ref = np.where(kind == SUBGRADIENT, np.clip(manual, lo, hi), np.where(kind == NONE, manual, value))
+    error = error + 4 * _U * np.asarray(manual_abs, np.float64)  # the float64 dot product's own rounding
+    row = judge(layer, quantity, manual, ref, FINITE_DIFFERENCE, verdict="conditioning", errors=[error],
+                model=FINITE_DIFFERENCE_MODEL, note=note)
+    row.compared = bool(np.any(kind != NONE))
+    row.ok = row.ok or not row.compared
+    row.rule = "finite difference"
+    return row
+
+
+def _refined(run, n, f0, h, sigma):
+    """Estimates for n items (directions or coordinates), ``run(h, idx) -> line outputs for items idx``.
+
+    Where a central estimate's error is dominated by rounding (it exceeds 1/10 of the fixed tolerance,
+    relative: a tiny directional derivative), the step grows 10x at a time (up to 1000 h) while the
+    error estimate shrinks and no kink enters: the step is chosen from the error estimate.
+    """
+    value, error, lo, hi, kind = estimate(f0, *run(h, np.arange(n)), h, sigma)
+    target = FINITE_DIFFERENCE.norm / 10
+    todo = (kind == CENTRAL) & (error > target * np.abs(value))
+    for m in (10, 100, 1000):
+        idx = np.flatnonzero(todo)
+        if not idx.size:
+            break
+        v2, e2, lo2, hi2, k2 = estimate(f0, *run(h * m, idx), h * m, sigma)
+        better = (k2 == CENTRAL) & (e2 < error[idx])
+        for a, b in ((value, v2), (error, e2), (lo, lo2), (hi, hi2)):
+            a[idx[better]] = b[better]
+        todo[:] = False
+        todo[idx[better]] = e2[better] > target * np.abs(v2[better])
+    return value, error, lo, hi, kind
+
+
+def _directions(report, model, line, params, x, grads, dx, k, h, f0, sigma, key):
+    line = jax.jit(line)
+    zeros = lambda t: jax.tree_util.tree_map(jnp.zeros_like, t)  # noqa: E731
     x_float = all(jnp.issubdtype(leaf.dtype, jnp.floating) for leaf in jax.tree_util.tree_leaves(x))
     for i, kk in enumerate(jax.random.split(key, k)):
         kp, kx = jax.random.split(kk)
-        cases = [("params", _unit(kp, params), grads)]
-        if x_float and dx is not None:
-            cases.append(("x", _unit(kx, x), dx))
-        for what, v, g in cases:
-            def shift(s, what=what, v=v):
-                """(params, x) moved by s along v in the space named by ``what``."""
-                moved = jax.tree_util.tree_map(lambda a, b: a + s * b, params if what == "params" else x, v)
-                return (moved, x) if what == "params" else (params, moved)
+        cases = [("params", _unit(kp, params), zeros(x), grads)] if _has_floats(params) else []
+        if x_float and dx is not None and _has_floats(x):
+            vx = _unit(kx, x)
+            cases.append(("x", zeros(params), vx, dx))
+        for what, vp, vx, g in cases:
+            def run(step, idx, vp=vp, vx=vx):
+                del idx
+                vals, *flags = line(params, x, vp, vx, step)
+                return np.asarray(vals)[:, None], *(np.asarray(f)[None] for f in flags)
 
-            lp, pa = f(*shift(eps))
-            lm, pb = f(*shift(-eps))
-            numeric = (lp - lm) / (2 * eps)
-            analytic = _dot(g, v)
-            kink = bool(_kinked(p0, pa, pb))
-            row = compare_arrays("model " + name_of(model), f"dL/d{what} . v{i}", analytic, numeric, report.tolerance,
-                                 note="kink crossed (not compared)" if kink else "")
-            if kink:
-                row.ok = True
-            report.rows.append(row)
+            value, error, lo, hi, kind = (a[0] for a in _refined(run, 1, f0, h, sigma))
+            analytic, analytic_abs = _dot(g, vp if what == "params" else vx)
+            kind_s = str(kind)
+            note = "" if kind_s == "central" else f"kink: {kind_s}" + (
+                " (kinks crossed on both sides; try mode='exhaustive')" if kind_s == NONE else "")
+            report.rows.append(_judge("model " + name_of(model), f"dL/d{what} . v{i}", analytic, analytic_abs,
+                                      value, error, lo, hi, kind, note))
 
 
-def _exhaustive(report, model, head, params, x, y, mask, grads, eps, max_params):
+def _exhaustive(report, model, line, params, x, grads, h, f0, sigma, max_params):
     theta, unravel = ravel_pytree(params)
     n = theta.size
     if n > max_params:
         raise ValueError(
-            f"gradcheck: exhaustive mode needs 2 forward passes per parameter; the model has {n} parameters "
+            f"gradcheck: exhaustive mode needs 6 forward passes per parameter; the model has {n} parameters "
             f"(max_params={max_params}); use mode='directions'"
         )
+    zx = jax.tree_util.tree_map(jnp.zeros_like, x)
+    chunk = min(n, 256)
+    columns = jax.jit(jax.vmap(lambda j, step: line(params, x, unravel(jnp.zeros_like(theta).at[j].set(1.0)), zx, step),
+                               in_axes=(0, None)))
 
-    def at(t):
-        return _loss_and_pattern(model, head, unravel(t), x, y, mask)
+    def run(step, idx):
+        """The line outputs for coordinates idx, ``chunk`` at a time (one compiled shape)."""
+        pad = np.resize(idx, -(-idx.size // chunk) * chunk)
+        outs = [columns(jnp.asarray(pad[i:i + chunk]), step) for i in range(0, pad.size, chunk)]
+        vals, *flags = (np.concatenate([np.asarray(o[j]) for o in outs])[: idx.size] for j in range(5))
+        return vals.T, *flags
 
-    _, p0 = jax.jit(at)(theta)
-
-    @jax.jit
-    def column(j):
-        e = jnp.zeros_like(theta).at[j].set(eps)
-        lp, pa = at(theta + e)
-        lm, pb = at(theta - e)
-        return (lp - lm) / (2 * eps), _kinked(p0, pa, pb)
-
-    numeric, kinked = jax.lax.map(column, jnp.arange(n), batch_size=min(n, 256))
-    g_flat, _ = ravel_pytree(grads)
-    numeric = jnp.where(kinked, g_flat, numeric)  # a crossed kink is not compared
-    num_tree, kink_tree = unravel(numeric), unravel(kinked.astype(theta.dtype))
-    for (path, layer, gm), (_, _, gn), (_, _, kt) in zip(walk(model, grads), walk(model, num_tree),
-                                                          walk(model, kink_tree)):
+    value, error, lo, hi, kind = _refined(run, n, f0, h, sigma)
+    code = np.select([kind == kd for kd in KINDS], np.arange(len(KINDS)), 0).astype(np.float64)  # kinds as numbers
+    trees = [walk(model, unravel(jnp.asarray(a))) for a in (value, error, lo, hi, code)]
+    for (path, layer, gm), *rest in zip(walk(model, grads), *trees):
         if children_of(layer):
             continue
-        for (kp, m), nv, kv in zip(jax.tree_util.tree_leaves_with_path(gm), jax.tree_util.tree_leaves(gn),
-                                   jax.tree_util.tree_leaves(kt)):
-            crossed = int(np.sum(np.asarray(kv)))
-            note = f"kink crossed at {crossed} coordinate(s), not compared" if crossed else ""
-            report.rows.append(compare_arrays(label(path, layer), param_name(kp), m, nv, report.tolerance, note))
+        leaves = [jax.tree_util.tree_leaves(t[2]) for t in rest]
+        for (kp, m), v, e, lo_, hi_, c in zip(jax.tree_util.tree_leaves_with_path(gm), *leaves):
+            kinds = _KINDS[np.asarray(c).astype(int)]
+            counts = {kd: int(np.sum(kinds == kd)) for kd in np.unique(kinds) if kd != CENTRAL}
+            note = ("kink at " + ", ".join(f"{v_} coordinate(s): {kd}" for kd, v_ in counts.items())) if counts else ""
+            m = np.asarray(m)
+            report.rows.append(_judge(label(path, layer), param_name(kp), m, np.abs(m), np.asarray(v), np.asarray(e),
+                                      np.asarray(lo_), np.asarray(hi_), kinds, note))

@@ -112,9 +112,9 @@ class Inputs:
         """``diff -> f(*args)`` with the side inputs held fixed."""
         return lambda diff: f(*self._rebuild(diff))
 
-    def closed_float64(self, f):
-        """As ``closed``, with the fixed floating inputs cast to float64 too (for the float64 truth)."""
-        up = lambda v: v.astype(jnp.float64) if _is_array(v) and _floating(v) else v  # noqa: E731
+    def closed_high(self, f, dtype):
+        """As ``closed``, with the fixed floating inputs cast to ``dtype`` too (for the high-precision truth)."""
+        up = lambda v: v.astype(dtype) if _is_array(v) and _floating(v) else v  # noqa: E731
         return lambda diff: f(*self._rebuild(diff, cast=up))
 
     def rolled(self) -> list:
