@@ -97,13 +97,13 @@ def plot_path_error(path: str) -> str | None:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
     except ImportError:
         return "--plot needs matplotlib: pip install 'manualbp[examples]'"
+    if os.path.isdir(path):
+        return f"--plot {path}: is a directory"
     supported = sorted(FigureCanvasAgg.get_supported_filetypes())
     ext = os.path.splitext(path)[1].lstrip(".").lower()
     if ext not in supported:
         return f"--plot {path}: unsupported extension {'.' + ext if ext else '(none)'}; use one of " + \
             ", ".join("." + e for e in supported)
-    if os.path.isdir(path):
-        return f"--plot {path}: is a directory"
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         return f"--plot {path}: directory {parent} does not exist"
