@@ -102,6 +102,21 @@ def test_checkpoint_rules_on_the_command_line(capsys, tmp_path):
     assert code == 0 and _strict(out)["resumed_from"] == 6 and _strict(out)["steps"] == 10
 
 
+def test_ctrl_c_saves_and_exits_130(capsys, tmp_path, monkeypatch):
+    import signal
+
+    from manualbp.cli import train as cli_train
+
+    class CtrlCAtStep3(cli_train.Progress):
+        def __call__(self, step, values):
+            if step == 3:
+                signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(cli_train, "Progress", CtrlCAtStep3)
+    code, _, err = _run(capsys, [*SPIRALS, "--steps", "100", "--checkpoint", str(tmp_path)])
+    assert code == 130 and f"interrupted after step 3; checkpoint saved in {tmp_path} (continue with --resume)" in err
+
+
 def test_plot_writes_a_png(tmp_path):
     png = tmp_path / "curves.png"
     steps = np.arange(1, 6, dtype=float)

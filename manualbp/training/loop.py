@@ -148,7 +148,7 @@ def run(model, head, params, data, *, optimizers: dict, twin: bool, steps: int, 
                 if nonfinite is not None:
                     break
         if interrupted["set"] and nonfinite is None and done < steps:
-            saved_now = run_dir is not None and save() is None and run_dir.committed == done
+            saved_now = run_dir is not None and save() is None and run_dir.committed == done > 0
             raise TrainingInterrupted(done, saved_now)
     history = {name: np.concatenate([past[name], v]) for name, v in _stack(logs, layout).items()}
     if nonfinite is None:
