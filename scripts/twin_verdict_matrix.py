@@ -4,7 +4,7 @@ For each task (``manualbp.training.zoo``) and device count it trains the
 manual and the reference model in lockstep (``mbp.train_twin``, the task's
 optimizer and learning rate, batch 64) for ``--steps`` steps and records the
 verdict, how close the worst step came to failing, how many steps needed
-the fallback (the reference's own spread over other batch orders), how far
+the fallback (the reference's own spread over other batch orders and rounding neighbours of the parameters), how far
 the two trajectories drifted apart, and the time per step against plain
 manual training. Then, on one device, the same run with a deliberately
 wrong backward (the last Dense layer's bias gradient 1% too large) must be

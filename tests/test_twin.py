@@ -11,7 +11,7 @@ import pytest
 import manualbp as mbp
 from manualbp.training import data, zoo
 from manualbp.training.train import train_twin
-from manualbp.training.twin import Divergence
+from manualbp.training.twin import Divergence, rounding_neighbour, twin_figures
 from manualbp.verify.report import compare_arrays
 from manualbp.verify.tolerances import tolerance
 
@@ -131,3 +131,37 @@ def test_float64_twin_of_built_in_shapes(name):
     row = compare_arrays("twin", "loss per step", result.manual.history["loss"], result.reference.history["loss"],
                          mbp.tolerance(jnp.float64))
     assert row.ok, row
+
+
+def test_rounding_neighbours_move_every_entry_by_one_rounding_unit():
+    params = {"W": jnp.linspace(0.5, 2.0, 12, dtype=jnp.float32).reshape(3, 4), "b": jnp.ones((4,), jnp.float32)}
+    eps = jnp.finfo(jnp.float32).eps
+    moved = [rounding_neighbour(params, i) for i in range(3)]
+    for m in moved:
+        for p, q in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(m)):
+            assert q.dtype == p.dtype and q.shape == p.shape
+            rel = np.abs(np.asarray(q, np.float64) / np.asarray(p, np.float64) - 1)  # eps, give or take the product's rounding
+            assert np.all((rel >= 0.5 * eps) & (rel <= 1.5 * eps)), rel
+    assert not np.array_equal(moved[0]["W"], moved[1]["W"])  # three different sign patterns
+    np.testing.assert_array_equal(rounding_neighbour(params, 0)["W"], moved[0]["W"])  # reproducible
+
+
+def test_a_batch_of_one_still_has_a_rounding_spread_and_it_does_not_excuse_a_wrong_gradient():
+    # every order of a batch of one is the same batch: the spread over orders alone is exactly 0 there; the rounding
+    # neighbours of the parameters measure the forward pass's rounding. On this well-conditioned MLP that spread is
+    # far below the fixed tolerance, so neither an error of 3 tolerances nor a 1% error in every leaf passes.
+    model, head, params = _mlp()
+    x, y = jnp.asarray([[0.3, -1.2]], jnp.float32), jnp.asarray([1])
+
+    def reference_at(p, xb, yb):
+        return mbp.reference.value_and_grad(model, head)(p, xb, yb)
+
+    loss, grads = reference_at(params, x, y)
+    tol = tolerance(jnp.float32).norm
+    for scale in (1 + 3 * tol, 1.01):
+        wrong = jax.tree_util.tree_map(lambda g, s=scale: g * s, grads)
+        figures = jax.jit(lambda w: twin_figures((loss, w, w), reference_at, params, x, y, w, params, params))(wrong)
+        grad, noise = np.asarray(figures["grad"]), np.asarray(figures["grad_noise"])
+        assert np.any(noise > 0) and np.all(Divergence.noise_factor * noise < tol), noise
+        dv = _divergence(grad[None], noise[None])
+        assert not dv.ok and dv.first_failure["kind"] == "gradient", dv.summary()

@@ -117,10 +117,10 @@ def _make_step(model, head, optimizers: tuple, task: str, twin: bool):
             # the reference optimizer on the manual gradient, from the same state: checks the manual optimizer alone
             updates_ref, _ = optimizers["reference"].update(grads_m, ref_state, m.params)
 
-            def reference_at(xb, yb):  # the reference gradient at the manual path's own parameters
-                return loss_grads_outputs_stats(model, head, m.params, m.stats, xb, yb)[:2]
+            def reference_at(params, xb, yb):  # the reference gradient (at the manual path's own parameters)
+                return loss_grads_outputs_stats(model, head, params, m.stats, xb, yb)[:2]
 
-            figures = twin_figures(seen["manual"], reference_at, x, y, updates_ref, new["manual"].params,
+            figures = twin_figures(seen["manual"], reference_at, m.params, x, y, updates_ref, new["manual"].params,
                                    new["reference"].params)
             logs.update({f"twin/{name}": v for name, v in figures.items()})
         return new, logs

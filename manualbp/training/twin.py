@@ -48,12 +48,22 @@ def batch_orders(n: int, count: int = 3) -> list:
     return [rng.permutation(n) for _ in range(count)]
 
 
-def twin_figures(manual, reference_at, x, y, updates_ref, params_manual, params_reference) -> dict:
+def rounding_neighbour(params, i: int):
+    """``params`` with every entry moved by one rounding unit, p (1 + eps s), s = +-1 at random (seed ``i``)."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.key(i), len(leaves))
+    eps = [jnp.finfo(p.dtype).eps for p in leaves]
+    return jax.tree_util.tree_unflatten(treedef, [p * (1 + e * jax.random.rademacher(k, p.shape, p.dtype))
+                                                  for p, e, k in zip(leaves, eps, keys)])
+
+
+def twin_figures(manual, reference_at, params, x, y, updates_ref, params_manual, params_reference) -> dict:
     """One twin step's figures, each an array over the parameter leaves (``loss``: a scalar).
 
     Args:
       manual: (loss, grads, updates) of the manual path at its parameters.
-      reference_at: ``(x, y) -> (loss, grads)``, the reference at the SAME parameters.
+      reference_at: ``(params, x, y) -> (loss, grads)``, the reference gradient.
+      params: the manual path's parameters before the step (where both gradients are taken).
       x, y: the step's batch (every array with the batch as its leading axis).
       updates_ref: the reference optimizer applied to the manual gradient from the same state.
       params_manual, params_reference: the two paths' parameters after the step.
@@ -61,22 +71,25 @@ def twin_figures(manual, reference_at, x, y, updates_ref, params_manual, params_
     Returns:
       "grad": normwise relative difference per leaf, manual vs reference gradient;
       "grad_noise": where any leaf's "grad" exceeds ``tolerance(dtype).norm`` (and only there: a
-      ``lax.cond``, so a clean step pays nothing), the largest normwise difference between the
-      reference gradient and the reference gradient of the same batch in another order, per leaf
-      (what rounding alone moves that leaf by); 0 elsewhere;
+      ``lax.cond``, so a clean step pays nothing), the largest normwise difference, per leaf, between
+      the reference gradient and the reference gradient of the same batch in three other orders, or
+      at the parameters moved by one rounding unit (x (1 +- eps), three random signs): what rounding
+      alone, in the sums or in the forward pass, moves that leaf by; 0 elsewhere;
       "loss": |loss_m - loss_r| / |loss_r|; "update": normwise difference per leaf of the manual
       optimizer's update and the reference optimizer's update of the same manual gradient;
       "drift": normwise difference per leaf of the two trajectories' parameters (shown, not judged);
       "finite": (2, n_leaves), whether every parameter of the manual / reference path is finite.
     """
     loss_m, grads_m, updates_m = manual
-    loss_x, grads_x = reference_at(x, y)
+    loss_x, grads_x = reference_at(params, x, y)
     n = len(_leaves(grads_m))
     grad = _per_leaf(normwise, grads_m, grads_x)
 
     def spread():
-        others = [reference_at(*jax.tree_util.tree_map(lambda a, o=order: a[o], (x, y)))[1]
-                  for order in batch_orders(x.shape[0] if hasattr(x, "shape") else _leaves(x)[0].shape[0])]
+        batch = x.shape[0] if hasattr(x, "shape") else _leaves(x)[0].shape[0]
+        others = [reference_at(params, *jax.tree_util.tree_map(lambda a, o=order: a[o], (x, y)))[1]
+                  for order in batch_orders(batch)]
+        others += [reference_at(rounding_neighbour(params, i), x, y)[1] for i in range(3)]
         return jnp.max(jnp.stack([_per_leaf(normwise, grads_x, g) for g in others]), axis=0)
 
     need = ~jnp.all(grad <= tolerance(_leaves(grads_m)[0].dtype).norm)
@@ -96,7 +109,7 @@ NOISE_FACTOR = 10.0  # k: a gradient may differ from the reference by k times th
 
 def _passes(err, noise, tol, k):
     """err <= tol.norm (well conditioned: the fixed tolerance), or err <= k x noise (the reference's own spread over
-    other batch orders, measured only on steps that needed it); NaN never passes."""
+    other batch orders and rounding neighbours, measured only on steps that needed it); NaN never passes."""
     return (err <= tol.norm) | (err <= k * noise)
 
 
@@ -111,9 +124,10 @@ class Divergence:
     - the manual gradient of a leaf differs from the reference gradient at
       the same parameters by more than ``tolerance.norm`` (normwise) AND by
       more than ``noise_factor`` times the reference's own spread over three
-      other orders of the same batch (an ill-conditioned leaf, e.g. a bias
-      whose gradient is a small sum of larger terms, rounds that much
-      whoever computes it);
+      other orders of the same batch and three rounding neighbours of the
+      parameters (an ill-conditioned leaf, e.g. a bias whose gradient is a
+      small sum of larger terms, or an LSTM's weights through a long
+      sequence, rounds that much whoever computes it);
     - the manual loss differs from the reference loss by more than
       ``tolerance.norm`` times the larger of the loss and the run's first
       loss (a loss near 0 is a difference of nearly equal terms);
@@ -196,7 +210,7 @@ class Divergence:
         if self.steps == 0:
             return "twin: no steps taken"
         tol = f"[{self.dtype}; tolerance {self.tolerance.norm:.0e} normwise, or {self.noise_factor:g}x the " \
-              "reference's own spread over other batch orders]"
+              "reference's own rounding spread]"
         first = self.first_failure
         if first is not None:
             s = first["step"]
@@ -207,7 +221,7 @@ class Divergence:
             noise = f", the reference's own spread {first['noise']:.2e}" if "noise" in first else ""
             return f"twin DIVERGED at step {s}: {what} differs from the reference by {first['error']:.2e}{noise} {tol}"
         w = self.worst()
-        noise = f" ({w['noise']:.2e} spread over batch orders)" if w["noise"] > 0 else ""
+        noise = f" ({w['noise']:.2e} the reference's own rounding spread there)" if w["noise"] > 0 else ""
         return (f"twin PASS: at every one of {self.steps} steps the manual gradient, loss and update matched the "
                 f"reference at the same parameters; largest difference {w['error']:.2e}{noise} on {w['parameter']} at "
                 f"step {w['step']}; the trajectories drifted {w['drift']:.2e} apart (rounding amplified by training, "
