@@ -59,6 +59,19 @@ SCRIPT = textwrap.dedent("""
     adam = optax.adam(1e-2)
     out["twin"] = {n: train_twin(model, head, p32, d32, optimizer=adam, steps=60, batch_size=32, key=jax.random.key(1),
                                  devices=n).divergence.summary() for n in (1, 2, 4)}
+    # and a deliberately wrong backward (db 1% too large) is DIVERGED at step 1 on 4 devices too
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class WrongBias(mbp.Dense):
+        def backward(self, params, cache, dy):
+            grads, dx = super().backward(params, cache, dy)
+            return {**grads, "b": grads["b"] * 1.01}, dx
+
+    wrong = mbp.Sequential(mbp.Dense(8), mbp.Tanh(), WrongBias(2))
+    first = train_twin(wrong, head, p32, d32, optimizer=adam, steps=5, batch_size=32, key=jax.random.key(1),
+                       devices=4).divergence.first_failure
+    out["wrong"] = [first["step"], first["kind"], first["parameter"]]
     try:
         train(model, head, params, d, devices=4, optimizer=optax.sgd(0.5), steps=1, batch_size=6, key=jax.random.key(1))
     except ValueError as e:
@@ -80,6 +93,7 @@ def test_four_devices_equal_one():
     assert out["indivisible"] == "data parallel: batch_size 6 is not divisible by the 4 devices"
     for n, summary in out["twin"].items():
         assert summary.startswith("twin PASS"), (n, summary)
+    assert out["wrong"] == [1, "gradient", "2/b"]
 
 
 def test_too_many_devices():

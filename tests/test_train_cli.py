@@ -141,3 +141,20 @@ def test_strict_json_turns_non_finite_numbers_into_null():
     from manualbp.cli.train_output import dumps
 
     assert json.loads(dumps({"a": math.nan, "b": [1.0, math.inf]})) == {"a": None, "b": [1.0, None]}
+
+
+def test_progress_goes_to_a_terminal_stderr_only_and_json_stdout_stays_strict(monkeypatch, capsys):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    code = main([*SPIRALS, "--steps", "5", "--batch-size", "32", "--json"])
+    out = capsys.readouterr().out
+    assert code == 0 and _strict(out)["steps"] == 5  # stdout: only the JSON document
+    bar = terminal.getvalue()
+    assert "5/5" in bar and "loss=" in bar and "accuracy=" in bar, bar  # tqdm's bar, with the metric named
