@@ -71,7 +71,9 @@ def _check_run(model, head, params, data: Dataset, steps, batch_size, grads):
     leaves = jax.tree_util.tree_leaves(params)
     if not leaves:
         raise ValueError(f"train: {model.name} has no parameters to train")
-    # the head's own shape/dtype checks, traced (no compilation), then the class range on the host
+    # the head's own shape/dtype checks, traced (no compilation), then the class range on the host; the place for the
+    # manual value_and_grad's eager value checks (labels, Embedding ids, masks) of the concrete training data, once
+    # before step 1, since the jitted step sees only tracers
     dtype = leaves[0].dtype
     out = jax.eval_shape(lambda p, x: model.forward(p, x)[0], params,
                          jax.ShapeDtypeStruct((len(data.y_train), *data.input_shape), dtype))
