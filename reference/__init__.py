@@ -42,8 +42,8 @@ else:
         residual,
         sequential,
     )
-    from .dispatch import NoTaps, Taps, apply, forward, head_forward
+    from .dispatch import NoTaps, Taps, apply, forward, forward_eval, head_forward
     from .grad import loss_grads_outputs, trace, value_and_grad, vjp_layer
 
-    __all__ = ["NoTaps", "Taps", "apply", "forward", "head_forward", "loss_grads_outputs", "trace",
+    __all__ = ["NoTaps", "Taps", "apply", "forward", "forward_eval", "head_forward", "loss_grads_outputs", "trace",
                "value_and_grad", "vjp_layer"]

@@ -87,6 +87,35 @@ def apply(layer, params, x, taps=None):
     return taps.tap("out", y)
 
 
+def child_stats(stats, name: str, child):
+    """A child's running statistics inside its container's: a container's are keyed by path below it."""
+    if getattr(child, "children", ()):
+        return {k[len(name) + 1:]: v for k, v in stats.items() if k.startswith(name + "/")}
+    return stats.get(name, {})
+
+
+def with_child_stats(out: dict, name: str, child, stats) -> dict:
+    """``out`` with a child's running statistics placed under its name (the inverse of ``child_stats``)."""
+    if getattr(child, "children", ()):
+        out.update({f"{name}/{k}": v for k, v in stats.items()})
+    elif stats:
+        out[name] = stats
+    return out
+
+
+@functools.singledispatch
+def forward_eval(layer, params, stats, x):
+    """Evaluation-mode reference forward with running ``stats``; for a layer without any, its training forward."""
+    del stats
+    return apply(layer, params, x)
+
+
+@functools.singledispatch
+def forward_train(layer, params, stats, x):
+    """(training-mode output, running statistics advanced by this batch); a layer without any keeps ``stats``."""
+    return apply(layer, params, x), stats
+
+
 @functools.singledispatch
 def head_forward(head, logits, labels, mask=None):
     """The reference loss value of ``head``; one registration per head type."""

@@ -7,7 +7,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from .dispatch import Taps, apply, head_forward
+from .dispatch import Taps, apply, forward_train, head_forward
 
 
 def _loss(model, head, params, x, y, mask, taps=None):
@@ -90,3 +90,15 @@ def loss_grads_outputs(model, head, params, x, y, mask=None):
 
     (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return loss, grads, out
+
+
+def loss_grads_outputs_stats(model, head, params, stats, x, y, mask=None):
+    """(loss, dL/dparams, outputs, running stats): ``loss_grads_outputs`` that also advances BatchNorm's running
+    statistics from the same training-mode forward (``stats``: keyed by layer path, {} for a model without any)."""
+
+    def loss_fn(p):
+        out, new = forward_train(model, p, stats, x)
+        return head_forward(head, out, y, mask), (out, new)
+
+    (loss, (out, new)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return loss, grads, out, new

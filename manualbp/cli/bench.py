@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import sys
@@ -18,10 +19,15 @@ BENCHES = {
 
 def register(subparsers):
     """Add the ``bench`` subcommand to ``subparsers`` (an ``argparse`` subparsers action)."""
-    bench = subparsers.add_parser("bench", help="time manual backprop against jax.grad of the reference (interleaved, medians)")
-    bench.add_argument("--model", default="all", choices=["all", *sorted(BENCHES)])
-    bench.add_argument("--repeats", type=positive_int, default=30)
-    bench.add_argument("--json", action="store_true")
+    bench = subparsers.add_parser("bench", help="time manual backprop against jax.grad of the reference (interleaved, medians)",
+                                  description="Time jitted manual value_and_grad against jitted jax.value_and_grad of "
+                                              "the reference, interleaved in one process; print medians, ratios and "
+                                              "compile times.",
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    bench.add_argument("--model", default="all", choices=["all", *sorted(BENCHES)],
+                       help="which benchmark: the MLP (with the peak jnp.dot throughput), the CNN, or RNN and LSTM")
+    bench.add_argument("--repeats", type=positive_int, default=30, help="timed calls of each contender (interleaved)")
+    bench.add_argument("--json", action="store_true", help="print the results as JSON instead of markdown tables")
     bench.set_defaults(func=run)
     return bench
 

@@ -18,6 +18,13 @@ layer), and ``kink_pattern(cache)`` to expose the discrete choices of its
 forward (ReLU signs, max-pool winners) so finite differences can tell a
 crossed kink from a wrong derivative.
 
+Layers whose evaluation differs from training (BatchNorm's running
+statistics) add ``forward_eval(params, stats, x) -> y`` and
+``update_stats(stats, cache) -> stats`` (a pure step from a training
+forward's cache). A container's ``stats`` is a dict keyed by the path of
+each such layer below it ("1", "3/block/1", as reports name layers), so a
+model's evaluation forward is ``model.forward_eval(params, stats, x)``.
+
 Every shape check here runs on static shapes, so it costs nothing under
 ``jax.jit`` and fires before XLA sees a mismatched operand. A value check
 (labels or ids out of range, a negative mask) can only raise where the values
@@ -120,6 +127,38 @@ def name_of(layer) -> str:
 def children_of(layer) -> tuple:
     """A container's ``(name, child)`` pairs; ``()`` for a leaf layer (a user's layer need not define it)."""
     return tuple(getattr(layer, "children", ()))
+
+
+def child_stats(stats: dict, name: str, child) -> dict:
+    """A child's running statistics inside its container's (``stats`` keyed by layer path below the container).
+
+    A container child gets the entries below its name, with the name stripped; a leaf child (a BatchNorm)
+    the entry at its name ({} if it has none).
+    """
+    if children_of(child):
+        return {k[len(name) + 1:]: v for k, v in stats.items() if k.startswith(name + "/")}
+    return stats.get(name, {})
+
+
+def with_child_stats(out: dict, name: str, child, stats) -> dict:
+    """``out`` with a child's running statistics placed under its name (the inverse of ``child_stats``)."""
+    if children_of(child):
+        out.update({f"{name}/{k}": v for k, v in stats.items()})
+    elif stats:
+        out[name] = stats
+    return out
+
+
+def forward_eval_of(layer, params, stats, x):
+    """Evaluation mode of any layer: its ``forward_eval`` (running statistics) if it has one, else its forward."""
+    if hasattr(layer, "forward_eval"):
+        return layer.forward_eval(params, stats, x)
+    return layer.forward(params, x)[0]
+
+
+def update_stats_of(layer, stats, cache):
+    """A layer's running statistics advanced from a training forward's ``cache``; unchanged if it keeps none."""
+    return layer.update_stats(stats, cache) if hasattr(layer, "update_stats") else stats
 
 
 def describe(x) -> str:

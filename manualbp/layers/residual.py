@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import jax.numpy as jnp
 
-from manualbp.layers.base import Layer, check_array
+from manualbp.layers.base import Layer, check_array, child_stats, forward_eval_of, update_stats_of, with_child_stats
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,16 @@ class Residual(Layer):
         if not hasattr(fx, "shape") or tuple(fx.shape) != tuple(x.shape):
             raise self._shape_error(x.shape, getattr(fx, "shape", type(fx).__name__))
         return x + fx, cache
+
+    def forward_eval(self, params, stats, x):
+        """Evaluation mode: y = x + block(x) with the block's ``forward_eval`` (running ``stats``) where it has one."""
+        check_array(self, x)
+        return x + forward_eval_of(self.block, params, child_stats(stats, "block", self.block), x)
+
+    def update_stats(self, stats, cache):
+        """The block's running statistics advanced from its training forward's cache (keys under "block")."""
+        block = update_stats_of(self.block, child_stats(stats, "block", self.block), cache)
+        return with_child_stats({}, "block", self.block, block)
 
     def backward(self, params, cache, dy):
         """The add node, then the block:

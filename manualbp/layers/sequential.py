@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from manualbp.layers.base import Layer
+from manualbp.layers.base import Layer, child_stats, forward_eval_of, update_stats_of, with_child_stats
 
 
 def _check_split(container, params):
@@ -42,6 +42,16 @@ class _Container(Layer):
             layer.kink_pattern(c) if hasattr(layer, "kink_pattern") else None
             for layer, c in zip(self.layers, cache)
         )
+
+    def update_stats(self, stats, cache):
+        """Every child's running statistics advanced from its part of a training forward's cache.
+
+        stats: keyed by the path of each layer that keeps some ({} when none does); returns the same keys.
+        """
+        new = {}
+        for (name, layer), c in zip(self.children, cache):
+            with_child_stats(new, name, layer, update_stats_of(layer, child_stats(stats, name, layer), c))
+        return new
 
 
 @dataclass(frozen=True, init=False)
@@ -89,6 +99,15 @@ class Sequential(_Container):
             caches.append(c)
         return x, tuple(caches)
 
+    def forward_eval(self, params, stats, x):
+        """Evaluation mode: each layer's ``forward_eval`` (BatchNorm: running ``stats``) where it has one.
+
+        x: (B, ...) with any B >= 1 -> the model's output. Not differentiated (no cache).
+        """
+        for (name, layer), p in zip(self.children, self.split_params(params)):
+            x = forward_eval_of(layer, p, child_stats(stats, name, layer), x)
+        return x
+
     def backward(self, params, cache, dy):
         """delta recursion: walk the layers in reverse, each turning dL/dy_l into dL/dx_l."""
         params = self.split_params(params)
@@ -131,6 +150,11 @@ class Parallel(_Container):
         params = self.split_params(params)
         outs = [layer.forward(p, x) for layer, p in zip(self.layers, params)]
         return tuple(y for y, _ in outs), tuple(c for _, c in outs)
+
+    def forward_eval(self, params, stats, x):
+        """Evaluation mode: every branch's ``forward_eval`` (running ``stats``) where it has one."""
+        return tuple(forward_eval_of(layer, p, child_stats(stats, name, layer), x)
+                     for (name, layer), p in zip(self.children, self.split_params(params)))
 
     def backward(self, params, cache, dy):
         """dx = sum over branches of each branch's dx."""

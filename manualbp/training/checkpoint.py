@@ -1,45 +1,65 @@
-"""Checkpoints: atomic save, validated load.
+"""Checkpoint files: an atomic state file and an append-only history log, both validated before use.
 
-A checkpoint is one ``.npz`` file holding the leaves of a pytree (parameters,
-optimizer state, history, ...) as ``leaf_<i>`` arrays, the tree's structure
-as text, and a JSON ``meta`` dict (format tag, model, step, data position,
-...). ``save`` writes a temporary file in the same directory, flushes it to
-disk and renames it over the old one, so a crash mid-save leaves the
-previous checkpoint intact. ``load`` refuses a truncated file, a foreign
-file, or a checkpoint whose structure, shapes, dtypes or model differ from
-what the caller expects: never silently wrong weights.
+A training run's checkpoint is a directory (``manualbp.training.run_dir``)
+holding two files written here:
+
+- the state, one ``.npz``: the leaves of a pytree (parameters, optimizer
+  state, running statistics, key) as ``leaf_<i>`` arrays and a JSON header
+  (format tag, tree structure, meta: model, step, data position, ...).
+  ``save`` writes a temporary file in the same directory, fsyncs it, renames
+  it over the old one and fsyncs the directory, so a crash leaves the
+  previous state intact and a completed save survives a power cut.
+- the history, a log of fixed-size float64 records, one per step, appended
+  at each save (so saving costs the steps since the last save, not the whole
+  run) and cut back to the state's step when a run resumes.
+
+Reading refuses, with a ``CheckpointError``, anything that is not what was
+written: a directory, FIFO or device in place of a file, a ``.npy`` or any
+non-zip, an encrypted zip or one with an unknown compression, a foreign or
+truncated file, shapes or dtypes other than the caller expects (checked in
+each array's header before its data is read), a log shorter than the step.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 import zipfile
 
 import jax
 import numpy as np
 
-FORMAT = "manualbp-checkpoint-v1"
+FORMAT = "manualbp-checkpoint-v2"
+TMP_PREFIX = ".tmp-"
+_LOG_MAGIC = b"MBPLOG01"
+_LOG_HEADER = 8 + 32 + 8  # magic, run id (32 hex characters), record size in bytes (uint64)
+_MAX_HEADER_BYTES = 1 << 24
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: unreadable, foreign, or for another model."""
+    """A checkpoint that cannot be used: unreadable, foreign, or for another run."""
 
 
-def save(path, tree, meta: dict) -> None:
-    """Write ``tree`` (a pytree of arrays) and ``meta`` (JSON-able) to ``path`` atomically."""
+def fsync_dir(directory) -> None:
+    """Flush a directory's entries (a rename in it) to disk."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, write) -> None:
+    """Call ``write(f)`` on a temporary file beside ``path``, fsync it, rename it over ``path``, fsync the directory."""
     path = os.fspath(path)
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    arrays = {f"leaf_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
-    header = {"format": FORMAT, "treedef": str(treedef), "meta": meta}
-    arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
@@ -47,26 +67,95 @@ def save(path, tree, meta: dict) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    fsync_dir(directory)
 
 
-def _read(path):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path}: no such file")
+def regular_file(path) -> str:
+    """``path`` as a string; FileNotFoundError if absent, CheckpointError if it is not a regular file."""
+    path = os.fspath(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            files = {name: z[name] for name in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise CheckpointError(f"checkpoint {path}: unreadable (truncated or not a manualbp checkpoint): {e}") from None
-    if "header" not in files:
-        raise CheckpointError(f"checkpoint {path}: not a manualbp checkpoint (no header)")
-    try:
-        header = json.loads(files.pop("header").tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"checkpoint {path}: corrupt header: {e}") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        got = header.get("format") if isinstance(header, dict) else None
-        raise CheckpointError(f"checkpoint {path}: format {got!r}, expected {FORMAT!r}")
-    return header, files
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {path}: no such file") from None
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise CheckpointError(f"checkpoint {path}: is {kind}, not a checkpoint file")
+    return path
+
+
+def save(path, tree, meta: dict) -> None:
+    """Write ``tree`` (a pytree of arrays) and ``meta`` (JSON-able) to ``path`` atomically."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    arrays = {f"leaf_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+    header = {"format": FORMAT, "treedef": str(treedef), "meta": meta}
+    arrays["header"] = np.frombuffer(json.dumps(header, allow_nan=False).encode(), dtype=np.uint8)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+class _Zip:
+    """The members of a checkpoint zip, each read only after its npy header passes the caller's checks."""
+
+    def __init__(self, path):
+        self.path = regular_file(path)
+        try:
+            self.zf = zipfile.ZipFile(self.path)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+            raise CheckpointError(f"checkpoint {self.path}: unreadable (not a zip, truncated, or not a manualbp "
+                                  f"checkpoint): {e}") from None
+        for info in self.zf.infolist():
+            if info.flag_bits & 0x1:
+                raise CheckpointError(f"checkpoint {self.path}: member {info.filename} is encrypted")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise CheckpointError(f"checkpoint {self.path}: member {info.filename} uses compression method "
+                                      f"{info.compress_type}, which a checkpoint never does")
+        self.names = {info.filename.removesuffix(".npy") for info in self.zf.infolist()}
+
+    def read(self, name, shape=None, dtype=None, max_bytes=None):
+        """The array ``name``; its header must give ``shape``/``dtype`` (when given) and at most ``max_bytes``."""
+        try:
+            with self.zf.open(name + ".npy") as f:
+                version = np.lib.format.read_magic(f)
+                if version not in _NPY_HEADERS:
+                    raise CheckpointError(f"checkpoint {self.path}: {name} has npy format {version}, not one numpy writes "
+                                          "for a checkpoint")
+                got_shape, fortran, got_dtype = _NPY_HEADERS[version](f)
+                if (shape is not None and tuple(got_shape) != tuple(shape)) or (dtype is not None and got_dtype != dtype):
+                    raise CheckpointError(
+                        f"checkpoint {self.path}: {name} is {got_dtype}{list(got_shape)}, expected "
+                        f"{np.dtype(dtype) if dtype is not None else got_dtype}{list(shape if shape is not None else got_shape)}"
+                        " (a different model or dtype?)")
+                nbytes = int(np.prod(got_shape, dtype=np.int64)) * got_dtype.itemsize
+                if got_dtype.hasobject or (max_bytes is not None and nbytes > max_bytes):
+                    raise CheckpointError(f"checkpoint {self.path}: {name} of {got_dtype}{list(got_shape)} is not "
+                                          "what a checkpoint holds")
+                data = f.read(nbytes)
+        except CheckpointError:
+            raise
+        except (KeyError, zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as e:
+            raise CheckpointError(f"checkpoint {self.path}: unreadable member {name}: {e}") from None
+        if len(data) != nbytes:
+            raise CheckpointError(f"checkpoint {self.path}: {name} is truncated")
+        return np.frombuffer(data, got_dtype).reshape(got_shape, order="F" if fortran else "C").copy()
+
+    def header(self) -> dict:
+        if "header" not in self.names:
+            raise CheckpointError(f"checkpoint {self.path}: not a manualbp checkpoint (no header)")
+        raw = self.read("header", dtype=np.dtype(np.uint8), max_bytes=_MAX_HEADER_BYTES)
+        try:
+            header = json.loads(raw.tobytes().decode())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"checkpoint {self.path}: corrupt header: {e}") from None
+        if not isinstance(header, dict) or header.get("format") != FORMAT or not isinstance(header.get("meta"), dict):
+            got = header.get("format") if isinstance(header, dict) else None
+            raise CheckpointError(f"checkpoint {self.path}: format {got!r}, expected {FORMAT!r}")
+        return header
+
+
+def read_meta(path) -> dict:
+    """The meta dict of the checkpoint at ``path`` (validating that it is one); FileNotFoundError if absent."""
+    z = _Zip(path)
+    with z.zf:
+        return z.header()["meta"]
 
 
 def load(path, like, expect: dict | None = None):
@@ -74,42 +163,82 @@ def load(path, like, expect: dict | None = None):
 
     Args:
       path: the file written by ``save``.
-      like: a pytree with the expected structure, shapes and dtypes (e.g.
-        freshly initialised state of the same model and optimizer).
+      like: a pytree with the expected structure, shapes and dtypes (e.g. freshly initialised state).
       expect: meta entries that must match exactly (e.g. {"model": repr(model)}).
 
     Raises:
       FileNotFoundError: no file at ``path``.
-      CheckpointError: truncated/foreign file, or a mismatch with ``like``/``expect``.
+      CheckpointError: not a regular file, unreadable, foreign, or a mismatch with ``like``/``expect``.
     """
-    path = os.fspath(path)
-    header, files = _read(path)
-    meta = header.get("meta", {})
-    for key, want in (expect or {}).items():
-        if meta.get(key) != want:
-            raise CheckpointError(
-                f"checkpoint {path}: it was written for {key} {meta.get(key)!r}, but this run has {key} {want!r}"
-            )
-    leaves, treedef = jax.tree_util.tree_flatten(like)
-    if header.get("treedef") != str(treedef) or len(files) != len(leaves):
-        raise CheckpointError(
-            f"checkpoint {path}: its tree structure does not match this run's (a different model or optimizer?)\n"
-            f"  checkpoint: {header.get('treedef')}\n  expected:   {treedef}"
-        )
-    out = []
-    for i, (kp, leaf) in enumerate(jax.tree_util.tree_leaves_with_path(like)):
-        arr = files[f"leaf_{i}"]
-        want = np.asarray(leaf)
-        if arr.shape != want.shape or arr.dtype != want.dtype:
-            raise CheckpointError(
-                f"checkpoint {path}: {jax.tree_util.keystr(kp)} is {arr.dtype}{list(arr.shape)}, "
-                f"expected {want.dtype}{list(want.shape)} (a different model or dtype?)"
-            )
-        out.append(arr)
+    z = _Zip(path)
+    with z.zf:
+        header = z.header()
+        meta = header["meta"]
+        for key, want in (expect or {}).items():
+            if meta.get(key) != want:
+                raise CheckpointError(f"checkpoint {z.path}: it was written for {key} {meta.get(key)!r}, but this "
+                                      f"run has {key} {want!r}")
+        leaves, treedef = jax.tree_util.tree_flatten(like)
+        if header.get("treedef") != str(treedef) or z.names != {"header", *(f"leaf_{i}" for i in range(len(leaves)))}:
+            raise CheckpointError(f"checkpoint {z.path}: its tree structure does not match this run's (a different "
+                                  "model or optimizer?)")
+        out = [z.read(f"leaf_{i}", np.shape(leaf), np.asarray(leaf).dtype) for i, leaf in enumerate(leaves)]
     return jax.tree_util.tree_unflatten(treedef, out), meta
 
 
-def read_meta(path) -> dict:
-    """The meta dict of the checkpoint at ``path`` (validating that it is one); FileNotFoundError if absent."""
-    header, _ = _read(os.fspath(path))
-    return header.get("meta", {})
+def record_size(layout) -> int:
+    """Bytes per step of the history log for ``layout`` = [(name, shape, dtype), ...] (float64 values)."""
+    return 8 * sum(int(np.prod(shape, dtype=np.int64)) for _, shape, _ in layout)
+
+
+def create_log(path, run_id: str, layout, history: dict) -> None:
+    """Write a new history log (atomically) holding ``history`` ({name: (steps, *shape)}) in ``layout``."""
+    header = _LOG_MAGIC + run_id.encode().ljust(32)[:32] + np.uint64(record_size(layout)).tobytes()
+    atomic_write(path, lambda f: (f.write(header), f.write(_records(layout, history))))
+
+
+def _records(layout, history) -> bytes:
+    if not layout:
+        return b""
+    cols = [np.asarray(history[name], np.float64).reshape(len(history[name]), -1) for name, _, _ in layout]
+    return np.ascontiguousarray(np.concatenate(cols, axis=1)).tobytes()
+
+
+def append_log(path, run_id: str, layout, committed: int, history: dict) -> None:
+    """Cut the log back to ``committed`` steps (a crash may have left more), append ``history``, fsync."""
+    size = _check_log(path, run_id, layout, committed)
+    with open(path, "r+b") as f:
+        f.truncate(_LOG_HEADER + committed * size)
+        f.seek(0, os.SEEK_END)
+        f.write(_records(layout, history))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _check_log(path, run_id, layout, steps) -> int:
+    path = regular_file(path)
+    size = record_size(layout)
+    with open(path, "rb") as f:
+        header = f.read(_LOG_HEADER)
+    if len(header) != _LOG_HEADER or header[:8] != _LOG_MAGIC:
+        raise CheckpointError(f"checkpoint {path}: not a manualbp history log")
+    if header[8:40] != run_id.encode().ljust(32)[:32] or int(np.frombuffer(header[40:], np.uint64)[0]) != size:
+        raise CheckpointError(f"checkpoint {path}: the history log belongs to another run than the state file")
+    have = (os.path.getsize(path) - _LOG_HEADER) // size if size else steps
+    if have < steps:
+        raise CheckpointError(f"checkpoint {path}: the history log holds {have} steps, the state is at step {steps}")
+    return size
+
+
+def read_log(path, run_id: str, layout, steps: int) -> dict:
+    """The first ``steps`` records of the history log as {name: array (steps, *shape) of its dtype}."""
+    size = _check_log(path, run_id, layout, steps)
+    with open(path, "rb") as f:
+        f.seek(_LOG_HEADER)
+        raw = np.frombuffer(f.read(steps * size), np.float64).reshape(steps, size // 8 if size else 0)
+    out, col = {}, 0
+    for name, shape, dtype in layout:
+        n = int(np.prod(shape, dtype=np.int64))
+        out[name] = raw[:, col:col + n].reshape((steps, *shape)).astype(dtype)
+        col += n
+    return out

@@ -7,7 +7,10 @@ device then applies the same update to its replica of the parameters. The
 code of the training step does not change.
 
 On the CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` (set
-before jax is imported) gives 4 devices. On several hosts, call
+before jax is imported) gives 4 devices; on a machine with fewer cores than
+that, also set ``NPROC=8``: XLA's CPU thread pool has one thread per core,
+and devices blocked in a collective can starve the one they wait for (a
+deadlock, measured with 4 devices on 2 cores). On several hosts, call
 ``jax.distributed.initialize()`` in every process first; ``jax.devices()``
 then lists every host's devices and the same mesh spans them.
 """

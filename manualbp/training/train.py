@@ -1,15 +1,14 @@
 """Training with any optax optimizer, by manual backprop, by jax.grad, or both in lockstep (twin mode).
 
-The loop draws minibatches, calls the jitted step of ``manualbp.training.step``
-and keeps its logs on the device; they are pulled to the host only when
-``on_log`` asks (every ``log_every`` steps), at a checkpoint, and at the end.
-Twin mode's verdict is ``manualbp.training.twin.Divergence``.
+The loop (``manualbp.training.loop``) draws minibatches, calls the jitted step
+of ``manualbp.training.step`` and keeps its logs on the device; they are
+pulled to the host only when ``on_log`` asks (every ``log_every`` steps), at a
+checkpoint, and at the end. Twin mode's verdict is
+``manualbp.training.twin.Divergence``.
 """
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,25 +16,28 @@ import jax
 import numpy as np
 import optax
 
-from manualbp.training import checkpoint as ckpt
-from manualbp.training import parallel
-from manualbp.training.data import Batches, Dataset
-from manualbp.training.step import GRADS, evaluate, make_step, metric_name, param_names
+from manualbp.training import loop
+from manualbp.training.data import Dataset
+from manualbp.training.run_dir import RunDir
+from manualbp.training.step import GRADS, check_twin_optimizers, evaluate, metric_name, param_names
 from manualbp.training.twin import Divergence
-from manualbp.verify.tolerances import tolerance
 
 
 @dataclass
 class TrainResult:
-    """The outcome of ``train``: final params and optimizer state, per-step history, test metric.
+    """The outcome of ``train``: final params, optimizer state and running statistics, history, test metric.
 
     ``history`` maps "loss" and the metric name to arrays of shape (steps,)
     (the training-batch value at each step); ``test`` maps the metric name
-    to its value on the test set.
+    to its value on the test set, computed in evaluation mode: every
+    BatchNorm with the running statistics ``stats`` that training kept
+    ({} for a model without BatchNorm). Predict with
+    ``model.forward_eval(result.params, result.stats, x)``, any batch size.
     """
 
     params: object
     opt_state: object
+    stats: dict
     history: dict
     test: dict
     steps: int
@@ -69,7 +71,9 @@ def _check_run(model, head, params, data: Dataset, steps, batch_size, grads):
     leaves = jax.tree_util.tree_leaves(params)
     if not leaves:
         raise ValueError(f"train: {model.name} has no parameters to train")
-    # the head's own shape/dtype checks, traced (no compilation), then the class range on the host
+    # the head's own shape/dtype checks, traced (no compilation), then the class range on the host; the place for the
+    # manual value_and_grad's eager value checks (labels, Embedding ids, masks) of the concrete training data, once
+    # before step 1, since the jitted step sees only tracers
     dtype = leaves[0].dtype
     out = jax.eval_shape(lambda p, x: model.forward(p, x)[0], params,
                          jax.ShapeDtypeStruct((len(data.y_train), *data.input_shape), dtype))
@@ -85,79 +89,35 @@ def _check_run(model, head, params, data: Dataset, steps, batch_size, grads):
                 )
 
 
-def _run(model, head, params, data, *, optimizers, steps, batch_size, key, tol, log_every, on_log,
-         checkpoint, checkpoint_every, resume, devices):
-    """The loop shared by ``train`` and ``train_twin``; returns (state, history, resumed_from, wall_s)."""
-    t0 = time.perf_counter()
-    dtype = jax.tree_util.tree_leaves(params)[0].dtype
-    task = data.task
-    x_all = np.asarray(data.x_train, dtype)
-    y_all = np.asarray(data.y_train) if task == "classification" else np.asarray(data.y_train, dtype)
-    state = {path: (params, jax.jit(opt.init)(params)) for path, opt in optimizers.items()}
-    position, start, past = (0, 0), 0, {}
-    meta = {"model": repr(model), "head": repr(head), "paths": sorted(optimizers), "data": data.name,
-            "batch_size": int(batch_size), "dtype": np.dtype(dtype).name}
-    if resume and checkpoint is not None and os.path.exists(checkpoint):
-        state, key, start, position, past = _restore(checkpoint, state, key, meta)
-    batches = Batches(len(x_all), batch_size, key, position)
-    mesh = parallel.make_mesh(devices) if devices is not None else None
-    if mesh is not None:
-        parallel.check_batch_size(mesh, batch_size)
-        state = parallel.replicate(mesh, state)
-    else:
-        state = jax.device_put(state)
-    step_fn = make_step(model, head, optimizers, task, tol)
-    logs = []
-
-    def history():
-        pulled = jax.device_get(logs)
-        out = {k: list(v) for k, v in past.items()}
-        for entry in pulled:
-            for k, v in entry.items():
-                out.setdefault(k, []).append(v)
-        return {k: np.asarray(v) for k, v in out.items()}
-
-    for s in range(start, steps):
-        idx = batches.next()
-        x, y = x_all[idx], y_all[idx]
-        x, y = (parallel.shard_batch(mesh, (x, y)) if mesh is not None else (x, y))
-        state, entry = step_fn(state, x, y)
-        logs.append(entry)
-        if on_log is not None and log_every and ((s + 1) % log_every == 0 or s + 1 == steps):
-            on_log(s + 1, {k: float(v) for k, v in jax.device_get(entry).items() if k != "diff"})
-        if checkpoint is not None and ((checkpoint_every and (s + 1) % checkpoint_every == 0) or s + 1 == steps):
-            _save(checkpoint, state, key, history(), meta, s + 1, batches.position)
-    return state, history(), start, time.perf_counter() - t0
-
-
-def _checkpoint_tree(state, key, hist):
-    return {"state": state, "key": np.asarray(jax.device_get(jax.random.key_data(key))), "history": hist}
-
-
-def _save(path, state, key, hist, meta, step, position):
-    shapes = {k: [list(v.shape), v.dtype.name] for k, v in hist.items()}
-    ckpt.save(path, _checkpoint_tree(jax.device_get(state), key, hist),
-              {**meta, "step": step, "position": list(position), "key_impl": str(jax.random.key_impl(key)),
-               "history": shapes})
-
-
-def _restore(path, state, key, meta):
-    """(state, key, step, position, history) from the checkpoint at ``path``, validated against this run."""
-    saved_meta = ckpt.read_meta(path)
-    hist_like = {k: np.zeros(shape, dtype) for k, (shape, dtype) in saved_meta.get("history", {}).items()}
-    tree, saved_meta = ckpt.load(path, _checkpoint_tree(state, key, hist_like), expect=meta)
-    key = jax.random.wrap_key_data(tree["key"], impl=saved_meta["key_impl"])
-    return tree["state"], key, int(saved_meta["step"]), tuple(saved_meta["position"]), tree["history"]
-
-
 def _split_history(hist: dict, path: str) -> dict:
     return {k.split("/", 1)[1]: v for k, v in hist.items() if k.startswith(path + "/")}
+
+
+class NonFiniteError(ArithmeticError):
+    """The loss went non-finite during ``train``; ``step`` is the first step whose loss was NaN or Inf."""
+
+    def __init__(self, step: int, what: str):
+        super().__init__(
+            f"train: the {what.replace('/', ' ')} became non-finite at step {step} (diverging: lower the learning "
+            "rate, or clip the gradients); nothing non-finite was saved")
+        self.step, self.what = step, what
+
+
+def _state_dir(checkpoint, resume, overwrite):
+    return RunDir(checkpoint, resume=resume, overwrite=overwrite) if checkpoint is not None else None
+
+
+def _expect(model, head, data, batch_size, params, paths, settings) -> dict:
+    """What a resumed run must share with its checkpoint (also stored in it)."""
+    return {"model": repr(model), "head": repr(head), "paths": sorted(paths), "data": data.name,
+            "batch_size": int(batch_size), "dtype": np.dtype(jax.tree_util.tree_leaves(params)[0].dtype).name,
+            "settings": dict(settings or {})}
 
 
 def train(model, head, params, data: Dataset, *, optimizer: optax.GradientTransformation | None = None,
           steps: int, batch_size: int, grad: str = "manual", key, log_every: int = 0,
           on_log: Callable | None = None, checkpoint=None, checkpoint_every: int = 0, resume: bool = False,
-          devices: int | None = None) -> TrainResult:
+          overwrite: bool = False, settings: dict | None = None, devices: int | None = None) -> TrainResult:
     """Train ``params`` of ``model`` under ``head`` on ``data`` for ``steps`` minibatch steps.
 
     Args:
@@ -170,51 +130,66 @@ def train(model, head, params, data: Dataset, *, optimizer: optax.GradientTransf
       batch_size: examples per step, <= the number of training examples.
       grad: "manual" (hand-written backward) or "reference" (jax.grad of the reference twin).
       key: PRNG key that orders the minibatches (one permutation per epoch).
-      log_every, on_log: call ``on_log(step, {name: float})`` every ``log_every`` steps (the only host
-        syncs during training).
-      checkpoint: a file path; saved every ``checkpoint_every`` steps (0: only at the end), atomically.
-      resume: continue from ``checkpoint`` if it exists (a checkpoint for another model/optimizer is refused).
+      log_every, on_log: call ``on_log(step, {name: float})`` every ``log_every`` steps (with the
+        checkpoint saves, the only host syncs during training).
+      checkpoint: a directory (``manualbp.training.run_dir``), checked before step 1; saved every
+        ``checkpoint_every`` steps (0: only at the end), on Ctrl-C, and durably.
+      resume: continue the checkpoint in ``checkpoint`` (an error if there is none).
+      overwrite: replace the checkpoint in ``checkpoint`` (without it, an existing one is refused).
+      settings: JSON-able settings stored in the checkpoint that a resumed run must repeat (the CLI stores
+        lr, seed, optimizer and clip, which the optimizer object cannot show).
       devices: data-parallel over this many devices (batch sharded, params replicated); None: one device.
+
+    Raises:
+      NonFiniteError: the loss became NaN or Inf (found at the next log, save or the end; the run stops there).
+      manualbp.training.checkpoint.CheckpointError: the checkpoint directory cannot be used as asked.
+      KeyboardInterrupt: Ctrl-C (``loop.TrainingInterrupted``), after the current step and a last save.
     """
     optimizer = optax.sgd(0.1) if optimizer is None else optimizer
     _check_run(model, head, params, data, steps, batch_size, (grad,))
-    state, hist, start, wall = _run(
-        model, head, params, data, optimizers={grad: optimizer}, steps=steps, batch_size=batch_size, key=key,
-        tol=None, log_every=log_every, on_log=on_log, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-        resume=resume, devices=devices)
-    p, opt_state = state[grad]
-    return TrainResult(p, opt_state, _split_history(hist, grad), {metric_name(data): evaluate(model, p, data, grad)},
-                       steps, wall, start)
+    run_dir = _state_dir(checkpoint, resume, overwrite)
+    out = loop.run(model, head, params, data, optimizers={grad: optimizer}, twin=False, steps=steps,
+                   batch_size=batch_size, key=key, log_every=log_every, on_log=on_log, run_dir=run_dir,
+                   checkpoint_every=checkpoint_every, expect=_expect(model, head, data, batch_size, params, (grad,),
+                                                                     settings), devices=devices)
+    if out.nonfinite is not None:
+        raise NonFiniteError(*out.nonfinite)
+    return _result(model, data, grad, out)
+
+
+def _result(model, data, path, out) -> TrainResult:
+    st = out.state[path]
+    return TrainResult(st.params, st.opt_state, st.stats, _split_history(out.history, path),
+                       {metric_name(data): evaluate(model, st.params, st.stats, data, path)}, len(out.history[
+                           f"{path}/loss"]), out.wall_s, out.start)
 
 
 def train_twin(model, head, params, data: Dataset, *, optimizer: optax.GradientTransformation | None = None,
                reference_optimizer: optax.GradientTransformation | None = None, steps: int, batch_size: int,
                key, log_every: int = 0, on_log: Callable | None = None, checkpoint=None, checkpoint_every: int = 0,
-               resume: bool = False, devices: int | None = None) -> TwinResult:
+               resume: bool = False, overwrite: bool = False, settings: dict | None = None,
+               devices: int | None = None) -> TwinResult:
     """Train the manual and the reference path in lockstep from the same ``params`` on the same batches.
 
     Arguments as ``train``. ``reference_optimizer`` (default: ``optimizer``)
     lets the two paths use different but equivalent transformations, e.g.
-    ``manualbp.training.clip.clip_by_global_norm`` against ``optax.clip_by_global_norm``.
-    The returned ``divergence`` holds, after every step and per parameter,
-    the differences between the two models and names the first step and
-    parameter exceeding ``manualbp.tolerance(dtype)``.
+    ``manualbp.training.clip.clip_by_global_norm`` against ``optax.clip_by_global_norm``
+    (their states must hold the same arrays). Every step also evaluates the
+    reference gradient and optimizer at the manual path's own parameters,
+    state and batch; ``divergence`` judges manual against that, step by step
+    (``manualbp.training.twin``), and records how far the two trajectories
+    drift apart. A run that goes non-finite stops at the next log, save or
+    the end, and its verdict is DIVERGED (non-finite) at the first such step.
     """
     optimizer = optax.sgd(0.1) if optimizer is None else optimizer
     reference_optimizer = optimizer if reference_optimizer is None else reference_optimizer
     _check_run(model, head, params, data, steps, batch_size, GRADS)
-    dtype = jax.tree_util.tree_leaves(params)[0].dtype
-    tol = tolerance(dtype)
-    state, hist, start, wall = _run(
-        model, head, params, data, optimizers={"manual": optimizer, "reference": reference_optimizer}, steps=steps,
-        batch_size=batch_size, key=key, tol=tol, log_every=log_every, on_log=on_log, checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every, resume=resume, devices=devices)
-    metric = metric_name(data)
-    results = {
-        path: TrainResult(state[path][0], state[path][1], _split_history(hist, path),
-                          {metric: evaluate(model, state[path][0], data, path)}, steps, wall, start)
-        for path in GRADS
-    }
-    diff = hist["diff"]
-    divergence = Divergence(param_names(params), diff[..., 0], diff[..., 1], diff[..., 2], np.dtype(dtype).name, tol)
-    return TwinResult(results["manual"], results["reference"], divergence)
+    check_twin_optimizers(optimizer, reference_optimizer, params)
+    run_dir = _state_dir(checkpoint, resume, overwrite)
+    out = loop.run(model, head, params, data, optimizers={"manual": optimizer, "reference": reference_optimizer},
+                   twin=True, steps=steps, batch_size=batch_size, key=key, log_every=log_every, on_log=on_log,
+                   run_dir=run_dir, checkpoint_every=checkpoint_every,
+                   expect=_expect(model, head, data, batch_size, params, GRADS, settings), devices=devices)
+    dtype = np.dtype(jax.tree_util.tree_leaves(params)[0].dtype).name
+    divergence = Divergence.from_history(param_names(params), out.history, dtype)
+    return TwinResult(_result(model, data, "manual", out), _result(model, data, "reference", out), divergence)

@@ -1,8 +1,10 @@
 """MLP 784-512-512-10 (ReLU, softmax cross-entropy), batch 256, float32: manual vs jax.grad.
 
-Also measures the peak GFLOP/s of ``jnp.dot`` on 2048x2048 float32, and the
-FLOPs a training step needs, so the manual step can be put against the
-matmul-only limit.
+Also measures, interleaved with the two steps (so that load on the machine
+hits all alike), the matmul throughput the step could reach: ``jnp.dot`` on
+2048x2048 float32 and a "limit" function doing only the step's own matmuls.
+The peak is the fastest of their samples, so the manual step, whose FLOPs
+include the limit's, is never reported above 100% of it.
 """
 
 from __future__ import annotations
@@ -28,11 +30,21 @@ def step_flops(sizes=SIZES, batch=BATCH) -> int:
     return sum(per_layer) * 2 + sum(per_layer[1:])
 
 
-def peak_matmul_gflops(n: int = 2048, repeats: int = 20) -> float:
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    dot = jax.jit(jnp.dot)
-    t = interleaved({"dot": dot}, (a, a), repeats=repeats)["dot"]["median_s"]
-    return 2 * n**3 / t / 1e9
+PEAK_N = 2048
+
+
+def _matmuls(params, x, dz):
+    """Only the step's matmuls: x W per layer, then dW = h^T delta per layer and delta W^T for all but the first."""
+    weights = [p["W"] for p in params[::2]]
+    hs = [x]
+    for w in weights:
+        hs.append(hs[-1] @ w)
+    out, delta = hs[1:], dz
+    for i in reversed(range(len(weights))):
+        out.append(hs[i].T @ delta)
+        if i:
+            delta = delta @ weights[i].T
+    return out
 
 
 def run(repeats: int = 30) -> dict:
@@ -44,14 +56,19 @@ def run(repeats: int = 30) -> dict:
     y = jax.random.randint(ky, (BATCH,), 0, SIZES[-1])
 
     # fresh jits, so the first call measures trace + compile
+    a = jax.random.normal(jax.random.key(2), (PEAK_N, PEAK_N), jnp.float32)
+    dz = jax.random.normal(jax.random.key(3), (BATCH, SIZES[-1]), jnp.float32)
+    dot, limit = jax.jit(jnp.dot), jax.jit(_matmuls)
     contenders = {
         "manual": jax.jit(lambda p, x, y: loss_and_grads(model, head, p, x, y)[:2]),
         "jax.grad": jax.jit(reference_step(model, head, jit=False)),
+        "limit": lambda p, x, y: limit(p, x, dz),
+        "dot": lambda p, x, y: dot(a, a),
     }
     compile_s = {name: compile_time(fn, params, x, y) for name, fn in contenders.items()}
     times = interleaved(contenders, (params, x, y), repeats=repeats)
-    peak = peak_matmul_gflops()
     flops = step_flops()
+    peak = max(2 * PEAK_N**3 / times["dot"]["min_s"], flops / times["limit"]["min_s"]) / 1e9
     manual_gflops = flops / times["manual"]["median_s"] / 1e9
     return {
         "name": "mlp",
@@ -81,8 +98,9 @@ def markdown(r: dict) -> str:
         f"{t['jax.grad']['p90_s'] * 1e3:.2f} | {c['jax.grad']:.2f} | {r['jaxgrad_gflops']:.1f} |",
         "",
         f"manual/jax.grad = **{r['ratio']:.3f}** (target <= 1.00); manual at "
-        f"**{100 * r['manual_fraction_of_peak']:.0f}%** of peak jnp.dot ({r['peak_matmul_gflops']:.1f} GFLOP/s on "
-        f"2048x2048 float32; target >= 70%); compile manual/jax.grad = {c['manual'] / c['jax.grad']:.2f} "
+        f"**{100 * r['manual_fraction_of_peak']:.0f}%** of peak matmul throughput ({r['peak_matmul_gflops']:.1f} GFLOP/s: "
+        f"the fastest sample of jnp.dot on 2048x2048 and of the step's own matmuls, interleaved with the steps; "
+        f"target >= 70%); compile manual/jax.grad = {c['manual'] / c['jax.grad']:.2f} "
         "(target <= 1). "
         f"Step = {r['step_gflop']:.3f} GFLOP; {r['config']['repeats']} interleaved repeats.",
     ])

@@ -30,7 +30,7 @@ def compile_time(fn, *args) -> float:
 def interleaved(contenders: dict, args: tuple, *, repeats: int = 30, warmup: int = 3) -> dict:
     """Median seconds per call of each ``contenders[name](*args)``, run alternately.
 
-    Returns {name: {"median_s": ..., "p10_s": ..., "p90_s": ..., "samples": n}}.
+    Returns {name: {"median_s": ..., "min_s": ..., "p10_s": ..., "p90_s": ..., "samples": n}}.
     """
     for _ in range(warmup):
         for fn in contenders.values():
@@ -44,6 +44,7 @@ def interleaved(contenders: dict, args: tuple, *, repeats: int = 30, warmup: int
     return {
         name: {
             "median_s": statistics.median(s),
+            "min_s": min(s),
             "p10_s": float(np.percentile(s, 10)),
             "p90_s": float(np.percentile(s, 90)),
             "samples": len(s),
