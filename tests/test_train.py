@@ -79,6 +79,22 @@ def test_labels_that_do_not_match_the_head():
         train(flat, mbp.SoftmaxCrossEntropy(), params, adding, steps=1, batch_size=8, key=jax.random.key(0))
 
 
+def test_invalid_values_in_the_data_are_refused_before_step_1():
+    """Embedding ids beyond the vocabulary (only the test split): the jitted step would read NaN rows; refused first."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 5, (16, 3))
+    test_ids = ids.copy()
+    test_ids[3, 1] = 7
+    ds = data.Dataset("ids", ids, rng.integers(0, 2, 16).astype(np.int32), test_ids, np.zeros(16, np.int32),
+                      "classification", 2)
+    model = mbp.Sequential(mbp.Embedding(5, 4), mbp.Flatten(), mbp.Dense(2))
+    params, _ = model.init(jax.random.key(0), (3,), jnp.float32)
+    with pytest.raises(ValueError, match=r"Embedding: .*\[0, 5\)"):
+        train(model, mbp.SoftmaxCrossEntropy(), params, ds, steps=1, batch_size=8, key=jax.random.key(0))
+
+
 def test_unknown_names():
     with pytest.raises(ValueError, match="unknown model 'transformer'"):
         zoo.task("transformer", "digits")

@@ -13,9 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
+from manualbp.backprop import check_values
 from manualbp.training import loop
 from manualbp.training.data import Dataset
 from manualbp.training.run_dir import RunDir
@@ -71,9 +73,9 @@ def _check_run(model, head, params, data: Dataset, steps, batch_size, grads):
     leaves = jax.tree_util.tree_leaves(params)
     if not leaves:
         raise ValueError(f"train: {model.name} has no parameters to train")
-    # the head's own shape/dtype checks, traced (no compilation), then the class range on the host; the place for the
-    # manual value_and_grad's eager value checks (labels, Embedding ids, masks) of the concrete training data, once
-    # before step 1, since the jitted step sees only tracers
+    # the head's own shape/dtype checks, traced (no compilation), then the class range on the host, then every value
+    # check of the manual value_and_grad (labels, Embedding ids, targets) on the concrete data, once before step 1:
+    # the jitted step sees only tracers
     dtype = leaves[0].dtype
     out = jax.eval_shape(lambda p, x: model.forward(p, x)[0], params,
                          jax.ShapeDtypeStruct((len(data.y_train), *data.input_shape), dtype))
@@ -87,6 +89,8 @@ def _check_run(model, head, params, data: Dataset, steps, batch_size, grads):
                     f"train: {data.name} has labels in [{labels.min()}, {labels.max()}] but {model.name} "
                     f"outputs {classes} classes; the labels do not match the head"
                 )
+    for x, y in ((data.x_train, data.y_train), (data.x_test, data.y_test)):
+        check_values(model, head, params, jnp.asarray(x), jnp.asarray(y, y_dtype))
 
 
 def _split_history(hist: dict, path: str) -> dict:
