@@ -16,6 +16,7 @@ from manualbp.layers import (
     BatchNorm,
     Conv2D,
     Dense,
+    Dropout,
     Elementwise,
     Embedding,
     Flatten,
@@ -25,16 +26,22 @@ from manualbp.layers import (
     LeakyReLU,
     MaxPool2D,
     MeanSquaredError,
+    MultiHeadAttention,
     Multiply,
     Parallel,
+    PositionalEmbedding,
     ReLU,
     Residual,
     Sequential,
     Sigmoid,
     SigmoidBinaryCrossEntropy,
+    Softmax,
     SoftmaxCrossEntropy,
     Softplus,
     Tanh,
+    TransformerBlock,
+    with_dropout_key,
+    without_dropout,
 )
 from manualbp.training import data
 from manualbp.training.clip import clip_by_global_norm
@@ -55,4 +62,6 @@ __all__ = [
     "Embedding", "LSTM", "RNN",
     "AvgPool2D", "Conv2D", "Flatten", "MaxPool2D",
     "clip_by_global_norm", "data", "train", "train_twin",
+    "Dropout", "MultiHeadAttention", "PositionalEmbedding", "Softmax", "TransformerBlock", "with_dropout_key",
+    "without_dropout",
 ]

@@ -24,18 +24,23 @@ if __name__ == "reference":  # from the repo's root: be the installed twin itsel
 else:
     from . import (  # noqa: F401  (registers the rules)
         activations,
+        attention,
         conv,
         dense,
+        dropout,
         embedding,
         heads,
         lstm,
         nodes,
         norm,
         pool,
+        positional,
         recurrent,
         reshape,
         residual,
         sequential,
+        softmax,
+        transformer,
     )
     from .dispatch import NoTaps, Taps, apply, forward, head_forward
     from .grad import loss_grads_outputs, trace, value_and_grad, vjp_layer
