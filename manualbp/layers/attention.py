@@ -49,10 +49,11 @@ _BLOCK_BYTES = 4 << 20  # one (B, heads, rows, S) temporary per block: well insi
 
 
 def _rows_per_block(B, H, T, S, itemsize, block_size):
-    """Query rows per block: ``block_size``, or as many as keep a (B, H, rows, S) block within _BLOCK_BYTES."""
+    """Query rows per block: ``block_size``; or as many as keep one (B, H, rows, S) block within _BLOCK_BYTES,
+    and at most half of T, so that the backward always runs as a loop (see ``attend_backward``)."""
     if block_size is not None:
         return min(block_size, T)
-    return max(1, min(T, _BLOCK_BYTES // (B * H * S * itemsize)))
+    return max(1, min(-(-T // 2), _BLOCK_BYTES // (B * H * S * itemsize)))
 
 
 def _allowed(rows, S, causal, mask):
@@ -66,98 +67,120 @@ def _allowed(rows, S, causal, mask):
     return allowed
 
 
-def _scores(qs, k, rows, causal, mask):
-    """S = (Q / sqrt(dh)) K^T for a block of query rows, -inf where masked: (B, H, rows, S)."""
-    s = jnp.einsum("bhqd,bhkd->bhqk", qs, k)
-    allowed = _allowed(rows, k.shape[2], causal, mask)
+def _scores(q, kt, start, causal, mask):
+    """S = (Q / sqrt(dh)) K^T for the query rows start, start + 1, ...: (B, H, rows, S), -inf where masked."""
+    s = jnp.einsum("bqhd,bhkd->bhqk", q, kt)
+    allowed = _allowed(start + jnp.arange(q.shape[1]), kt.shape[2], causal, mask)
     return s if allowed is None else jnp.where(allowed, s, -jnp.inf)
 
 
-def _forward_block(qs, k, v, rows, causal, mask):
-    """(O, lse) of a block of query rows: O (B, H, rows, dh), lse (B, H, rows) (+inf for a row with no key)."""
-    s = _scores(qs, k, rows, causal, mask)
+def _scores_t(q, kt, start, causal, mask):
+    """S^T = K (Q / sqrt(dh))^T, (B, H, S, rows): the backward's own product, keys first.
+
+    Written as a different product from the forward's ``_scores`` on purpose:
+    XLA merges identical expressions (CSE), and had the backward recomputed
+    the forward's very product, XLA would keep the forward's S alive for it,
+    (B, H, T, S) per layer, which is exactly what this layer does not keep.
+    """
+    st = jnp.einsum("bhkd,bqhd->bhkq", kt, q)
+    allowed = _allowed(start + jnp.arange(q.shape[1]), kt.shape[2], causal, mask)
+    return st if allowed is None else jnp.where(jnp.swapaxes(allowed, 2, 3), st, -jnp.inf)
+
+
+def _forward_block(q, kt, vt, start, causal, mask):
+    """(O (B, rows, H, dh), lse (B, H, rows)) of a block of query rows; lse = +inf for a row with no key."""
+    s = _scores(q, kt, start, causal, mask)
     m = jnp.max(s, axis=-1, keepdims=True)
     m = jnp.where(m == -jnp.inf, 0, m)  # a fully masked row: any finite shift; its e is 0 everywhere
     e = jnp.exp(s - m)
     l = jnp.sum(e, axis=-1, keepdims=True)
-    o = jnp.einsum("bhqk,bhkd->bhqd", e, v) / jnp.where(l > 0, l, 1)
-    lse = jnp.where(l > 0, m + jnp.log(jnp.where(l > 0, l, 1)), jnp.inf)
-    return o, lse[..., 0]
+    safe = jnp.where(l > 0, l, 1)
+    o = jnp.einsum("bhqk,bhkd->bqhd", e, vt) / jnp.swapaxes(safe, 1, 2)
+    return o, jnp.where(l > 0, m + jnp.log(safe), jnp.inf)[..., 0]
 
 
-def _backward_block(qs, k, v, do, lse, delta, rows, causal, mask):
-    """(dQs, dK, dV) contributions of a block of query rows, from P recomputed with the cached lse."""
-    p = jnp.exp(_scores(qs, k, rows, causal, mask) - lse[..., None])  # masked: exp(-inf) = 0
-    dv = jnp.einsum("bhqk,bhqd->bhkd", p, do)  # dV = P^T dO
-    dp = jnp.einsum("bhqd,bhkd->bhqk", do, v)  # dP = dO V^T
-    ds = p * (dp - delta[..., None])  # dS = P (dP - rowsum(dO O))
-    return jnp.einsum("bhqk,bhkd->bhqd", ds, k), jnp.einsum("bhqk,bhqd->bhkd", ds, qs), dv
+def _backward_block(q, kt, vt, do, lse, delta, start, causal, mask):
+    """(dQs (B, rows, H, dh), dK^T, dV^T (B, H, S, dh)) of a block of query rows, P^T recomputed from lse."""
+    pt = jnp.exp(_scores_t(q, kt, start, causal, mask) - lse[:, :, None, :])  # masked: exp(-inf) = 0
+    dvt = jnp.einsum("bhkq,bqhd->bhkd", pt, do)  # dV = P^T dO
+    dpt = jnp.einsum("bhkd,bqhd->bhkq", vt, do)  # dP^T = V dO^T
+    dst = pt * (dpt - delta[:, :, None, :])  # dS = P (dP - rowsum(dO O)), transposed
+    return jnp.einsum("bhkq,bhkd->bqhd", dst, kt), jnp.einsum("bhkq,bqhd->bhkd", dst, q), dvt
 
 
-def _blocks(a, n, rows, fill):
-    """(B, H, T, ...) -> (n, B, H, rows, ...): T padded with ``fill`` to n * rows, then split into blocks."""
-    B, H, T = a.shape[:3]
-    pad = [(0, 0)] * a.ndim
-    pad[2] = (0, n * rows - T)
-    a = jnp.pad(a, pad, constant_values=fill).reshape(B, H, n, rows, *a.shape[3:])
-    return jnp.moveaxis(a, 2, 0)
+def _block_start(i, rows, T):
+    """Block i covers rows [start, start + rows); the last block is shifted back to end at row T (it may overlap)."""
+    return jnp.minimum(i * rows, T - rows)
 
 
-def _unblocks(a, T):
-    """Inverse of ``_blocks``: (n, B, H, rows, ...) -> (B, H, T, ...)."""
-    a = jnp.moveaxis(a, 0, 2)
-    return a.reshape(*a.shape[:2], -1, *a.shape[4:])[:, :, :T]
+def attend(qs, kt, vt, causal, mask, rows):
+    """Forward, ``rows`` query rows at a time: (O (B, T, H, dh), lse (B, H, T), qs, kt, vt).
 
-
-def attend(qs, k, v, causal, mask, rows):
-    """Forward over blocks of ``rows`` query rows. qs = Q / sqrt(dh): (B, H, T, dh) -> (O (B, H, T, dh), lse (B, H, T))."""
-    T = qs.shape[2]
-    n = -(-T // rows)
-    if n == 1:
-        return _forward_block(qs, k, v, jnp.arange(T), causal, mask)
-
-    def body(_, xs):
-        q_blk, i = xs
-        return None, _forward_block(q_blk, k, v, i * rows + jnp.arange(rows), causal, mask)
-
-    _, (o, lse) = lax.scan(body, None, (_blocks(qs, n, rows, 0), jnp.arange(n)))
-    return _unblocks(o, T), _unblocks(lse, T)
-
-
-def attend_backward(qs, k, v, o, lse, do, causal, mask, rows):
-    """(dQs, dK, dV), each of its input's shape, accumulating dK and dV over blocks of query rows.
-
-    Padded query rows get lse = +inf (so P = 0) and dO = 0: they add nothing.
+    qs = Q / sqrt(dh) (B, T, H, dh); kt, vt = K^T, V^T (B, H, S, dh). qs, kt
+    and vt ride through the loop that reads them and come back out: caching the
+    loop's outputs, not its inputs, spares XLA a second copy of each. Rows
+    that two blocks share (the last block, shifted back) are computed twice,
+    identically.
     """
-    T = qs.shape[2]
-    delta = jnp.sum(do * o, axis=-1)  # D_i = dO_i . O_i  (B, H, T)
-    n = -(-T // rows)
-    if n == 1:
-        return _backward_block(qs, k, v, do, lse, delta, jnp.arange(T), causal, mask)
+    B, T, H, _ = qs.shape
+    if rows >= T:
+        return (*_forward_block(qs, kt, vt, 0, causal, mask), qs, kt, vt)
 
-    def body(carry, xs):
-        dk, dv = carry
-        q_blk, do_blk, lse_blk, delta_blk, i = xs
-        dq_blk, dk_i, dv_i = _backward_block(q_blk, k, v, do_blk, lse_blk, delta_blk, i * rows + jnp.arange(rows),
-                                             causal, mask)
-        return (dk + dk_i, dv + dv_i), dq_blk
+    def body(i, carry):
+        qs, kt, vt, o, lse = carry
+        start = _block_start(i, rows, T)
+        o_b, lse_b = _forward_block(lax.dynamic_slice_in_dim(qs, start, rows, 1), kt, vt, start, causal, mask)
+        return (qs, kt, vt, lax.dynamic_update_slice_in_dim(o, o_b, start, 1),
+                lax.dynamic_update_slice_in_dim(lse, lse_b, start, 2))
 
-    xs = (_blocks(qs, n, rows, 0), _blocks(do, n, rows, 0), _blocks(lse, n, rows, jnp.inf),
-          _blocks(delta, n, rows, 0), jnp.arange(n))
-    (dk, dv), dq = lax.scan(body, (jnp.zeros_like(k), jnp.zeros_like(v)), xs)
-    return _unblocks(dq, T), dk, dv
+    o, lse = jnp.zeros_like(qs), jnp.zeros((B, H, T), qs.dtype)
+    qs, kt, vt, o, lse = lax.fori_loop(0, -(-T // rows), body, (qs, kt, vt, o, lse))
+    return o, lse, qs, kt, vt
+
+
+def attend_backward(qs, kt, vt, o, lse, do, causal, mask, rows):
+    """(dQs (B, T, H, dh), dK^T, dV^T (B, H, S, dh)): dQs a block of rows at a time, dK and dV summed over blocks.
+
+    Every cached input enters the loop together with dO, and the loop's sums
+    start from the first block (not from zeros): nothing here depends on
+    forward values alone, so XLA cannot schedule the recomputation, or a
+    buffer of zeros, early and hold it through the rest of the forward pass.
+    In the last block, rows an earlier block already did get dO = 0 and
+    D = 0 (so dS = 0 there: no second contribution) and keep their dQ.
+    """
+    T = qs.shape[1]
+    delta = jnp.einsum("bthd,bthd->bht", do, o)  # D_i = dO_i . O_i  (B, H, T)
+    if rows >= T:
+        return _backward_block(qs, kt, vt, do, lse, delta, 0, causal, mask)
+
+    def body(i, carry):
+        (qs, kt, vt, do, lse, delta), (dq, dkt, dvt) = carry[:6], carry[6:]
+        start = _block_start(i, rows, T)
+        cut = lambda a, axis=1: lax.dynamic_slice_in_dim(a, start, rows, axis)  # noqa: E731
+        fresh = start + jnp.arange(rows) >= i * rows  # rows no earlier block has done
+        do_b = jnp.where(fresh[None, :, None, None], cut(do), 0)
+        delta_b = jnp.where(fresh[None, None, :], cut(delta, 2), 0)
+        dq_b, dkt_b, dvt_b = _backward_block(cut(qs), kt, vt, do_b, cut(lse, 2), delta_b, start, causal, mask)
+        dq_b = jnp.where(fresh[None, :, None, None], dq_b, cut(dq))
+        first = i == 0  # the sums start from block 0's terms; the initial dkt, dvt are placeholders
+        return (*carry[:6], lax.dynamic_update_slice_in_dim(dq, dq_b, start, 1), jnp.where(first, dkt_b, dkt + dkt_b),
+                jnp.where(first, dvt_b, dvt + dvt_b))
+
+    # placeholders made from dO (every row of dq is overwritten; dK^T, dV^T are ignored at block 0): a copy of kt
+    # or a constant would depend on no backward value, and XLA would make it during the forward pass
+    later = jnp.broadcast_to(delta[:, :, :1, None], kt.shape)
+    carry = lax.fori_loop(0, -(-T // rows), body, (qs, kt, vt, do, lse, delta, do, later, later))
+    return carry[6:]
 
 
 def _heads(a, H):
-    """(B, T, H dh) -> (B, H, T, dh)."""
-    B, T, HD = a.shape
-    return a.reshape(B, T, H, HD // H).transpose(0, 2, 1, 3)
+    """(B, T, H dh) -> (B, T, H, dh): a reshape, no copy."""
+    return a.reshape(*a.shape[:2], H, a.shape[2] // H)
 
 
 def _merge(a):
-    """(B, H, T, dh) -> (B, T, H dh)."""
-    B, H, T, dh = a.shape
-    return a.transpose(0, 2, 1, 3).reshape(B, T, H * dh)
+    """(B, T, H, dh) -> (B, T, H dh)."""
+    return a.reshape(*a.shape[:2], -1)
 
 
 def _bias(b, ndim):
@@ -307,20 +330,21 @@ class MultiHeadAttention(Layer):
     def forward(self, params, x):
         """x: (B, T, D) (or the tuple of the class docstring) -> y: (B, T, D).
 
-        cache: (x, context or None, Q / sqrt(dh), K, V (B, H, ., dh), O (B, T, H dh), lse (B, H, T), mask).
+        cache: (x, context or None, Q / sqrt(dh) (B, T, H, dh), K^T and V^T (B, H, S, dh), O (B, T, H dh),
+        lse (B, H, T), mask).
         """
         x, c, mask = self._unpack(params, x)
         H = self.num_heads
         B, T, D = x.shape
         dh = self._dh(D)
         qs = _heads(self._project(params, x, "Wq", "bq"), H) * jnp.asarray(1 / math.sqrt(dh), x.dtype)
-        k = _heads(self._project(params, c, "Wk", None), H)
-        v = _heads(self._project(params, c, "Wv", "bv"), H)
+        kt = jnp.swapaxes(_heads(self._project(params, c, "Wk", None), H), 1, 2)
+        vt = jnp.swapaxes(_heads(self._project(params, c, "Wv", "bv"), H), 1, 2)
         rows = _rows_per_block(B, H, T, c.shape[1], x.dtype.itemsize, self.block_size)
-        o, lse = attend(qs, k, v, self.causal, mask, rows)
+        o, lse, qs, kt, vt = attend(qs, kt, vt, self.causal, mask, rows)
         om = _merge(o)
         y = self._project(params, om, "Wo", "bo")
-        return y, (x, c if self.cross else None, qs, k, v, om, lse, mask)
+        return y, (x, c if self.cross else None, qs, kt, vt, om, lse, mask)
 
     def backward(self, params, cache, dy):
         """Output projection (BP2-BP4 of a Dense), the attention backward of the module docstring, then Q/K/V.
@@ -335,7 +359,7 @@ class MultiHeadAttention(Layer):
         P is recomputed from Q, K and the cached lse, a block of query rows at a
         time. dy: (B, T, D); returns (dparams, dx) with dx of the input's structure.
         """
-        x, c, qs, k, v, om, lse, mask = cache
+        x, c, qs, kt, vt, om, lse, mask = cache
         cross = c is not None
         c = c if cross else x
         H = self.num_heads
@@ -344,9 +368,9 @@ class MultiHeadAttention(Layer):
         grads = {"Wo": _flat(om).T @ _flat(dy)}
         do = _heads(dy @ params["Wo"].T, H)
         rows = _rows_per_block(B, H, T, c.shape[1], x.dtype.itemsize, self.block_size)
-        dqs, dk, dv = attend_backward(qs, k, v, _heads(om, H), lse, do, self.causal, mask, rows)
+        dqs, dkt, dvt = attend_backward(qs, kt, vt, _heads(om, H), lse, do, self.causal, mask, rows)
         dq = _merge(dqs) * jnp.asarray(1 / math.sqrt(dh), x.dtype)  # Q = x Wq + bq enters S through Q / sqrt(dh)
-        dk, dv = _merge(dk), _merge(dv)
+        dk, dv = _merge(jnp.swapaxes(dkt, 1, 2)), _merge(jnp.swapaxes(dvt, 1, 2))
         grads.update(Wq=_flat(x).T @ _flat(dq), Wk=_flat(c).T @ _flat(dk), Wv=_flat(c).T @ _flat(dv))
         if self.use_bias:
             grads.update(bq=jnp.sum(_flat(dq), axis=0), bv=jnp.sum(_flat(dv), axis=0), bo=jnp.sum(_flat(dy), axis=0))
