@@ -34,8 +34,8 @@ MAY_IMPORT = {
     "training": {"layers", "backprop.py", "verify", "reference"},
     "cli": {"layers", "backprop.py", "models.py", "verify", "training", "reference"},
 }
-# the layer support files that have no reference twin: the protocol and the window geometry
-LAYER_SUPPORT = {"__init__", "base", "window"}
+# the layer support files that have no reference twin: the protocol, the window geometry, the attention kernel
+LAYER_SUPPORT = {"__init__", "base", "window", "flash"}
 # the reference's own modules: dispatch + taps, and the jax.grad entry points
 REFERENCE_SUPPORT = {"__init__", "dispatch", "grad"}
 
