@@ -11,13 +11,17 @@ import jax.numpy as jnp
 from manualbp.layers.activations import ReLU, Tanh
 from manualbp.layers.conv import Conv2D
 from manualbp.layers.dense import Dense
+from manualbp.layers.dropout import with_dropout_key
 from manualbp.layers.embedding import Embedding
 from manualbp.layers.heads import SoftmaxCrossEntropy
 from manualbp.layers.lstm import LSTM
+from manualbp.layers.norm import LayerNorm
 from manualbp.layers.pool import MaxPool2D
+from manualbp.layers.positional import PositionalEmbedding
 from manualbp.layers.recurrent import RNN
 from manualbp.layers.reshape import Flatten
 from manualbp.layers.sequential import Sequential
+from manualbp.layers.transformer import TransformerBlock
 
 
 class Builtin(NamedTuple):
@@ -84,8 +88,22 @@ def cnn() -> Builtin:
                    "flatten -> dense 10, softmax cross-entropy")
 
 
+def gpt() -> Builtin:
+    vocab, steps, features = 13, 8, 16
+    model = Sequential(Embedding(vocab, features), PositionalEmbedding(steps, features),
+                       TransformerBlock(features, 2, causal=True, dropout=0.1),
+                       TransformerBlock(features, 2, causal=True, dropout=0.1), LayerNorm(), Dense(vocab))
+    # the dropout masks come from a fixed key, so the manual and the jax.grad pass drop the same units
+    return Builtin(with_dropout_key(model, jax.random.key(0)), SoftmaxCrossEntropy(), (steps,),
+                   _token_sequence_batch(vocab, steps, vocab),
+                   "GPT: token + positional embedding (13 ids, 16 features) -> 2 pre-norm causal transformer blocks "
+                   "(2 heads, MLP 64, GELU, dropout 0.1 with a fixed key) -> LayerNorm -> Dense 13 at every step, "
+                   "softmax cross-entropy with a padding mask")
+
+
 # name -> builder; other files' models are added to this table
 MODELS: dict[str, Callable[[], Builtin]] = {"mlp": mlp, "rnn": rnn, "lstm": lstm, "cnn": cnn}
+MODELS["gpt"] = gpt
 
 
 def get(name: str) -> Builtin:
