@@ -23,6 +23,8 @@ CALLS_REFERENCE = {
     "manualbp/cli/benchmarks/cnn.py",
     "manualbp/cli/benchmarks/mlp.py",
     "manualbp/cli/benchmarks/recurrent.py",
+    "manualbp/cli/benchmarks/attention.py",
+    "manualbp/cli/benchmarks/gpt.py",
 }
 
 # floor plan: what each part of manualbp may import (besides itself); imports point down

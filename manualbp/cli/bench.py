@@ -12,6 +12,8 @@ BENCHES = {
     "mlp": "manualbp.cli.benchmarks.mlp",
     "cnn": "manualbp.cli.benchmarks.cnn",
     "recurrent": "manualbp.cli.benchmarks.recurrent",  # RNN and LSTM
+    "attention": "manualbp.cli.benchmarks.attention",  # one attention layer, T = 128 ... 1024
+    "gpt": "manualbp.cli.benchmarks.gpt",
 }
 
 

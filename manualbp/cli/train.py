@@ -192,6 +192,7 @@ def run(args) -> int:
     }
     if data.task == "regression":
         summary["baseline_mse"] = datasets.adding_baseline_mse(data)
+    summary["test_extra"] = {name: zoo.extra_metrics(task, r.params, data) for name, r in paths.items()}  # e.g. sort
     if args.grad == "twin":
         summary["divergence"] = result.divergence.to_dict()
     if args.plot:
@@ -203,6 +204,8 @@ def run(args) -> int:
         return 0
     for i, (name, r) in enumerate(paths.items()):
         print(_metric_line("" if i == 0 else f"{name} ", metric, r.test[metric]))
+        for extra, value in summary["test_extra"][name].items():
+            print(_metric_line("" if i == 0 else f"{name} ", extra, value))
     if data.task == "regression":
         print(f"baseline (predict the mean) test mse: {summary['baseline_mse']:.4f}")
     if args.grad == "twin":

@@ -17,7 +17,7 @@ import optax
 from manualbp.backprop import loss_and_grads
 from manualbp.reference.dispatch import apply as reference_apply
 from manualbp.reference.grad import loss_grads_outputs
-from manualbp.training.data import Dataset
+from manualbp.training.data import Dataset, as_inputs
 from manualbp.training.twin import parameter_differences
 from manualbp.verify.tolerances import Tolerance
 
@@ -91,7 +91,7 @@ def _make_step(model, head, optimizers: tuple, task: str, tol: Tolerance | None)
 def evaluate(model, params, data: Dataset, grad: str = "manual") -> float:
     """Test accuracy (classification) or test MSE (regression) of ``params``, via the manual or reference forward."""
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
-    x = jnp.asarray(data.x_test, dtype)
+    x = jnp.asarray(as_inputs(data.x_test, dtype))  # token ids stay integers
     y = jnp.asarray(data.y_test if data.task == "classification" else data.y_test.astype(dtype))
     out = _FORWARDS[grad](model, params, x)
     return float(_metric(data.task, out, y))

@@ -19,7 +19,7 @@ import optax
 
 from manualbp.training import checkpoint as ckpt
 from manualbp.training import parallel
-from manualbp.training.data import Batches, Dataset
+from manualbp.training.data import Batches, Dataset, as_inputs
 from manualbp.training.step import GRADS, evaluate, make_step, metric_name, param_names
 from manualbp.training.twin import Divergence
 from manualbp.verify.tolerances import tolerance
@@ -72,7 +72,8 @@ def _check_run(model, head, params, data: Dataset, steps, batch_size, grads):
     # the head's own shape/dtype checks, traced (no compilation), then the class range on the host
     dtype = leaves[0].dtype
     out = jax.eval_shape(lambda p, x: model.forward(p, x)[0], params,
-                         jax.ShapeDtypeStruct((len(data.y_train), *data.input_shape), dtype))
+                         jax.ShapeDtypeStruct((len(data.y_train), *data.input_shape),
+                                              as_inputs(data.x_train[:0], dtype).dtype))
     y_dtype = data.y_train.dtype if data.task == "classification" else dtype
     jax.eval_shape(head.forward, out, jax.ShapeDtypeStruct(data.y_train.shape, y_dtype))
     if data.task == "classification" and len(out.shape) >= 2:
@@ -91,7 +92,7 @@ def _run(model, head, params, data, *, optimizers, steps, batch_size, key, tol, 
     t0 = time.perf_counter()
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
     task = data.task
-    x_all = np.asarray(data.x_train, dtype)
+    x_all = as_inputs(data.x_train, dtype)  # token ids stay integers
     y_all = np.asarray(data.y_train) if task == "classification" else np.asarray(data.y_train, dtype)
     state = {path: (params, jax.jit(opt.init)(params)) for path, opt in optimizers.items()}
     position, start, past = (0, 0), 0, {}
