@@ -81,14 +81,12 @@ def test_with_dropout_key_gives_every_dropout_its_own_mask():
     assert not evaluation.layers[0].training and evaluation.layers[0].key is None
 
 
-def test_dropout_model_against_reference_and_finite_differences():
+def test_dropout_model_finite_differences():
     model = mbp.with_dropout_key(
         mbp.Sequential(mbp.Dense(8), mbp.Dropout(0.25), mbp.Tanh(), mbp.Dense(3)), jax.random.key(5))
     params, _ = model.init(jax.random.key(0), (5,), jnp.float64)
     x, y = _normal(4, (6, 5)), jnp.arange(6) % 3
-    head = mbp.SoftmaxCrossEntropy()
-    assert mbp.compare(model, head, params, x, y).ok
-    report = mbp.gradcheck(model, head, params, x, y)
+    report = mbp.gradcheck(model, mbp.SoftmaxCrossEntropy(), params, x, y, k=4)
     assert report.ok, str(report)
 
 
@@ -99,8 +97,11 @@ def test_a_training_step_binds_a_traced_key_on_both_paths():
     params, _ = model.init(jax.random.key(0), (4,), jnp.float64)
     x, y = _normal(5, (8, 4)), jnp.arange(8) % 3
 
+    traces = []
+
     @jax.jit
     def both(params, key):
+        traces.append(key)  # runs once per trace, not per call
         bound = mbp.with_dropout_key(model, key)
         manual = mbp.value_and_grad(bound, head, jit=False, check=False)(params, x, y)
         return manual, ref.value_and_grad(bound, head, jit=False)(params, x, y)
@@ -110,7 +111,7 @@ def test_a_training_step_binds_a_traced_key_on_both_paths():
         assert jnp.allclose(lm, lr, rtol=1e-14)
         for a, b in zip(jax.tree_util.tree_leaves(gm), jax.tree_util.tree_leaves(gr)):
             assert jnp.allclose(a, b, rtol=1e-12, atol=1e-15)
-    assert both._cache_size() == 1
+    assert len(traces) == 1
     with pytest.raises(TypeError, match=r"Dropout: a layer bound to a traced key cannot be hashed"):
         jax.jit(lambda k: hash(mbp.Dropout(0.5, key=k)))(jax.random.key(0))
 

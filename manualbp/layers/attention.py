@@ -65,7 +65,10 @@ class MultiHeadAttention(Layer):
         values from context (B, S, Dc). Otherwise context = x.
       key_mask: the input ends with a bool mask (B, S), True = a real key.
       block_size: query rows per block in forward and backward; None picks
-        rows so that one (B, H, rows, S) temporary stays within 4 MiB.
+        rows so that one (B, H, rows, S) temporary stays within 4 MiB, and at
+        most half of T (so the backward is a loop, see ``flash``). A block_size
+        >= T runs one block without a loop, and XLA may then compute the
+        backward's (B, H, S, T) products during the forward pass and hold them.
 
     Input: x (B, T, D), or the tuple (x, [context], [mask]) as set by
     ``cross`` and ``key_mask``; output y (B, T, D). dx is x's structure:
