@@ -1,7 +1,7 @@
 """Models shaped for the training data of ``manualbp.training.data``, with the settings that reach the targets.
 
-``task(model, data)`` pairs a model name (mlp, cnn, rnn, lstm) with a data
-name (digits, spirals, adding) and returns the model, its head, the loader
+``task(model, data)`` pairs a model name (mlp, cnn, rnn, lstm, gpt) with a data
+name (digits, spirals, adding, sort) and returns the model, its head, the loader
 and default hyperparameters. Shapes (batch excluded):
 
 - mlp / digits: x (64,) standardized pixels -> Dense(256) ReLU Dense(10) -> logits (10,)
