@@ -8,7 +8,7 @@ in float64, against central finite differences (``mbp.gradcheck``). Every key ma
 no query row is fully masked (that case has its own test).
 
 Run: .venv/bin/python scripts/attention_configs.py [--n 64] [--seed 0]
-Prints one line per failing configuration and a summary; exits 1 if any failed.
+Prints one line per configuration (a failing one's report after it) and a summary; exits 1 if any failed.
 """
 
 from __future__ import annotations
@@ -80,10 +80,11 @@ def main() -> int:
         reports = [mbp.compare(model, HEAD, params, inputs, target, jit=cfg["jit"])]
         if cfg["dtype"] == jnp.float64:
             reports.append(mbp.gradcheck(model, HEAD, params, inputs, target, k=4))
-        for report in reports:
-            if not report.ok:
-                failed += 1
-                print(f"FAIL {describe(cfg)}\n{report}")
+        bad = [report for report in reports if not report.ok]
+        failed += len(bad)
+        print(f"{i + 1:3d} {'FAIL' if bad else 'ok  '} {describe(cfg)}", flush=True)
+        for report in bad:
+            print(report, flush=True)
         layer = cfg["layer"]
         seen["heads"].add(layer.num_heads)
         seen["T"].add(cfg["T"])
