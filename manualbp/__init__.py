@@ -21,6 +21,7 @@ from manualbp.layers import (
     Conv2D,
     ConvTranspose2D,
     Dense,
+    Dropout,
     Elementwise,
     Embedding,
     Flatten,
@@ -32,16 +33,22 @@ from manualbp.layers import (
     LeakyReLU,
     MaxPool2D,
     MeanSquaredError,
+    MultiHeadAttention,
     Multiply,
     Parallel,
+    PositionalEmbedding,
     ReLU,
     Residual,
     Sequential,
     Sigmoid,
     SigmoidBinaryCrossEntropy,
+    Softmax,
     SoftmaxCrossEntropy,
     Softplus,
     Tanh,
+    TransformerBlock,
+    with_dropout_key,
+    without_dropout,
 )
 from manualbp.training import data
 from manualbp.training.clip import clip_by_global_norm
@@ -67,4 +74,6 @@ __all__ = [
     "GRU", "Bidirectional", "Conv1D", "ConvTranspose2D", "GlobalAvgPool2D", "GlobalMaxPool2D",
     "as_function", "check_vjp",
     "register_reference",
+    "Dropout", "MultiHeadAttention", "PositionalEmbedding", "Softmax", "TransformerBlock", "with_dropout_key",
+    "without_dropout",
 ]

@@ -55,7 +55,16 @@ def check_values(model, head, params, x, y, mask=None):
     if is_concrete(x) and hasattr(model, "check_input"):
         model.check_input(params, x)
     if is_concrete((y, mask)) and hasattr(head, "check_values"):
-        head.check_values(_forward_output.eval_shape(model, params, x), y, mask)
+        head.check_values(_output_shape(model, params, x), y, mask)
+
+
+def _output_shape(model, params, x):
+    """The model's output shape and dtype, by abstract evaluation (cached per model, unless it cannot be hashed)."""
+    try:
+        hash(model)
+    except TypeError:  # e.g. a Dropout bound to a traced key inside the user's jit
+        return jax.eval_shape(lambda p, v: model.forward(p, v)[0], params, x)
+    return _forward_output.eval_shape(model, params, x)
 
 
 def value_and_grad(model, head, *, jit: bool = True, check: bool = True):

@@ -20,14 +20,18 @@ from manualbp.layers.activations import ReLU, Tanh
 from manualbp.layers.bidirectional import Bidirectional
 from manualbp.layers.conv import Conv2D
 from manualbp.layers.dense import Dense
+from manualbp.layers.dropout import with_dropout_key
 from manualbp.layers.embedding import Embedding
 from manualbp.layers.gru import GRU
 from manualbp.layers.heads import SoftmaxCrossEntropy
 from manualbp.layers.lstm import LSTM
+from manualbp.layers.norm import LayerNorm
 from manualbp.layers.pool import MaxPool2D
+from manualbp.layers.positional import PositionalEmbedding
 from manualbp.layers.recurrent import RNN
 from manualbp.layers.reshape import Flatten
 from manualbp.layers.sequential import Sequential
+from manualbp.layers.transformer import TransformerBlock
 
 WIDTH, CLASSES, STEPS = 16, 10, 6  # the shapes the built-in models share
 
@@ -113,8 +117,18 @@ def gru() -> Builtin:
                    "Dense 10, softmax cross-entropy")
 
 
+def gpt() -> Builtin:
+    blocks = [TransformerBlock(WIDTH, 2, causal=True, dropout=0.1) for _ in range(2)]
+    model = Sequential(Embedding(WIDTH, WIDTH), PositionalEmbedding(STEPS, WIDTH), *blocks, LayerNorm(), Dense(CLASSES))
+    # the dropout masks come from a fixed key, so the manual and the jax.grad pass drop the same units
+    return Builtin(with_dropout_key(model, jax.random.key(0)), SoftmaxCrossEntropy(), (STEPS,), _token_sequence_batch,
+                   "GPT: token + positional embedding (16 ids, 16 features) -> 2 pre-norm causal transformer blocks "
+                   "(2 heads, MLP 64, GELU, dropout 0.1 with a fixed key) -> LayerNorm -> Dense 10 at every step, "
+                   "softmax cross-entropy with a padding mask")
+
+
 # name -> builder; other files' models are added to this table
-MODELS: dict[str, Callable[[], Builtin]] = {"mlp": mlp, "rnn": rnn, "lstm": lstm, "gru": gru, "cnn": cnn}
+MODELS: dict[str, Callable[[], Builtin]] = {"mlp": mlp, "rnn": rnn, "lstm": lstm, "gru": gru, "cnn": cnn, "gpt": gpt}
 
 
 def get(name: str) -> Builtin:

@@ -24,11 +24,13 @@ if __name__ == "reference":  # from the repo's root: be the installed twin itsel
 else:
     from . import (  # noqa: F401  (registers the rules)
         activations,
+        attention,
         bidirectional,
         conv,
         conv1d,
         conv_transpose,
         dense,
+        dropout,
         embedding,
         global_pool,
         gru,
@@ -37,10 +39,13 @@ else:
         nodes,
         norm,
         pool,
+        positional,
         recurrent,
         reshape,
         residual,
         sequential,
+        softmax,
+        transformer,
     )
     from .dispatch import NoTaps, Taps, apply, forward, forward_eval, head_forward
     from .grad import loss_grads_outputs, trace, value_and_grad, vjp_layer

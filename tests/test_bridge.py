@@ -62,6 +62,11 @@ EXAMPLES = {
     mbp.ConvTranspose2D: [lambda dt: (mbp.ConvTranspose2D(2, 3, stride=2, padding="SAME"), _normal((2, 3, 3, 2), dt))],
     mbp.GlobalAvgPool2D: [lambda dt: (mbp.GlobalAvgPool2D(), _normal((2, 3, 3, 2), dt))],
     mbp.GlobalMaxPool2D: [lambda dt: (mbp.GlobalMaxPool2D(), _normal((2, 3, 3, 2), dt))],
+    mbp.Softmax: [lambda dt: (mbp.Softmax(-1), _normal((3, 4), dt))],
+    mbp.Dropout: [lambda dt: (mbp.Dropout(0.25, key=jax.random.key(0)), _normal((3, 4), dt))],
+    mbp.PositionalEmbedding: [lambda dt: (mbp.PositionalEmbedding(5, 4), _normal((2, 3, 4), dt))],
+    mbp.MultiHeadAttention: [lambda dt: (mbp.MultiHeadAttention(2, causal=True), _normal((2, 3, 4), dt))],
+    mbp.TransformerBlock: [lambda dt: (mbp.TransformerBlock(4, 2), _normal((2, 3, 4), dt))],
 }
 CASES = [pytest.param(make, id=f"{t.__name__}-{i}") for t, makes in EXAMPLES.items() for i, make in enumerate(makes)]
 

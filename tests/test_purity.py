@@ -25,6 +25,8 @@ CALLS_REFERENCE = {
     "manualbp/cli/benchmarks/conv_layers.py",
     "manualbp/cli/benchmarks/mlp.py",
     "manualbp/cli/benchmarks/recurrent.py",
+    "manualbp/cli/benchmarks/attention.py",
+    "manualbp/cli/benchmarks/gpt.py",
 }
 
 # the manual modules that may call autodiff, and exactly what: check_vjp differentiates the USER's functions (fn and
@@ -44,8 +46,8 @@ MAY_IMPORT = {
     "training": {"layers", "backprop.py", "verify", "reference"},
     "cli": {"layers", "backprop.py", "models.py", "verify", "training", "reference"},
 }
-# the layer support files that have no reference twin: the protocol and the window geometry
-LAYER_SUPPORT = {"__init__", "base", "window"}
+# the layer support files that have no reference twin: the protocol, the window geometry, the attention kernel
+LAYER_SUPPORT = {"__init__", "base", "window", "flash"}
 # the reference's own modules: dispatch + taps, and the jax.grad entry points
 REFERENCE_SUPPORT = {"__init__", "dispatch", "grad"}
 

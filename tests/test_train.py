@@ -107,14 +107,15 @@ def test_unknown_names():
 
 
 def test_every_task_fits_its_data():
-    outputs = {"digits": (10,), "spirals": (2,), "adding": (1,)}
-    inputs = {"mlp": (64,), "cnn": (8, 8, 1), "rnn": (8, 8), "lstm": (8, 8), "gru": (8, 8)}
+    outputs = {"digits": (10,), "spirals": (2,), "adding": (1,), "sort": (11, 11)}
+    inputs = {"mlp": (64,), "cnn": (8, 8, 1), "rnn": (8, 8), "lstm": (8, 8), "gru": (8, 8), "gpt": (8, 8)}
     for (model_name, data_name), make in zoo.TASKS.items():
-        shape = {"digits": inputs[model_name], "spirals": (2,), "adding": (50, 2)}[data_name]
+        shape = {"digits": inputs[model_name], "spirals": (2,), "adding": (50, 2), "sort": (11,)}[data_name]
+        dtype = jnp.int32 if data_name == "sort" else jnp.float32  # sort: token ids
         model = make().model
         # traced, not run: init and forward of every task model on one example
-        def forward(k, model=model, shape=shape):
-            return model.forward(model.init(k, shape)[0], jnp.zeros((1, *shape), jnp.float32))[0]
+        def forward(k, model=model, shape=shape, dtype=dtype):
+            return model.forward(model.init(k, shape)[0], jnp.zeros((1, *shape), dtype))[0]
 
         out = jax.eval_shape(forward, jax.random.key(0))
         assert out.shape[1:] == outputs[data_name], (model_name, data_name)

@@ -14,6 +14,8 @@ BENCHES = {
     "cnn": "manualbp.cli.benchmarks.cnn",
     "recurrent": "manualbp.cli.benchmarks.recurrent",  # RNN, LSTM and GRU
     "conv-layers": "manualbp.cli.benchmarks.conv_layers",  # Conv1D and ConvTranspose2D
+    "attention": "manualbp.cli.benchmarks.attention",  # one attention layer, T = 128 ... 1024
+    "gpt": "manualbp.cli.benchmarks.gpt",
 }
 
 

@@ -27,7 +27,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``train`` subcommand to ``subparsers`` (an ``argparse`` subparsers action)."""
     from manualbp.training.zoo import DATA_NAMES, MODEL_NAMES, OPTIMIZERS
 
-    p = subparsers.add_parser("train", help="train a model on digits/spirals/adding (manual, jax.grad, or twin)",
+    p = subparsers.add_parser("train", help="train a model on digits/spirals/adding/sort (manual, jax.grad, or twin)",
                               description="Train a built-in model; unset settings take the task's defaults "
                                           "(see manualbp.training.zoo).")
     p.__class__ = JsonErrors  # usage errors as {"error": ...} on stdout under --json

@@ -7,6 +7,7 @@ def summary(args, task, data, paths: dict, twin, wall_s: float) -> dict:
     """Everything the run reports; ``ok`` is False when a twin run's verdict is DIVERGED."""
     from manualbp.cli.benchmarks.timing import machine
     from manualbp.training import data as datasets
+    from manualbp.training import zoo
     from manualbp.training.train import metric_name
 
     metric = metric_name(data)
@@ -17,7 +18,8 @@ def summary(args, task, data, paths: dict, twin, wall_s: float) -> dict:
         "steps": primary.steps, "resumed_from": primary.resumed_from, "batch_size": args.batch_size or task.batch_size,
         "optimizer": args.optimizer or task.optimizer, "lr": args.lr or task.lr, "clip": args.clip, "dtype": args.dtype,
         "seed": args.seed, "devices": args.devices or 1, "wall_s": wall_s, "metric": metric,
-        "test": {name: {metric: r.test[metric]} for name, r in paths.items()},
+        "test": {name: {metric: r.test[metric], **zoo.extra_metrics(task, r.params, data)}  # e.g. sort: lists sorted
+                 for name, r in paths.items()},
         "final_loss": {name: float(r.history["loss"][-1]) if len(r.history["loss"]) else None
                        for name, r in paths.items()},
         "machine": machine(),
@@ -32,10 +34,9 @@ def summary(args, task, data, paths: dict, twin, wall_s: float) -> dict:
 
 
 def text(out: dict, divergence) -> str:
-    """The human-readable lines: test metric per path, baseline, twin verdict, steps and time."""
-    metric = out["metric"]
-    lines = [f"{'' if i == 0 else name + ' '}test {metric}: {values[metric]:.4f}"
-             for i, (name, values) in enumerate(out["test"].items())]
+    """The human-readable lines: test metrics per path, baseline, twin verdict, steps and time."""
+    lines = [f"{'' if i == 0 else name + ' '}test {metric}: {value:.4f}"
+             for i, (name, values) in enumerate(out["test"].items()) for metric, value in values.items()]
     if "baseline_mse" in out:
         lines.append(f"baseline (predict the mean) test mse: {out['baseline_mse']:.4f}")
     if divergence is not None:

@@ -6,12 +6,14 @@ layers' forwards written with library ops and differentiated by jax.grad.
 """
 
 from manualbp.layers.activations import GELU, Elementwise, Identity, LeakyReLU, ReLU, Sigmoid, Softplus, Tanh
+from manualbp.layers.attention import MultiHeadAttention
 from manualbp.layers.base import Layer
 from manualbp.layers.bidirectional import Bidirectional
 from manualbp.layers.conv import Conv2D
 from manualbp.layers.conv1d import Conv1D
 from manualbp.layers.conv_transpose import ConvTranspose2D
 from manualbp.layers.dense import Dense
+from manualbp.layers.dropout import Dropout, with_dropout_key, without_dropout
 from manualbp.layers.embedding import Embedding
 from manualbp.layers.global_pool import GlobalAvgPool2D, GlobalMaxPool2D
 from manualbp.layers.gru import GRU
@@ -20,14 +22,19 @@ from manualbp.layers.lstm import LSTM
 from manualbp.layers.nodes import Add, Multiply
 from manualbp.layers.norm import BatchNorm, LayerNorm
 from manualbp.layers.pool import AvgPool2D, MaxPool2D
+from manualbp.layers.positional import PositionalEmbedding
 from manualbp.layers.recurrent import RNN
 from manualbp.layers.reshape import Flatten
 from manualbp.layers.residual import Residual
 from manualbp.layers.sequential import Parallel, Sequential
+from manualbp.layers.softmax import Softmax
+from manualbp.layers.transformer import TransformerBlock
 
 __all__ = [
     "GELU", "LSTM", "RNN", "Add", "AvgPool2D", "BatchNorm", "Conv2D", "Dense", "Elementwise", "Embedding", "Flatten",
     "Identity", "Layer", "LayerNorm", "LeakyReLU", "MaxPool2D", "MeanSquaredError", "Multiply", "Parallel", "ReLU",
     "Residual", "Sequential", "Sigmoid", "SigmoidBinaryCrossEntropy", "Softplus", "SoftmaxCrossEntropy", "Tanh",
     "GRU", "Bidirectional", "Conv1D", "ConvTranspose2D", "GlobalAvgPool2D", "GlobalMaxPool2D",
+    "Dropout", "MultiHeadAttention", "PositionalEmbedding", "Softmax", "TransformerBlock", "with_dropout_key",
+    "without_dropout",
 ]

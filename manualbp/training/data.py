@@ -7,6 +7,8 @@ Datasets:
   ``layout`` "flat" gives x of shape (N, 64) for an MLP, "image" (N, 8, 8, 1)
   for a CNN (NHWC), "rows" (N, 8, 8) for an RNN reading one row per step.
 - ``spirals()``: two interleaved spirals in the plane, x (N, 2), 2 classes.
+- ``sort_digits(length, digits)``: integer ids (N, 2 length - 1) for a causal
+  transformer: a list of digits, then the list sorted; targets (N, 2 length - 1).
 - ``adding(T)``: the adding problem (Hochreiter & Schmidhuber 1997): x of
   shape (N, T, 2), channel 0 uniform in [0, 1], channel 1 marks two steps
   (one in each half); the target (N, 1) is the sum of the two marked values.
@@ -126,6 +128,52 @@ def adding(T: int = 50, n_train: int = 10000, n_test: int = 1000, seed: int = 0,
     x_te, y_te = _adding_examples(rng, n_test, T)
     return Dataset(f"adding-T{T}", x_tr.astype(dtype), y_tr.astype(dtype), x_te.astype(dtype), y_te.astype(dtype),
                    "regression", 1)
+
+
+def _sort_examples(lists, blank):
+    """(x, y) of the sort task for lists (N, L): x = list + sorted[:-1], y = blank (L - 1 times) + sorted."""
+    n, L = lists.shape
+    ordered = np.sort(lists, axis=1)
+    x = np.concatenate([lists, ordered[:, :-1]], axis=1)
+    y = np.concatenate([np.full((n, L - 1), blank), ordered], axis=1)
+    return x.astype(np.int32), y.astype(np.int32)
+
+
+def sort_digits(length: int = 6, digits: int = 10, n_train: int = 20000, n_test: int = 2000, seed: int = 0) -> Dataset:
+    """Sort a list of digits with a causal model, as minGPT's demo; lists in the test set never occur in training.
+
+    x (N, 2 length - 1) integer ids in [0, digits): the list, then the sorted
+    list without its last element (the model sees the correct prefix,
+    "teacher forcing"); y (N, 2 length - 1) in [0, digits]: the class
+    ``digits`` ("blank": nothing to say yet) while the list is read, then
+    the sorted list. A causal model predicts position t from x[:t + 1], so
+    a sequence predicted right at every position under teacher forcing is
+    also what greedy decoding, one digit at a time, would produce: the
+    test figure ``sequence_accuracy`` is the fraction of test lists sorted
+    exactly. Classes: digits + 1.
+    """
+    if length < 2 or digits < 2:
+        raise ValueError(f"sort_digits: need length >= 2 and digits >= 2, got length {length}, digits {digits}")
+    rng = np.random.default_rng(seed)
+    lists = np.unique(rng.integers(0, digits, (2 * (n_train + n_test), length)), axis=0)
+    if len(lists) < n_train + n_test:
+        raise ValueError(f"sort_digits: only {len(lists)} distinct lists of {length} digits < {digits}, asked for "
+                         f"{n_train + n_test}")
+    lists = lists[rng.permutation(len(lists))[:n_train + n_test]]
+    x, y = _sort_examples(lists, blank=digits)
+    return Dataset(f"sort-{length}x{digits}", x[:n_train], y[:n_train], x[n_train:], y[n_train:], "classification",
+                   digits + 1)
+
+
+def sequence_accuracy(logits, y) -> float:
+    """Fraction of sequences whose every position is predicted right: logits (N, T, C), y (N, T)."""
+    return float(np.mean(np.all(np.argmax(np.asarray(logits), axis=-1) == np.asarray(y), axis=1)))
+
+
+def as_inputs(x, dtype):
+    """x as a model's input: floats in the training dtype; integer ids (token sequences) unchanged."""
+    x = np.asarray(x)
+    return x if np.issubdtype(x.dtype, np.integer) else x.astype(dtype)
 
 
 def adding_baseline_mse(data: Dataset) -> float:

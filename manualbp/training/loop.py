@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from manualbp.training import parallel
-from manualbp.training.data import Batches
+from manualbp.training.data import Batches, as_inputs
 from manualbp.training.running_stats import init_running_stats
 from manualbp.training.step import PathState, make_step
 
@@ -98,7 +98,7 @@ def run(model, head, params, data, *, optimizers: dict, twin: bool, steps: int, 
     """Train from ``params`` (or from ``run_dir``'s checkpoint when it resumes) up to ``steps`` steps."""
     t0 = time.perf_counter()
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
-    x_all = np.asarray(data.x_train, dtype)
+    x_all = as_inputs(data.x_train, dtype)  # token ids stay integers
     y_all = np.asarray(data.y_train) if data.task == "classification" else np.asarray(data.y_train, dtype)
     stats = init_running_stats(model, params)
     state = {path: PathState(params, jax.jit(opt.init)(params), stats) for path, opt in optimizers.items()}

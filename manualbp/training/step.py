@@ -24,7 +24,7 @@ import optax
 
 from manualbp.reference.dispatch import forward_eval as reference_forward_eval
 from manualbp.reference.grad import loss_grads_outputs_stats
-from manualbp.training.data import Dataset
+from manualbp.training.data import Dataset, as_inputs
 from manualbp.training.twin import twin_figures
 
 GRADS = ("manual", "reference")
@@ -143,6 +143,6 @@ _PREDICT = jax.jit(predict, static_argnums=(0, 4))
 def evaluate(model, params, stats, data: Dataset, grad: str = "manual") -> float:
     """Test accuracy (classification) or test MSE (regression), in evaluation mode (running statistics)."""
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
-    x = jnp.asarray(data.x_test, dtype)
+    x = jnp.asarray(as_inputs(data.x_test, dtype))  # token ids stay integers
     y = jnp.asarray(data.y_test if data.task == "classification" else data.y_test.astype(dtype))
     return float(_metric(data.task, _PREDICT(model, params, stats, x, grad), y))

@@ -19,7 +19,7 @@ import optax
 
 from manualbp.backprop import check_values
 from manualbp.training import loop
-from manualbp.training.data import Dataset
+from manualbp.training.data import Dataset, as_inputs
 from manualbp.training.run_dir import RunDir
 from manualbp.training.step import GRADS, check_twin_optimizers, evaluate, metric_name, param_names
 from manualbp.training.twin import Divergence
@@ -78,7 +78,8 @@ def _check_run(model, head, params, data: Dataset, steps, batch_size, grads):
     # the jitted step sees only tracers
     dtype = leaves[0].dtype
     out = jax.eval_shape(lambda p, x: model.forward(p, x)[0], params,
-                         jax.ShapeDtypeStruct((len(data.y_train), *data.input_shape), dtype))
+                         jax.ShapeDtypeStruct((len(data.y_train), *data.input_shape),
+                                              as_inputs(data.x_train[:0], dtype).dtype))
     y_dtype = data.y_train.dtype if data.task == "classification" else dtype
     jax.eval_shape(head.forward, out, jax.ShapeDtypeStruct(data.y_train.shape, y_dtype))
     if data.task == "classification" and len(out.shape) >= 2:
@@ -90,7 +91,7 @@ def _check_run(model, head, params, data: Dataset, steps, batch_size, grads):
                     f"outputs {classes} classes; the labels do not match the head"
                 )
     for x, y in ((data.x_train, data.y_train), (data.x_test, data.y_test)):
-        check_values(model, head, params, jnp.asarray(x), jnp.asarray(y, y_dtype))
+        check_values(model, head, params, jnp.asarray(as_inputs(x, dtype)), jnp.asarray(y, y_dtype))
 
 
 def _split_history(hist: dict, path: str) -> dict:

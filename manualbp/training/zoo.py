@@ -1,7 +1,7 @@
 """Models shaped for the training data of ``manualbp.training.data``, with the settings that reach the targets.
 
-``task(model, data)`` pairs a model name (mlp, cnn, rnn, lstm) with a data
-name (digits, spirals, adding) and returns the model, its head, the loader
+``task(model, data)`` pairs a model name (mlp, cnn, rnn, lstm, gru, gpt) with a data
+name (digits, spirals, adding, sort) and returns the model, its head, the loader
 and default hyperparameters. Shapes (batch excluded):
 
 - mlp / digits: x (64,) standardized pixels -> Dense(256) ReLU Dense(10) -> logits (10,)
@@ -10,6 +10,10 @@ and default hyperparameters. Shapes (batch excluded):
 - rnn, lstm, gru / digits: x (8, 8), one row per step -> RNN/LSTM/GRU(64, last step) Dense(10) -> (10,)
 - mlp / spirals: x (2,) -> Dense(64) tanh Dense(64) tanh Dense(2) -> (2,)
 - rnn, lstm, gru / adding: x (T, 2) -> RNN/LSTM/GRU(64, last step) Dense(1) -> (1,), MeanSquaredError head.
+- gpt / sort: ids (11,) -> Embedding(10, 64) + PositionalEmbedding(11, 64) -> 2 causal TransformerBlocks (4 heads)
+  -> LayerNorm -> Dense(11) at every position -> (11, 11); extra test figure: sequences fully correct.
+- gpt / digits: x (8, 8), one row of pixels per token -> Dense(64) + PositionalEmbedding(8, 64) -> 2 non-causal
+  TransformerBlocks (4 heads) -> LayerNorm -> Flatten -> Dense(10) -> (10,).
 """
 
 from __future__ import annotations
@@ -17,22 +21,28 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from manualbp.layers.activations import ReLU, Tanh
 from manualbp.layers.conv import Conv2D
 from manualbp.layers.dense import Dense
+from manualbp.layers.embedding import Embedding
 from manualbp.layers.gru import GRU
 from manualbp.layers.heads import MeanSquaredError, SoftmaxCrossEntropy
 from manualbp.layers.lstm import LSTM
+from manualbp.layers.norm import LayerNorm
 from manualbp.layers.pool import MaxPool2D
+from manualbp.layers.positional import PositionalEmbedding
 from manualbp.layers.recurrent import RNN
 from manualbp.layers.reshape import Flatten
 from manualbp.layers.sequential import Sequential
+from manualbp.layers.transformer import TransformerBlock
 from manualbp.training import data as datasets
 
-MODEL_NAMES = ("mlp", "cnn", "rnn", "lstm", "gru")
-DATA_NAMES = ("digits", "spirals", "adding")
+MODEL_NAMES = ("mlp", "cnn", "rnn", "lstm", "gru", "gpt")
+DATA_NAMES = ("digits", "spirals", "adding", "sort")
 OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
     "sgd": optax.sgd,
     "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
@@ -51,6 +61,7 @@ class Task(NamedTuple):
     steps: int
     batch_size: int
     description: str
+    extra: Callable | None = None  # (test logits, test labels) -> {name: value}: the task's own test figures
 
 
 def _classifier(model, load, optimizer, lr, steps, batch_size, description):
@@ -59,6 +70,16 @@ def _classifier(model, load, optimizer, lr, steps, batch_size, description):
 
 def _digits(layout, standardize=False):
     return lambda dtype: datasets.digits(layout, dtype, standardize)
+
+
+def _gpt_sort():
+    blocks = [TransformerBlock(64, 4, causal=True) for _ in range(2)]
+    return Sequential(Embedding(10, 64), PositionalEmbedding(11, 64), *blocks, LayerNorm(), Dense(11))
+
+
+def _gpt_digits():
+    blocks = [TransformerBlock(64, 4) for _ in range(2)]
+    return Sequential(Dense(64), PositionalEmbedding(8, 64), *blocks, LayerNorm(), Flatten(), Dense(10))
 
 
 def _cnn():
@@ -96,6 +117,13 @@ TASKS: dict[tuple[str, str], Callable[[], Task]] = {
         Sequential(GRU(64, return_sequences=False), Dense(1)), MeanSquaredError(),
         lambda dtype: datasets.adding(50, dtype=dtype), "adam", 1e-3, 3000, 64,
         "GRU(64) on the adding problem, T=50, last state -> Dense(1)"),
+    ("gpt", "sort"): lambda: Task(
+        _gpt_sort(), SoftmaxCrossEntropy(), lambda dtype: datasets.sort_digits(6, 10), "adam", 1e-3, 3000, 64,
+        "GPT (2 causal blocks, 64 features, 4 heads) sorting 6 digits, a blank while reading then the sorted list",
+        extra=lambda logits, y: {"sequences fully correct": datasets.sequence_accuracy(logits, y)}),
+    ("gpt", "digits"): lambda: _classifier(
+        _gpt_digits(), _digits("rows"), "adam", 1e-3, 2000, 64,
+        "transformer (2 blocks, 64 features, 4 heads) reading the 8 rows of each digit as tokens, flatten -> Dense(10)"),
 }
 
 
@@ -109,6 +137,15 @@ def task(model: str, data: str) -> Task:
         pairs = ", ".join(f"{m}/{d}" for m, d in TASKS)
         raise ValueError(f"model {model!r} does not fit data {data!r}; the pairs are: {pairs}")
     return TASKS[(model, data)]()
+
+
+def extra_metrics(task: Task, params, data) -> dict:
+    """The task's own test figures (e.g. sort: the fraction of test lists sorted exactly), from the manual forward."""
+    if task.extra is None:
+        return {}
+    dtype = jax.tree_util.tree_leaves(params)[0].dtype
+    logits = jax.jit(lambda p, x: task.model.forward(p, x)[0])(params, jnp.asarray(datasets.as_inputs(data.x_test, dtype)))
+    return task.extra(logits, data.y_test)
 
 
 def optimizer(name: str, lr: float) -> optax.GradientTransformation:

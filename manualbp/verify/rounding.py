@@ -48,13 +48,17 @@ from manualbp.layers import (
     Conv2D,
     ConvTranspose2D,
     Dense,
+    Dropout,
     Embedding,
     Flatten,
     GlobalAvgPool2D,
     Identity,
     LayerNorm,
+    MultiHeadAttention,
     Multiply,
+    PositionalEmbedding,
     Sigmoid,
+    Softmax,
     Softplus,
     Tanh,
 )
@@ -159,7 +163,8 @@ def _equal(a, b) -> bool:
 
 # manualbp's own layers whose forward makes no discrete choice (exact types: a subclass may add one)
 _SMOOTH = frozenset({Identity, Sigmoid, Tanh, Softplus, GELU, Dense, Conv1D, Conv2D, ConvTranspose2D, AvgPool2D,
-                     GlobalAvgPool2D, Flatten, Embedding, LayerNorm, BatchNorm, Add, Multiply, LSTM, GRU})
+                     GlobalAvgPool2D, Flatten, Embedding, LayerNorm, BatchNorm, Add, Multiply, LSTM, GRU, Softmax,
+                     Dropout, PositionalEmbedding, MultiHeadAttention})  # Dropout: its mask is the key's, fixed
 
 
 def _visible(layer) -> bool:

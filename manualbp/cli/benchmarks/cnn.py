@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from manualbp.backprop import loss_and_grads
+from manualbp.cli.benchmarks.memory import compiled_memory, mib
 from manualbp.cli.benchmarks.timing import compile_time, interleaved, machine
 from manualbp.layers.activations import ReLU
 from manualbp.layers.conv import Conv2D
@@ -75,6 +76,7 @@ def run(repeats: int = 30) -> dict:
         "jax.grad": jax.jit(reference_step(net, head, jit=False)),
     }
     compile_s = {name: compile_time(fn, params, x, y) for name, fn in steps.items()}
+    memory = {name: compiled_memory(fn, params, x, y) for name, fn in steps.items()}
     limit = jax.jit(_limit)
     largs = _limit_args(params, x)
     compile_s["limit"] = compile_time(limit, *largs)
@@ -95,6 +97,7 @@ def run(repeats: int = 30) -> dict:
         "ratio": manual / autodiff,
         "ratio_to_limit": manual / lim,
         "compile_s": compile_s,
+        "memory": memory,
     }
 
 
@@ -102,15 +105,16 @@ def markdown(r: dict) -> str:
     t, c = r["times"], r["compile_s"]
 
     def row(name):
+        peak = mib(r["memory"][name]["peak"]) if name in r["memory"] else "-"
         return (f"| {name} | {t[name]['median_s'] * 1e3:.2f} | {t[name]['p10_s'] * 1e3:.2f}-"
-                f"{t[name]['p90_s'] * 1e3:.2f} | {c[name]:.2f} |")
+                f"{t[name]['p90_s'] * 1e3:.2f} | {c[name]:.2f} | {peak} |")
 
     return "\n".join([
         f"### CNN {'x'.join(map(str, r['config']['input']))}: {r['config']['model']}, batch "
         f"{r['config']['batch']}, float32",
         "",
-        "| contender | median step (ms) | p10-p90 (ms) | compile (s) |",
-        "|---|---|---|---|",
+        "| contender | median step (ms) | p10-p90 (ms) | compile (s) | peak MiB (XLA) |",
+        "|---|---|---|---|---|",
         row("manual"),
         row("jax.grad"),
         row("limit"),

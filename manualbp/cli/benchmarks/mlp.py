@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from manualbp.backprop import loss_and_grads
+from manualbp.cli.benchmarks.memory import compiled_memory, mib
 from manualbp.cli.benchmarks.timing import compile_time, interleaved, machine
 from manualbp.layers.activations import ReLU
 from manualbp.layers.dense import Dense
@@ -66,6 +67,7 @@ def run(repeats: int = 30) -> dict:
         "dot": lambda p, x, y: dot(a, a),
     }
     compile_s = {name: compile_time(fn, params, x, y) for name, fn in contenders.items()}
+    memory = {name: compiled_memory(fn, params, x, y) for name, fn in contenders.items()}
     times = interleaved(contenders, (params, x, y), repeats=repeats)
     flops = step_flops()
     peak = max(2 * PEAK_N**3 / times["dot"]["min_s"], flops / times["limit"]["min_s"]) / 1e9
@@ -77,6 +79,7 @@ def run(repeats: int = 30) -> dict:
         "times": times,
         "ratio": times["manual"]["median_s"] / times["jax.grad"]["median_s"],
         "compile_s": compile_s,
+        "memory": memory,
         "step_gflop": flops / 1e9,
         "manual_gflops": manual_gflops,
         "jaxgrad_gflops": flops / times["jax.grad"]["median_s"] / 1e9,
@@ -90,12 +93,14 @@ def markdown(r: dict) -> str:
     return "\n".join([
         f"### MLP {'-'.join(map(str, r['config']['sizes']))}, batch {r['config']['batch']}, float32",
         "",
-        "| contender | median step (ms) | p10-p90 (ms) | compile (s) | GFLOP/s |",
-        "|---|---|---|---|---|",
+        "| contender | median step (ms) | p10-p90 (ms) | compile (s) | GFLOP/s | peak MiB (XLA) |",
+        "|---|---|---|---|---|---|",
         f"| manual | {t['manual']['median_s'] * 1e3:.2f} | {t['manual']['p10_s'] * 1e3:.2f}-"
-        f"{t['manual']['p90_s'] * 1e3:.2f} | {c['manual']:.2f} | {r['manual_gflops']:.1f} |",
+        f"{t['manual']['p90_s'] * 1e3:.2f} | {c['manual']:.2f} | {r['manual_gflops']:.1f} | "
+        f"{mib(r['memory']['manual']['peak'])} |",
         f"| jax.grad | {t['jax.grad']['median_s'] * 1e3:.2f} | {t['jax.grad']['p10_s'] * 1e3:.2f}-"
-        f"{t['jax.grad']['p90_s'] * 1e3:.2f} | {c['jax.grad']:.2f} | {r['jaxgrad_gflops']:.1f} |",
+        f"{t['jax.grad']['p90_s'] * 1e3:.2f} | {c['jax.grad']:.2f} | {r['jaxgrad_gflops']:.1f} | "
+        f"{mib(r['memory']['jax.grad']['peak'])} |",
         "",
         f"manual/jax.grad = **{r['ratio']:.3f}** (target <= 1.00); manual at "
         f"**{100 * r['manual_fraction_of_peak']:.0f}%** of peak matmul throughput ({r['peak_matmul_gflops']:.1f} GFLOP/s: "

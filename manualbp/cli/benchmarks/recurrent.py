@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from manualbp.backprop import loss_and_grads
+from manualbp.cli.benchmarks.memory import compiled_memory, mib
 from manualbp.cli.benchmarks.timing import compile_time, interleaved, machine
 from manualbp.layers.dense import Dense
 from manualbp.layers.gru import GRU
@@ -39,10 +40,12 @@ def _one(name, layer, repeats):
         "jax.grad": jax.jit(reference_step(model, head, jit=False)),
     }
     compile_s = {k: compile_time(fn, params, x, y) for k, fn in contenders.items()}
+    memory = {k: compiled_memory(fn, params, x, y) for k, fn in contenders.items()}
     times = interleaved(contenders, (params, x, y), repeats=repeats)
     return {
         "times": times,
         "compile_s": compile_s,
+        "memory": memory,
         "ratio": times["manual"]["median_s"] / times["jax.grad"]["median_s"],
         "target": TARGETS[name],
     }
@@ -67,14 +70,14 @@ def markdown(r: dict) -> str:
         f"### RNN, LSTM and GRU, D={c['D']}, H={c['H']}, T={c['T']}, batch {c['batch']}, float32, "
         f"loss on the last step ({c['classes']} classes)",
         "",
-        "| layer | contender | median step (ms) | p10-p90 (ms) | compile (s) |",
-        "|---|---|---|---|---|",
+        "| layer | contender | median step (ms) | p10-p90 (ms) | compile (s) | peak MiB (XLA) |",
+        "|---|---|---|---|---|---|",
     ]
     for name in LAYERS:
         for who in ("manual", "jax.grad"):
             t, cs = r[name]["times"][who], r[name]["compile_s"][who]
             lines.append(f"| {name.upper()} | {who} | {t['median_s'] * 1e3:.2f} | {t['p10_s'] * 1e3:.2f}-"
-                         f"{t['p90_s'] * 1e3:.2f} | {cs:.2f} |")
+                         f"{t['p90_s'] * 1e3:.2f} | {cs:.2f} | {mib(r[name]['memory'][who]['peak'])} |")
     lines.append("")
     lines.append("; ".join(
         f"{name.upper()} manual/jax.grad = **{r[name]['ratio']:.3f}** (target <= {r[name]['target']:.2f}), "

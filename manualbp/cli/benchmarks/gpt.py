@@ -1,0 +1,106 @@
+"""A small GPT, B=8, T=512, D=128, 4 heads, vocabulary 256, float32: time and memory, and memory vs depth.
+
+Model: token + positional embedding -> L pre-norm causal TransformerBlocks
+(MLP 4 D, GELU) -> LayerNorm -> Dense(256) at every position; softmax
+cross-entropy on the next token. Timed with L = 4 blocks, manual vs
+``jax.value_and_grad`` of the reference, interleaved. Peak memory (XLA's
+compiled memory analysis, ``memory.compiled_memory``) for L = 1, 2, 4, 8:
+every block adds its cache to both steps, and jax.grad also keeps the
+block's attention probabilities (B, heads, T, T), so the ratio falls with L
+towards (manual's cache per block) / (jax.grad's per block).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from manualbp.backprop import loss_and_grads
+from manualbp.cli.benchmarks.memory import compiled_memory, mib
+from manualbp.cli.benchmarks.timing import compile_time, interleaved, machine
+from manualbp.layers.dense import Dense
+from manualbp.layers.embedding import Embedding
+from manualbp.layers.heads import SoftmaxCrossEntropy
+from manualbp.layers.norm import LayerNorm
+from manualbp.layers.positional import PositionalEmbedding
+from manualbp.layers.sequential import Sequential
+from manualbp.layers.transformer import TransformerBlock
+from manualbp.reference import value_and_grad as reference_step
+
+B, T, D, HEADS, VOCAB = 8, 512, 128, 4, 256
+BLOCKS = 4
+DEPTHS = (1, 2, 4, 8)
+
+
+def model(blocks: int = BLOCKS) -> Sequential:
+    return Sequential(Embedding(VOCAB, D), PositionalEmbedding(T, D),
+                      *[TransformerBlock(D, HEADS, causal=True) for _ in range(blocks)], LayerNorm(), Dense(VOCAB))
+
+
+def _steps(net, head):
+    return {  # fresh jits, so the first call measures trace + compile
+        "manual": jax.jit(lambda p, x, y: loss_and_grads(net, head, p, x, y)[:2]),
+        "jax.grad": jax.jit(reference_step(net, head, jit=False)),
+    }
+
+
+def _memory_at_depth(blocks: int) -> dict:
+    """Compiled peak memory of both steps for a model of ``blocks`` blocks (shapes only: nothing allocated or run)."""
+    net, head = model(blocks), SoftmaxCrossEntropy()
+    params = jax.eval_shape(lambda k: net.init(k, (T,), jnp.float32)[0], jax.random.key(0))
+    ids = jax.ShapeDtypeStruct((B, T), jnp.int32)
+    memory = {name: compiled_memory(fn, params, ids, ids) for name, fn in _steps(net, head).items()}
+    return {"blocks": blocks, "memory": memory, "ratio": memory["manual"]["peak"] / memory["jax.grad"]["peak"]}
+
+
+def run(repeats: int = 30) -> dict:
+    net, head = model(), SoftmaxCrossEntropy()
+    params = jax.jit(lambda k: net.init(k, (T,), jnp.float32)[0])(jax.random.key(0))
+    kx, ky = jax.random.split(jax.random.key(1))
+    x = jax.random.randint(kx, (B, T), 0, VOCAB)
+    y = jax.random.randint(ky, (B, T), 0, VOCAB)
+    steps = _steps(net, head)
+    compile_s = {name: compile_time(fn, params, x, y) for name, fn in steps.items()}
+    times = interleaved(steps, (params, x, y), repeats=repeats)
+    depths = [_memory_at_depth(L) for L in DEPTHS]
+    at_default = next(d for d in depths if d["blocks"] == BLOCKS)
+    return {
+        "name": "gpt",
+        "config": {"B": B, "T": T, "D": D, "heads": HEADS, "vocab": VOCAB, "blocks": BLOCKS, "dtype": "float32",
+                   "repeats": repeats, "memory": "XLA compiled memory analysis: arguments + outputs + temporaries"},
+        "machine": machine(),
+        "times": times,
+        "compile_s": compile_s,
+        "ratio": times["manual"]["median_s"] / times["jax.grad"]["median_s"],
+        "memory": at_default["memory"],
+        "memory_ratio": at_default["ratio"],
+        "depths": depths,
+    }
+
+
+def markdown(r: dict) -> str:
+    c, t, cs, m = r["config"], r["times"], r["compile_s"], r["memory"]
+    lines = [
+        f"### GPT, {c['blocks']} causal blocks, B={c['B']}, T={c['T']}, D={c['D']}, {c['heads']} heads, "
+        f"vocabulary {c['vocab']}, float32",
+        "",
+        "| contender | median step (ms) | p10-p90 (ms) | compile (s) | peak MiB (XLA) | temp MiB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for who in ("manual", "jax.grad"):
+        lines.append(f"| {who} | {t[who]['median_s'] * 1e3:.1f} | {t[who]['p10_s'] * 1e3:.1f}-{t[who]['p90_s'] * 1e3:.1f} "
+                     f"| {cs[who]:.2f} | {mib(m[who]['peak'])} | {mib(m[who]['temp'])} |")
+    lines += [
+        "",
+        f"manual/jax.grad: time **{r['ratio']:.3f}** (target <= 1.1), peak memory **{r['memory_ratio']:.3f}** "
+        f"(target <= 0.5). {c['repeats']} interleaved repeats; {r['machine']['backend']} {r['machine']['device']}, "
+        f"jax {r['machine']['jax']}, {r['machine']['allocator']}, 1-min load average "
+        f"{r['machine']['load_average_1min']:.1f}.",
+        "",
+        "| blocks | manual peak MiB | jax.grad peak MiB | manual/jax.grad |",
+        "|---|---|---|---|",
+    ]
+    for d in r["depths"]:
+        lines.append(f"| {d['blocks']} | {mib(d['memory']['manual']['peak'])} | {mib(d['memory']['jax.grad']['peak'])} | "
+                     f"{d['ratio']:.3f} |")
+    return "\n".join(lines)
