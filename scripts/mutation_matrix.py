@@ -47,8 +47,14 @@ def judge_mutant(mutant):
         row[dname] = {"caught": verdict.caught, "first": verdict.first, "right_row": verdict.right_row,
                       "forward_clean": verdict.forward_clean, "expected": [case.where, mutant.expect]}
     case = mutants.case(mutant)
-    row["gradcheck"] = {"caught": not mbp.gradcheck(case.model, case.head, case.params, case.x, case.y, case.mask).ok}
+    report = mbp.gradcheck(case.model, case.head, case.params, case.x, case.y, case.mask)
+    row["gradcheck"] = {"outcome": outcome(report), "caught": outcome(report) == "FAIL"}
     return row
+
+
+def outcome(report) -> str:
+    """PASS, FAIL (or INCONCLUSIVE, where gradcheck compared no row): the first word of the report's summary."""
+    return report.summary().split(":")[0]
 
 
 def clean_matrix(seeds):
@@ -66,8 +72,9 @@ def clean_matrix(seeds):
             c = mutants.build(scene, layer, jnp.float64, seed)
             report = mbp.gradcheck(c.model, c.head, c.params, c.x, c.y, c.mask)
             runs["gradcheck"] += 1
-            if not report.ok:
-                failures.append(("gradcheck", name, "float64", seed, report.summary()))
+            if outcome(report) != "PASS":  # a FAIL is a false failure; an INCONCLUSIVE is listed, not counted
+                failures.append(("gradcheck" if outcome(report) == "FAIL" else "inconclusive", name, "float64", seed,
+                                 report.summary()))
     for name in models.MODELS:
         b = models.get(name)
         for seed in range(seeds):
@@ -107,7 +114,7 @@ def main(argv=None):
     for r in rows:
         f32 = "right" if r["float32"]["right_row"] else "caught" if r["float32"]["caught"] else "MISSED"
         print(f"{r['name']:{width}}  {r['family']:14}  {_first(r['float64']):58}  {f32:7}  "
-              f"{'caught' if r['gradcheck']['caught'] else 'missed'}")
+              f"{'caught' if r['gradcheck']['caught'] else 'missed (' + r['gradcheck']['outcome'] + ')'}")
     twins = twin_matrix(args.steps)
     print()
     for t in twins:
@@ -116,7 +123,7 @@ def main(argv=None):
               f"clean run {'PASS' if t['clean_ok'] else 'DIVERGED (false failure)'}")
     runs, failures = clean_matrix(args.seeds)
     for f in failures:
-        print("false failure:", *f)
+        print("false failure:" if f[0] != "inconclusive" else "inconclusive:", *f)
 
     n = len(rows)
     fig = {
@@ -132,6 +139,7 @@ def main(argv=None):
         "twin_false_failures": sum(not t["clean_ok"] for t in twins),
         "clean_runs": runs,
         "false_failures": {k: sum(f[0] == k for f in failures) for k in runs},
+        "gradcheck_inconclusive_clean": sum(f[0] == "inconclusive" for f in failures),
         "seeds": args.seeds,
     }
     print()
@@ -141,6 +149,7 @@ def main(argv=None):
     print(f"twin ({args.steps} steps, float64): caught {fig['twin_caught']} of {fig['twin_cases']}; "
           f"clean twin runs DIVERGED {fig['twin_false_failures']} of {fig['twin_cases']}")
     ff, nr = fig["false_failures"], runs
+    print(f"gradcheck INCONCLUSIVE on clean catalog models: {fig['gradcheck_inconclusive_clean']} of {nr['gradcheck']}")
     print(f"false failures: compare {ff['compare']} of {nr['compare']} (catalog models x {args.seeds} seeds x "
           f"float32/float64), {ff['builtin']} of {nr['builtin']} (built-in models), gradcheck {ff['gradcheck']} of "
           f"{nr['gradcheck']} (catalog models, float64)")

@@ -6,17 +6,13 @@ finite differences, twin training, clean models x seeds) is ``scripts/mutation_m
 
 import pathlib
 
-import jax
 import jax.numpy as jnp
 import mutants
 import numpy as np
-import optax
 import pytest
+from mutants import twin
 from mutants.catalog import CATALOG, CONTROLS
-from mutants.heads import clip_each_leaf
-
-import manualbp as mbp
-from manualbp.training import data
+from mutants.twin import TWIN_CASES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -54,18 +50,10 @@ def test_the_textbook_copies_pass_without_their_bug(name, scene, layer):
     assert report.ok, f"{name} without a bug does not match the reference:\n{report}"
 
 
-def _twin(optimizer, reference_optimizer):
-    d = data.spirals(n_train=64, n_test=16)
-    model = mbp.Sequential(mbp.Dense(8), mbp.Tanh(), mbp.Dense(2))
-    params, _ = model.init(jax.random.key(0), (2,), jnp.float64)
-    return mbp.train_twin(model, mbp.SoftmaxCrossEntropy(), params, d, optimizer=optimizer,
-                          reference_optimizer=reference_optimizer, steps=3, batch_size=32, key=jax.random.key(1))
-
-
-def test_twin_run_catches_a_clipping_bug():
+def test_twin_run_catches_the_clipping_bug():
     """Clipping is not a layer: only a twin run against optax's clip can judge it (c below every leaf's norm)."""
-    c = 1e-3
-    bad = _twin(optax.chain(clip_each_leaf(c), optax.sgd(0.5)), optax.chain(optax.clip_by_global_norm(c), optax.sgd(0.5)))
-    assert np.all(np.isfinite(bad.divergence.max_rel))
-    assert not bad.divergence.ok and bad.divergence.first_exceed[0] == 1, bad.divergence.summary()
-    # the real clip in the same run agrees: tests/test_clip.py::test_twin_run_manual_clip_equals_optax_clip
+    case = next(c for c in TWIN_CASES if c.kind == "optimizer")
+    divergence = twin.run(case, mutated=True, steps=3)
+    assert np.all(np.isfinite(divergence.max_rel))
+    assert not divergence.ok and divergence.first_exceed[0] == 1, divergence.summary()
+    # the real clip in the same kind of run agrees: tests/test_clip.py::test_twin_run_manual_clip_equals_optax_clip

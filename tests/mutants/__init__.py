@@ -12,6 +12,11 @@ bug), and must
   dL/dy, which is what the head computes), with the quantity the bug corrupts first (``Mutant.expect``);
 - and its clean twin (the same model with the real layer) must PASS, in float32 and float64.
 
+Adding a mutant (a new layer file needs one: a test checks that every file of manualbp/layers/ has one):
+subclass the real layer, override its ``backward`` (or the helper holding the line) with the one-line bug,
+the right line in a comment, and decorate the class with ``@mutant_of(RealLayer)`` (``base``); then add a
+``catalog.CATALOG`` entry with a scene where the bug shows and the regex of the quantity it corrupts first.
+
 ``scripts/mutation_matrix.py`` runs the whole matrix (every mutant in both precisions, finite differences,
 twin training, clean models x seeds) and prints the figures quoted in the README.
 

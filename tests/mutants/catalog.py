@@ -55,6 +55,7 @@ CATALOG: list[Mutant] = [
     _entry(s.activation, mbp.Softplus(), m.SoftplusSignFlip(), DX),
     _entry(s.activation, mbp.GELU(), m.GELUTanhCubeRule(), DX),
     _entry(s.activation, mbp.GELU(approximate=False), m.GELUErfProductRule(approximate=False), DX),
+    _entry(s.activation, mbp.GELU(), m.GELUTanhForwardErfBackward(), DX),
     _entry(s.activation, mbp.Elementwise(m.swish, m.swish_derivative, label="swish"),
            mbp.Elementwise(m.swish, m.swish_derivative_wrong, label="swish"), DX, name="ElementwiseSwishProductRule",
            bug="a user's Elementwise swish with derivative sigma(x): the product rule's x sigma'(x) term dropped"),
@@ -86,6 +87,7 @@ CATALOG: list[Mutant] = [
     _entry(s.token_embedding, mbp.Embedding(10, 4), m.EmbeddingMeanOverUses(10, 4), "dE"),
     # norm.py
     _entry(s.layer_norm, mbp.LayerNorm(), m.LayerNormNoMeanTerm(), DX),
+    _entry(s.layer_norm, mbp.LayerNorm(), m.LayerNormEpsOutsideRoot(), DX),
     _entry(s.layer_norm, mbp.LayerNorm(), m.LayerNormDgammaFromX(), "dgamma"),
     _entry(s.batch_norm, mbp.BatchNorm(), m.BatchNormNoVarianceTerm(), DX),
     _entry(s.batch_norm, mbp.BatchNorm(), m.BatchNormCountsBatchOnly(), DX),

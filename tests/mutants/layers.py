@@ -124,6 +124,16 @@ class GELUErfProductRule(SeesIO, mbp.GELU):
         return {}, dy * 0.5 * (1 + lax.erf(cache[1] / 2**0.5))  # right: Phi(x) + x phi(x)
 
 
+@mutant_of(mbp.GELU)
+class GELUTanhForwardErfBackward(SeesIO, mbp.GELU):
+    """Forward the tanh approximation, backward the EXACT derivative Phi(x) + x phi(x): ~1e-3 apart."""
+
+    def backward(self, params, cache, dy):
+        x = cache[1]
+        pdf = jnp.exp(-0.5 * x * x) / (2 * jnp.pi) ** 0.5
+        return {}, dy * (0.5 * (1 + lax.erf(x / 2**0.5)) + x * pdf)  # right: the tanh form's derivative
+
+
 def swish(x):
     return x * jax.nn.sigmoid(x)
 
@@ -248,6 +258,18 @@ class LayerNormNoMeanTerm(SeesIO, mbp.LayerNorm):
         _, rstd, n = _stats(self, cache[1], (dy.ndim - 1,))
         dxhat = dy * per_feature(params["gamma"], dy.ndim)
         return grads, dx + rstd / n * jnp.sum(dxhat, axis=-1, keepdims=True)  # right: dx
+
+
+@mutant_of(mbp.LayerNorm)
+class LayerNormEpsOutsideRoot(SeesIO, mbp.LayerNorm):
+    """Backward's rstd recomputed as 1 / (sqrt(var) + eps) while forward used 1 / sqrt(var + eps): ~eps apart."""
+
+    def backward(self, params, cache, dy):
+        grads, dx = super().backward(params, cache[0], dy)
+        x = cache[1]
+        var = jnp.var(x, axis=-1, keepdims=True)
+        wrong = 1 / (jnp.sqrt(var) + self.epsilon)  # right: lax.rsqrt(var + eps)
+        return grads, dx * wrong * jnp.sqrt(var + self.epsilon)  # dx is linear in rstd: rescale it to the wrong one
 
 
 @mutant_of(mbp.LayerNorm)
