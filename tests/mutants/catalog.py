@@ -1,0 +1,109 @@
+"""The catalog: every mutant with its scene, its clean twin, and the quantity its first failing row must have."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import manualbp as mbp
+from mutants import heads as h
+from mutants import layers as m
+from mutants import recurrent as r
+from mutants import scenes as s
+
+
+class Mutant(NamedTuple):
+    """One bug. ``expect`` is a regex the first failing row's quantity must match in full."""
+
+    name: str
+    family: str  # the file in manualbp/layers/ the mutated layer comes from
+    bug: str
+    scene: Callable
+    clean: object
+    mutant: object
+    expect: str
+
+
+def _entry(scene, clean, mutant, expect, name=None, bug=None) -> Mutant:
+    family = type(clean).__module__.rsplit(".", 1)[-1] + ".py"
+    bug = bug or (type(mutant).__doc__ or "").strip().splitlines()[0]
+    return Mutant(name or type(mutant).__name__, family, bug, scene, clean, mutant, expect)
+
+
+def _fork():
+    return mbp.Dense(6), mbp.Sequential(mbp.Dense(6), mbp.Tanh())
+
+
+def _block():
+    return mbp.Sequential(mbp.Dense(6), mbp.Tanh(), mbp.Dense(6))
+
+
+DX, STEP_T2 = "dL/dx", r"dL/dh\[t=4\]"  # T = 6: a broken BPTT carry first shows at t = T - 2
+HEAD = "dL/dy"  # a head's dlogits is what its model's last layer receives
+
+CATALOG: list[Mutant] = [
+    # dense.py
+    _entry(s.dense_chain, mbp.Dense(6), m.DenseDxNoTranspose(6), DX),
+    _entry(s.dense_chain, mbp.Dense(4), m.DenseDbMean(4), "db"),
+    _entry(s.dense_chain, mbp.Dense(4), m.DenseDWReshapeNotTranspose(4), "dW"),
+    _entry(s.time_distributed, mbp.Dense(4), m.DenseTimeMajorRows(4), "dW"),
+    # activations.py
+    _entry(s.activation, mbp.Tanh(), m.TanhOneMinusY(), DX),
+    _entry(s.activation, mbp.Sigmoid(), m.SigmoidOfOutput(), DX),
+    _entry(s.blob_relu, mbp.ReLU(), m.ReLUPrimeZeroIsOne(), DX),
+    _entry(s.activation, mbp.LeakyReLU(0.1), m.LeakyReLUSlopeDropped(0.1), DX),
+    _entry(s.activation, mbp.Softplus(), m.SoftplusSignFlip(), DX),
+    _entry(s.activation, mbp.GELU(), m.GELUTanhCubeRule(), DX),
+    _entry(s.activation, mbp.GELU(approximate=False), m.GELUErfProductRule(approximate=False), DX),
+    _entry(s.activation, mbp.GELU(), m.GELUTanhForwardErfBackward(), DX),
+    _entry(s.activation, mbp.Elementwise(m.swish, m.swish_derivative, label="swish"),
+           mbp.Elementwise(m.swish, m.swish_derivative_wrong, label="swish"), DX, name="ElementwiseSwishProductRule",
+           bug="a user's Elementwise swish with derivative sigma(x): the product rule's x sigma'(x) term dropped"),
+    # conv.py
+    _entry(s.conv, mbp.Conv2D(3, 3), m.ConvKernelNotFlipped(3, 3), DX),
+    _entry(s.conv, mbp.Conv2D(3, 3, stride=2), m.ConvPadSidesSwapped(3, 3, stride=2), DX),  # SAME pads (0, 1)
+    _entry(lambda slot: s.conv(slot, size=7, channels=4), mbp.Conv2D(3, 3, padding="VALID", dilation=2),
+           m.ConvDWDilationIgnored(3, 3, padding="VALID", dilation=2), "dW"),
+    _entry(s.conv, mbp.Conv2D(3, 3, padding=1), m.ConvDbMeanOverPositions(3, 3, padding=1), "db"),
+    # pool.py
+    _entry(s.blob_pool, mbp.MaxPool2D(2), m.MaxPoolTiesSplit(2), DX),
+    _entry(s.blob_pool, mbp.MaxPool2D(2), m.MaxPoolTiesDuplicated(2), DX),
+    _entry(s.avg_pool, mbp.AvgPool2D(2, padding="SAME"), m.AvgPoolNoDivide(2, padding="SAME"), DX),
+    _entry(s.avg_pool, mbp.AvgPool2D(2, padding="SAME"), m.AvgPoolCountExcludesPad(2, padding="SAME"), DX),
+    # recurrent.py
+    _entry(s.token_rnn, mbp.RNN(5), r.RNNTruncatedBPTT(5), STEP_T2),
+    _entry(s.token_rnn, mbp.RNN(5), r.RNNCarryNoTranspose(5), STEP_T2),
+    _entry(s.token_rnn, mbp.RNN(5), r.RNNdWhFromCurrentState(5), "dWh"),
+    _entry(s.rnn_given_state, mbp.RNN(5, initial_state="given"), r.RNNInitialStateNoGradient(5, initial_state="given"),
+           DX + ".1"),
+    # lstm.py
+    _entry(s.lstm, mbp.LSTM(5, return_sequences=False), r.LSTMForgetFromCurrentCell(5, return_sequences=False),
+           r"dL/d[hc]\[t=4\]"),
+    _entry(s.lstm, mbp.LSTM(5, return_sequences=False), r.LSTMCarryWithoutForget(5, return_sequences=False),
+           r"dL/dc\[t=4\]"),
+    _entry(s.lstm, mbp.LSTM(5, return_sequences=False), r.LSTMNoTanhPrime(5, return_sequences=False), r"dL/dc\[t=5\]"),
+    # embedding.py
+    _entry(s.token_embedding, mbp.Embedding(10, 4), m.EmbeddingSetNotAdd(10, 4), "dE"),
+    _entry(s.token_embedding, mbp.Embedding(10, 4), m.EmbeddingMeanOverUses(10, 4), "dE"),
+    # norm.py
+    _entry(s.layer_norm, mbp.LayerNorm(), m.LayerNormNoMeanTerm(), DX),
+    _entry(s.layer_norm, mbp.LayerNorm(), m.LayerNormEpsOutsideRoot(), DX),
+    _entry(s.layer_norm, mbp.LayerNorm(), m.LayerNormDgammaFromX(), "dgamma"),
+    _entry(s.batch_norm, mbp.BatchNorm(), m.BatchNormNoVarianceTerm(), DX),
+    _entry(s.batch_norm, mbp.BatchNorm(), m.BatchNormCountsBatchOnly(), DX),
+    # residual.py, nodes.py, sequential.py, reshape.py
+    _entry(s.around, mbp.Residual(_block()), m.ResidualNoIdentity(_block()), DX),
+    _entry(s.fork_node, mbp.Add(), m.AddSplitsGradient(), DX + ".0"),
+    _entry(s.fork_node, mbp.Multiply(), m.MultiplyOwnInput(), DX + ".0"),
+    _entry(s.fork, mbp.Parallel(*_fork()), m.ParallelLastBranchOnly(*_fork()), DX),
+    _entry(s.flatten, mbp.Flatten(), m.FlattenChannelsFirst(), DX),
+    # heads.py
+    _entry(s.softmax_head, mbp.SoftmaxCrossEntropy(), h.SoftmaxCEForgotMean(), HEAD),
+    _entry(lambda slot: s.softmax_head(slot, mask=True), mbp.SoftmaxCrossEntropy(), h.SoftmaxCEMaskIgnored(), HEAD),
+    _entry(s.sigmoid_head, mbp.SigmoidBinaryCrossEntropy(), h.SigmoidBCESquashedTwice(), HEAD),
+    _entry(s.squared_head, mbp.MeanSquaredError(), h.MSEFactorTwo(), HEAD),
+    _entry(lambda slot: s.squared_head(slot, mask=True), mbp.MeanSquaredError(), h.MSEMaskMeanOverAll(), HEAD),
+]
+
+# clean models beyond the catalog's own: the LSTM written out in mutants.recurrent, with no bug, must pass
+CONTROLS = [("LSTMTextbook", s.lstm, r.LSTMTextbook(5, return_sequences=False))]

@@ -1,0 +1,59 @@
+"""The verdicts, measured: every catalog bug FAILs ``compare`` at its own layer; every clean twin PASSes.
+
+The catalog, the scenes and the bugs left out (and why) are in ``tests/mutants/``; the full matrix (float32,
+finite differences, twin training, clean models x seeds) is ``scripts/mutation_matrix.py``.
+"""
+
+import pathlib
+
+import jax.numpy as jnp
+import mutants
+import numpy as np
+import pytest
+from mutants import twin
+from mutants.catalog import CATALOG, CONTROLS
+from mutants.twin import TWIN_CASES
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_the_catalog_has_a_bug_in_every_layer_family():
+    families = {p.name for p in (ROOT / "manualbp" / "layers").glob("*.py")} - {"__init__.py", "base.py", "window.py"}
+    covered = {m.family for m in CATALOG}
+    assert families - covered == set(), f"layer files with no mutant: {sorted(families - covered)}"
+    assert len(CATALOG) >= 30
+    assert len({m.name for m in CATALOG}) == len(CATALOG)
+
+
+@pytest.mark.parametrize("mutant", CATALOG, ids=lambda m: m.name)
+def test_compare_catches_the_bug_in_its_own_row(mutant):
+    case = mutants.case(mutant)
+    report = mutants.run_compare(case)
+    verdict = mutants.judge(mutant, case, report)
+    assert verdict.caught, f"{mutant.name} ({mutant.bug}) PASSED compare:\n{report}"
+    assert verdict.forward_clean, f"{mutant.name} changed a forward row; only its backward may differ:\n{report}"
+    assert verdict.right_row, (f"{mutant.name}: first failing row {verdict.first}, expected {case.where!r} with a "
+                               f"quantity matching {mutant.expect!r}:\n{report}")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize(("name", "scene", "layer"), mutants.clean_cases(), ids=lambda v: v if isinstance(v, str) else "")
+def test_clean_twin_passes(name, scene, layer, dtype):
+    report = mutants.run_compare(mutants.build(scene, layer, dtype))
+    assert report.ok, f"false FAIL of the clean model {name}:\n{report}"
+
+
+@pytest.mark.parametrize(("name", "scene", "layer"), CONTROLS, ids=lambda v: v if isinstance(v, str) else "")
+def test_the_textbook_copies_pass_without_their_bug(name, scene, layer):
+    """A mutant written out in the test module (not the real layer's code) is that code with ONE line wrong."""
+    report = mutants.run_compare(mutants.build(scene, layer))
+    assert report.ok, f"{name} without a bug does not match the reference:\n{report}"
+
+
+def test_twin_run_catches_the_clipping_bug():
+    """Clipping is not a layer: only a twin run against optax's clip can judge it (c below every leaf's norm)."""
+    case = next(c for c in TWIN_CASES if c.kind == "optimizer")
+    divergence = twin.run(case, mutated=True, steps=3)
+    assert np.all(np.isfinite(divergence.max_rel))
+    assert not divergence.ok and divergence.first_exceed[0] == 1, divergence.summary()
+    # the real clip in the same kind of run agrees: tests/test_clip.py::test_twin_run_manual_clip_equals_optax_clip
