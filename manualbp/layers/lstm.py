@@ -10,7 +10,7 @@ from jax import lax
 
 from manualbp.layers.activations import sigmoid
 from manualbp.layers.base import check_params
-from manualbp.layers.recurrent import RecurrentBase, as_rows, bias_row, time_major
+from manualbp.layers.sequence import RecurrentBase, as_rows, bias_row, time_major
 
 
 @dataclass(frozen=True)
