@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -50,15 +49,7 @@ class GRU(RecurrentBase):
 
     def init(self, key, input_shape, dtype=jnp.float32):
         _, D = self._sequence_shape(input_shape)
-        H = self.hidden
-        kx, kh = jax.random.split(key)
-        orth = jax.nn.initializers.orthogonal()
-        params = {
-            "Wx": jax.random.normal(kx, (D, 3 * H), dtype) / jnp.sqrt(D).astype(dtype),
-            "Wh": jnp.concatenate([orth(k, (H, H), dtype) for k in jax.random.split(kh, 3)], axis=1),
-            "b": jnp.zeros((3 * H,), dtype),
-            "bhn": jnp.zeros((H,), dtype),
-        }
+        params = {**self._gate_weights(key, D, dtype), "bhn": jnp.zeros((self.hidden,), dtype)}
         return params, self.output_shape(input_shape)
 
     def _check(self, params, x):

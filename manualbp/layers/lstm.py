@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -52,13 +51,8 @@ class LSTM(RecurrentBase):
     def init(self, key, input_shape, dtype=jnp.float32):
         _, D = self._sequence_shape(input_shape)
         H = self.hidden
-        kx, kh = jax.random.split(key)
-        orth = jax.nn.initializers.orthogonal()
-        params = {
-            "Wx": jax.random.normal(kx, (D, 4 * H), dtype) / jnp.sqrt(D).astype(dtype),
-            "Wh": jnp.concatenate([orth(k, (H, H), dtype) for k in jax.random.split(kh, 4)], axis=1),
-            "b": jnp.zeros((4 * H,), dtype).at[H : 2 * H].set(1),
-        }
+        params = self._gate_weights(key, D, dtype)
+        params["b"] = params["b"].at[H : 2 * H].set(1)  # forget gate bias 1
         return params, self.output_shape(input_shape)
 
     def forward(self, params, x):

@@ -24,6 +24,7 @@ projection x_t Wx is hoisted out of the forward scan as one matmul over all T*B 
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -53,6 +54,17 @@ class RecurrentBase(Layer):
     n_states = 1  # RNN: h; LSTM: h and c
     n_gates = 1  # blocks of H columns in Wx, Wh and b: RNN 1, LSTM 4 ([i | f | g | o])
     variable_length = False  # a layer that supports lengths declares it as a dataclass field
+
+    def _gate_weights(self, key, D: int, dtype) -> dict:
+        """Wx (D, G H) LeCun-normal (std 1/sqrt(D)) and Wh (H, G H), one orthogonal (H, H) block per gate; b zeros."""
+        H, G = self.hidden, self.n_gates
+        kx, kh = jax.random.split(key)
+        orth = jax.nn.initializers.orthogonal()
+        return {
+            "Wx": jax.random.normal(kx, (D, G * H), dtype) / jnp.sqrt(D).astype(dtype),
+            "Wh": jnp.concatenate([orth(k, (H, H), dtype) for k in jax.random.split(kh, G)], axis=1),
+            "b": jnp.zeros((G * H,), dtype),
+        }
 
     def _check_hyperparameters(self):
         if not isinstance(self.hidden, int) or isinstance(self.hidden, bool) or self.hidden <= 0:
