@@ -27,7 +27,9 @@ def register(subparsers):
                                               "compile times.",
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     bench.add_argument("--model", default="all", choices=["all", *sorted(BENCHES)],
-                       help="which benchmark: the MLP (with the peak jnp.dot throughput), the CNN, or RNN and LSTM")
+                       help="which benchmark: the MLP (with the peak jnp.dot throughput), the CNN, RNN/LSTM/GRU "
+                            "(recurrent), Conv1D and ConvTranspose2D (conv-layers), one attention layer over T "
+                            "(attention), or a 4-block GPT (gpt)")
     bench.add_argument("--repeats", type=positive_int, default=30, help="timed calls of each contender (interleaved)")
     bench.add_argument("--json", action="store_true", help="print the results as JSON instead of markdown tables")
     bench.set_defaults(func=run)
