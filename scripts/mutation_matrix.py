@@ -92,7 +92,7 @@ def twin_matrix(steps):
     rows = []
     for case in twin.TWIN_CASES:
         bad, good = twin.run(case, mutated=True, steps=steps), twin.run(case, mutated=False, steps=steps)
-        rows.append({"name": case.name, "caught": not bad.ok, "first_exceed": bad.first_exceed, "clean_ok": good.ok})
+        rows.append({"name": case.name, "caught": not bad.ok, "first_failure": bad.first_failure, "clean_ok": good.ok})
     return rows
 
 
@@ -118,8 +118,9 @@ def main(argv=None):
     twins = twin_matrix(args.steps)
     print()
     for t in twins:
-        where = f"step {t['first_exceed'][0]}, {t['first_exceed'][1]}" if t["first_exceed"] else "-"
-        print(f"twin {t['name']:{width}}  {'DIVERGED' if t['caught'] else 'PASS (missed)':14}  first exceeded: {where}; "
+        f = t["first_failure"]
+        where = f"step {f['step']}, {f['kind']} of {f['parameter']}" if f else "-"
+        print(f"twin {t['name']:{width}}  {'DIVERGED' if t['caught'] else 'PASS (missed)':14}  first failure: {where}; "
               f"clean run {'PASS' if t['clean_ok'] else 'DIVERGED (false failure)'}")
     runs, failures = clean_matrix(args.seeds)
     for f in failures:

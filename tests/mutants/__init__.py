@@ -8,8 +8,11 @@ a small model (``scenes``) with random parameters (no zero bias, unit gamma or f
 bug), and must
 
 - FAIL ``compare`` in float64, with every forward row and the loss still passing (only the backward differs);
-- have its FIRST failing row on the mutated layer (its label: "<path> <name>"; a head's on the last layer's
-  dL/dy, which is what the head computes), with the quantity the bug corrupts first (``Mutant.expect``);
+- have its FIRST failing row on the mutated layer (its label: "<path> <name>"; a head's on its own row,
+  "head <Name> dL/dlogits"; a container's own rule on the container's own dL/dx row), with the quantity
+  the bug corrupts first (``Mutant.expect``). One exception, ``Mutant.inside``: a TransformerBlock whose
+  SECOND residual loses its identity path corrupts dL/dy_1, the gradient between its two branches, which
+  has no row of its own; the first row that shows it is the attention child's dL/dy, inside the block;
 - and its clean twin (the same model with the real layer) must PASS, in float32 and float64.
 
 Adding a mutant (a new layer file needs one: a test checks that every file of manualbp/layers/ has one):
@@ -27,7 +30,9 @@ picks a scene where its bug shows: ReLU'(0) = 1 and max-pool ties (split, or dup
 images, whose conv outputs are exactly 0 (ReLU) or exactly b (max-pool ties); the kernel flip a 3x3 kernel
 (not 1x1), the swapped padding sides SAME padding with stride 2 (pads (0, 1), not symmetric), the pooling
 count SAME padding (not VALID), ``.set`` for ``.add`` ids that repeat, the BPTT carry bugs T = 6 (not 1),
-the missing transpose of a Dense a square W that is not symmetric.
+the missing transpose of a Dense a square W that is not symmetric, GlobalMaxPool2D's ties images of the
+values 0, 1, 2 through a one-channel 1x1 conv (monotone per channel, so the ties stay exact), the causal mask
+a causal attention.
 
 Left out, because no checker can catch them on any input: a wrong rule for a gradient that is exactly zero
 in exact arithmetic and stays zero under the bug (db of a Dense right before a BatchNorm: its sum of dy is
@@ -76,26 +81,26 @@ def draw_params(model, input_shape, dtype, rng):
     return jax.tree_util.tree_map(draw, shapes)
 
 
-def locate(model, params, slot) -> str:
-    """The report label of ``slot`` in ``model``; for a head, that of the layer producing the logits (the last leaf)."""
-    found = [label(path, layer) for path, layer, _ in walk(model, params) if layer is slot]
-    if found:
-        return found[0]
-    leaves = [label(path, layer) for path, layer, _ in walk(model, params) if not children_of(layer)]
-    return leaves[-1]
+def locate(model, head, params, slot, inside=None) -> str:
+    """The report label of ``slot`` in ``model`` (of its child ``inside``, if given); for a head, its own row's."""
+    if slot is head:
+        return f"head {name_of(head)}"
+    if inside is not None:
+        slot = dict(children_of(slot))[inside]
+    return next(label(path, layer) for path, layer, _ in walk(model, params) if layer is slot)
 
 
-def build(scene, slot, dtype=jnp.float64, seed=0) -> Case:
+def build(scene, slot, dtype=jnp.float64, seed=0, inside=None) -> Case:
     """The scene around ``slot`` at ``seed``: perturbed params and a batch, in ``dtype``."""
     sc = scene(slot)
     rng = np.random.default_rng(seed)
     params = draw_params(sc.model, sc.input_shape, dtype, rng)
     x, y, mask = sc.make(rng, dtype)
-    return Case(sc.model, sc.head, params, x, y, mask, locate(sc.model, params, slot))
+    return Case(sc.model, sc.head, params, x, y, mask, locate(sc.model, sc.head, params, slot, inside))
 
 
 def case(mutant: Mutant, *, mutated: bool = True, dtype=jnp.float64, seed=0) -> Case:
-    return build(mutant.scene, mutant.mutant if mutated else mutant.clean, dtype, seed)
+    return build(mutant.scene, mutant.mutant if mutated else mutant.clean, dtype, seed, mutant.inside)
 
 
 def run_compare(c: Case) -> mbp.Report:

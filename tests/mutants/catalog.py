@@ -5,11 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+import jax
+
 import manualbp as mbp
 from mutants import heads as h
+from mutants import images as i
 from mutants import layers as m
 from mutants import recurrent as r
 from mutants import scenes as s
+from mutants import sequence as q
+from mutants import transformer as t
 
 
 class Mutant(NamedTuple):
@@ -22,12 +27,13 @@ class Mutant(NamedTuple):
     clean: object
     mutant: object
     expect: str
+    inside: str | None = None  # the child of the mutated container whose row is expected (None: its own)
 
 
-def _entry(scene, clean, mutant, expect, name=None, bug=None) -> Mutant:
-    family = type(clean).__module__.rsplit(".", 1)[-1] + ".py"
+def _entry(scene, clean, mutant, expect, name=None, bug=None, family=None, inside=None) -> Mutant:
+    family = family or type(clean).__module__.rsplit(".", 1)[-1] + ".py"
     bug = bug or (type(mutant).__doc__ or "").strip().splitlines()[0]
-    return Mutant(name or type(mutant).__name__, family, bug, scene, clean, mutant, expect)
+    return Mutant(name or type(mutant).__name__, family, bug, scene, clean, mutant, expect, inside)
 
 
 def _fork():
@@ -39,7 +45,9 @@ def _block():
 
 
 DX, STEP_T2 = "dL/dx", r"dL/dh\[t=4\]"  # T = 6: a broken BPTT carry first shows at t = T - 2
-HEAD = "dL/dy"  # a head's dlogits is what its model's last layer receives
+ATTN = r"dW[kqv]"  # the first of the attention's parameter rows (dWk, dWo, dWq, dWv, ...) that P's bug reaches
+HEAD = "dL/dlogits"  # a head's bug enters at its own row, "head <Name> dL/dlogits"
+KEY = jax.random.key(0)  # the Dropouts' key: manual and reference draw the same mask from it
 
 CATALOG: list[Mutant] = [
     # dense.py
@@ -60,16 +68,22 @@ CATALOG: list[Mutant] = [
            mbp.Elementwise(m.swish, m.swish_derivative_wrong, label="swish"), DX, name="ElementwiseSwishProductRule",
            bug="a user's Elementwise swish with derivative sigma(x): the product rule's x sigma'(x) term dropped"),
     # conv.py
-    _entry(s.conv, mbp.Conv2D(3, 3), m.ConvKernelNotFlipped(3, 3), DX),
-    _entry(s.conv, mbp.Conv2D(3, 3, stride=2), m.ConvPadSidesSwapped(3, 3, stride=2), DX),  # SAME pads (0, 1)
+    _entry(s.conv, mbp.Conv2D(3, 3), i.ConvKernelNotFlipped(3, 3), DX),
+    _entry(s.conv, mbp.Conv2D(3, 3, stride=2), i.ConvPadSidesSwapped(3, 3, stride=2), DX),  # SAME pads (0, 1)
     _entry(lambda slot: s.conv(slot, size=7, channels=4), mbp.Conv2D(3, 3, padding="VALID", dilation=2),
-           m.ConvDWDilationIgnored(3, 3, padding="VALID", dilation=2), "dW"),
-    _entry(s.conv, mbp.Conv2D(3, 3, padding=1), m.ConvDbMeanOverPositions(3, 3, padding=1), "db"),
+           i.ConvDWDilationIgnored(3, 3, padding="VALID", dilation=2), "dW"),
+    _entry(s.conv, mbp.Conv2D(3, 3, padding=1), i.ConvDbMeanOverPositions(3, 3, padding=1), "db"),
     # pool.py
-    _entry(s.blob_pool, mbp.MaxPool2D(2), m.MaxPoolTiesSplit(2), DX),
-    _entry(s.blob_pool, mbp.MaxPool2D(2), m.MaxPoolTiesDuplicated(2), DX),
-    _entry(s.avg_pool, mbp.AvgPool2D(2, padding="SAME"), m.AvgPoolNoDivide(2, padding="SAME"), DX),
-    _entry(s.avg_pool, mbp.AvgPool2D(2, padding="SAME"), m.AvgPoolCountExcludesPad(2, padding="SAME"), DX),
+    _entry(s.blob_pool, mbp.MaxPool2D(2), i.MaxPoolTiesSplit(2), DX),
+    _entry(s.blob_pool, mbp.MaxPool2D(2), i.MaxPoolTiesDuplicated(2), DX),
+    _entry(s.avg_pool, mbp.AvgPool2D(2, padding="SAME"), i.AvgPoolNoDivide(2, padding="SAME"), DX),
+    _entry(s.avg_pool, mbp.AvgPool2D(2, padding="SAME"), i.AvgPoolCountExcludesPad(2, padding="SAME"), DX),
+    # conv1d.py, conv_transpose.py, global_pool.py
+    _entry(s.conv1d, mbp.Conv1D(3, 3, padding="VALID", dilation=2),
+           i.Conv1DdWDilationIgnored(3, 3, padding="VALID", dilation=2), "dW"),
+    _entry(s.conv_transpose, mbp.ConvTranspose2D(2, 3, stride=2), i.ConvTransposeKernelNotFlipped(2, 3, stride=2), DX),
+    _entry(s.global_pool, mbp.GlobalMaxPool2D(), i.GlobalMaxPoolTiesSplit(), DX),
+    _entry(s.global_pool, mbp.GlobalAvgPool2D(), i.GlobalAvgPoolNoDivide(), DX),
     # recurrent.py
     _entry(s.token_rnn, mbp.RNN(5), r.RNNTruncatedBPTT(5), STEP_T2),
     _entry(s.token_rnn, mbp.RNN(5), r.RNNCarryNoTranspose(5), STEP_T2),
@@ -82,7 +96,12 @@ CATALOG: list[Mutant] = [
     _entry(s.lstm, mbp.LSTM(5, return_sequences=False), r.LSTMCarryWithoutForget(5, return_sequences=False),
            r"dL/dc\[t=4\]"),
     _entry(s.lstm, mbp.LSTM(5, return_sequences=False), r.LSTMNoTanhPrime(5, return_sequences=False), r"dL/dc\[t=5\]"),
-    # embedding.py
+    # gru.py, bidirectional.py
+    _entry(s.token_rnn, mbp.GRU(5), q.GRUNoDirectPath(5), STEP_T2),
+    _entry(s.token_rnn, mbp.GRU(5), q.GRUResetWithoutBhn(5), STEP_T2),
+    _entry(s.sequence, mbp.Bidirectional(mbp.RNN(5)), q.BidirectionalDxNotReversed(mbp.RNN(5)), DX),
+    # embedding.py, positional.py
+    _entry(s.positional, mbp.PositionalEmbedding(8, 4), q.PositionalMeanOverBatch(8, 4), "dP"),
     _entry(s.token_embedding, mbp.Embedding(10, 4), m.EmbeddingSetNotAdd(10, 4), "dE"),
     _entry(s.token_embedding, mbp.Embedding(10, 4), m.EmbeddingMeanOverUses(10, 4), "dE"),
     # norm.py
@@ -97,6 +116,18 @@ CATALOG: list[Mutant] = [
     _entry(s.fork_node, mbp.Multiply(), m.MultiplyOwnInput(), DX + ".0"),
     _entry(s.fork, mbp.Parallel(*_fork()), m.ParallelLastBranchOnly(*_fork()), DX),
     _entry(s.flatten, mbp.Flatten(), m.FlattenChannelsFirst(), DX),
+    # softmax.py, dropout.py, attention.py, flash.py, transformer.py
+    _entry(s.activation, mbp.Softmax(), t.SoftmaxNoRowsum(), DX),
+    _entry(s.activation, mbp.Dropout(0.3, key=KEY), t.DropoutNoScale(0.3, key=KEY), DX),
+    _entry(s.features, mbp.MultiHeadAttention(2, causal=True), t.AttentionCausalMaskNotReapplied(2, causal=True),
+           ATTN),
+    _entry(s.features, mbp.MultiHeadAttention(2, causal=True), t.FlashNoRowsumTerm(2, causal=True), ATTN,
+           family="flash.py"),
+    _entry(s.features, mbp.MultiHeadAttention(2), t.FlashDKUnscaled(2), "dWk", family="flash.py"),
+    _entry(s.features, mbp.TransformerBlock(8, 2, hidden=16, causal=True),
+           t.BlockFirstResidualNoIdentity(8, 2, hidden=16, causal=True), DX),
+    _entry(s.features, mbp.TransformerBlock(8, 2, hidden=16, causal=True),
+           t.BlockSecondResidualNoIdentity(8, 2, hidden=16, causal=True), "dL/dy", inside="attn"),
     # heads.py
     _entry(s.softmax_head, mbp.SoftmaxCrossEntropy(), h.SoftmaxCEForgotMean(), HEAD),
     _entry(lambda slot: s.softmax_head(slot, mask=True), mbp.SoftmaxCrossEntropy(), h.SoftmaxCEMaskIgnored(), HEAD),
@@ -106,4 +137,6 @@ CATALOG: list[Mutant] = [
 ]
 
 # clean models beyond the catalog's own: the LSTM written out in mutants.recurrent, with no bug, must pass
-CONTROLS = [("LSTMTextbook", s.lstm, r.LSTMTextbook(5, return_sequences=False))]
+CONTROLS = [("LSTMTextbook", s.lstm, r.LSTMTextbook(5, return_sequences=False)),
+            ("GRUTextbook", s.token_rnn, q.GRUTextbook(5)),
+            ("AttentionTextbook", s.features, t.AttentionTextbook(2, causal=True))]

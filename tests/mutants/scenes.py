@@ -168,3 +168,40 @@ def squared_head(slot, mask=False):
         return rng.standard_normal((5, 5)).astype(dtype), rng.standard_normal((5, 3)).astype(dtype), m
 
     return _head_mlp(slot, make)
+
+
+def conv1d(slot):
+    return Scene(mbp.Sequential(slot, mbp.Tanh(), mbp.Flatten(), mbp.Dense(3)), mbp.SoftmaxCrossEntropy(), (T + 2, 3),
+                 _normal((T + 2, 3), (B,)))
+
+
+def conv_transpose(slot):
+    return Scene(mbp.Sequential(slot, mbp.Tanh(), mbp.Flatten(), mbp.Dense(3)), mbp.SoftmaxCrossEntropy(), (3, 3, 2),
+                 _normal((3, 3, 2), (B,)))
+
+
+def _levels(rng, dtype):
+    """Images of the values 0, 1, 2 only: every channel's maximum is tied over many pixels."""
+    return rng.integers(0, 3, (B, 4, 4, 1)).astype(dtype), rng.integers(0, 3, (B,), np.int32), None
+
+
+def global_pool(slot):
+    """A 1x1 conv of one channel is monotone per channel, so the input's ties stay exact ties."""
+    return Scene(mbp.Sequential(mbp.Conv2D(2, 1), slot, mbp.Dense(3)), mbp.SoftmaxCrossEntropy(), (4, 4, 1), _levels)
+
+
+def sequence(slot, d=3):
+    """Dense -> Tanh -> slot -> Dense on (B, T, d) float sequences, a class per step."""
+    return Scene(mbp.Sequential(mbp.Dense(4), mbp.Tanh(), slot, mbp.Dense(3)), mbp.SoftmaxCrossEntropy(), (T, d),
+                 _normal((T, d), (B, T)))
+
+
+def positional(slot):
+    return Scene(mbp.Sequential(mbp.Embedding(10, 4), slot, mbp.Tanh(), mbp.Dense(3)), mbp.SoftmaxCrossEntropy(),
+                 (T,), _tokens)
+
+
+def features(slot):
+    """Dense -> slot -> Dense on (B, T, 8) sequences, a class per step: for attention and transformer blocks."""
+    return Scene(mbp.Sequential(mbp.Dense(8), slot, mbp.Dense(3)), mbp.SoftmaxCrossEntropy(), (T, 5),
+                 _normal((T, 5), (B, T)))

@@ -17,6 +17,7 @@ import manualbp as mbp
 from manualbp.training import data
 from manualbp.training.clip import clip_by_global_norm
 from mutants import heads as h
+from mutants import images as i
 from mutants import layers as m
 from mutants import recurrent as r
 
@@ -49,7 +50,7 @@ TWIN_CASES = [
              mbp.LSTM(8, return_sequences=False), r.LSTMNoTanhPrime(8, return_sequences=False), mbp.MeanSquaredError()),
     TwinCase("MaxPoolTiesSplit", "digits-image", "layer",
              lambda slot: mbp.Sequential(mbp.Conv2D(4, 3), slot, mbp.Flatten(), mbp.Dense(10)), mbp.MaxPool2D(2),
-             m.MaxPoolTiesSplit(2)),
+             i.MaxPoolTiesSplit(2)),
     TwinCase("clip_each_leaf", "spirals", "optimizer", _mlp, clip_by_global_norm(CLIP), h.clip_each_leaf(CLIP)),
 ]
 

@@ -1,0 +1,112 @@
+"""Transformer mutants: softmax.py, dropout.py, attention.py, flash.py (the attention kernel), transformer.py.
+
+The attention's backward is one method around the kernel ``flash.attend_backward``; ``AttentionTextbook``
+is that method written out here with the kernel call as a hook (``_kernel``), so each attention bug is
+ONE changed line of the call or of the kernel's result. The textbook with the real kernel passes
+``compare`` (a test checks it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+
+import manualbp as mbp
+from manualbp.layers.attention import _flat, _heads, _merge
+from manualbp.layers.flash import attend_backward, rows_per_block
+from mutants.base import SeesIO, mutant_of
+
+
+@mutant_of(mbp.Softmax)
+class SoftmaxNoRowsum(SeesIO, mbp.Softmax):
+    """dx = y * dy: the softmax Jacobian's diagonal only, its - y sum(dy y) term dropped."""
+
+    def backward(self, params, cache, dy):
+        return {}, cache[2] * dy  # right: y * (dy - sum(dy * y, axis))
+
+
+@mutant_of(mbp.Dropout)
+class DropoutNoScale(mbp.Dropout):
+    """dx = dy * m: the mask applied, its 1 / (1 - rate) scale forgotten (the forward has it)."""
+
+    def backward(self, params, cache, dy):
+        _, dx = super().backward(params, cache, dy)
+        return {}, dx * (1 - self.rate)  # right: dx
+
+    # Dropout's __eq__ answers True for a subclass with the same rate and key (reflected from the subclass's
+    # side), so the clean and the mutant model would share jit's compiled step: tell them apart by identity
+    __eq__, __hash__ = object.__eq__, object.__hash__
+
+
+@mutant_of(mbp.MultiHeadAttention)
+class AttentionTextbook(mbp.MultiHeadAttention):
+    """``MultiHeadAttention.backward`` (self-attention, no key mask) with the kernel call as the hook ``_kernel``."""
+
+    def _kernel(self, qs, kt, vt, o, lse, do, rows):
+        return attend_backward(qs, kt, vt, o, lse, do, self.causal, None, rows)
+
+    def backward(self, params, cache, dy):
+        x, _, qs, kt, vt, om, lse, _ = cache
+        B, T, _ = x.shape
+        dh = qs.shape[-1]
+        grads = {"Wo": _flat(om).T @ _flat(dy)}
+        do = _heads(dy @ params["Wo"].T, self.num_heads)
+        rows = rows_per_block(B, self.num_heads, T, T, x.dtype.itemsize, self.block_size)
+        dqs, dkt, dvt = self._kernel(qs, kt, vt, _heads(om, self.num_heads), lse, do, rows)
+        dq = _merge(dqs) * jnp.asarray(1 / math.sqrt(dh), x.dtype)
+        dk, dv = _merge(jnp.swapaxes(dkt, 1, 2)), _merge(jnp.swapaxes(dvt, 1, 2))
+        grads.update(Wq=_flat(x).T @ _flat(dq), Wk=_flat(x).T @ _flat(dk), Wv=_flat(x).T @ _flat(dv),
+                     bq=jnp.sum(_flat(dq), axis=0), bv=jnp.sum(_flat(dv), axis=0), bo=jnp.sum(_flat(dy), axis=0))
+        return grads, dq @ params["Wq"].T + dk @ params["Wk"].T + dv @ params["Wv"].T
+
+
+@mutant_of(mbp.MultiHeadAttention)
+class AttentionCausalMaskNotReapplied(AttentionTextbook):
+    """P recomputed in the backward WITHOUT the causal mask: future keys get probability and gradient."""
+
+    def _kernel(self, qs, kt, vt, o, lse, do, rows):
+        return attend_backward(qs, kt, vt, o, lse, do, False, None, rows)  # right: self.causal
+
+
+@mutant_of(mbp.MultiHeadAttention)
+class FlashNoRowsumTerm(AttentionTextbook):
+    """The kernel's dS = P dP: its - P rowsum(dO * O) term dropped (D_i = 0, as if O were 0)."""
+
+    def _kernel(self, qs, kt, vt, o, lse, do, rows):
+        return attend_backward(qs, kt, vt, jnp.zeros_like(o), lse, do, self.causal, None, rows)  # right: o
+
+
+@mutant_of(mbp.MultiHeadAttention)
+class FlashDKUnscaled(AttentionTextbook):
+    """The kernel's dK = dS^T Q, the 1/sqrt(dh) of S = Q K^T / sqrt(dh) missing (dQ keeps it)."""
+
+    def _kernel(self, qs, kt, vt, o, lse, do, rows):
+        dqs, dkt, dvt = attend_backward(qs, kt, vt, o, lse, do, self.causal, None, rows)
+        return dqs, dkt * math.sqrt(qs.shape[-1]), dvt  # right: dkt (= dS^T (Q / sqrt(dh)))
+
+
+@mutant_of(mbp.TransformerBlock)
+class BlockFirstResidualNoIdentity(mbp.TransformerBlock):
+    """dx = J_attn^T dy_1: the FIRST residual's identity path dropped (y_1 = x + attn branch(x))."""
+
+    dropped = 1  # the branch whose identity path is lost, counted as backward meets them (0: the MLP's)
+
+    def backward(self, params, cache, dy):
+        grads = {}
+        for i, branch in enumerate(reversed(self._branches())):
+            d = dy
+            for n, layer in reversed(branch):
+                grads[n], d = layer.backward(params[n], cache[n], d)
+            dy = d if i == self.dropped else dy + d  # right: dy + d for both branches
+        return grads, dy
+
+    def replace_children(self, layers):
+        return type(self).from_parts(zip([n for n, _ in self.parts], layers))
+
+
+@mutant_of(mbp.TransformerBlock)
+class BlockSecondResidualNoIdentity(BlockFirstResidualNoIdentity):
+    """dy_1 = J_mlp^T dy: the SECOND residual's identity path dropped (y = y_1 + mlp branch(y_1))."""
+
+    dropped = 0
