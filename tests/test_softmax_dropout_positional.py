@@ -168,3 +168,16 @@ def test_positional_embedding_bad_input():
         layer.forward({"P": jnp.ones((5, 3))}, jnp.ones((2, 4, 3)))
     with pytest.raises(ValueError, match=r"PositionalEmbedding: max_len must be a positive int"):
         mbp.PositionalEmbedding(0, 3)
+
+
+def test_a_dropout_subclass_is_another_layer_both_ways_round():
+    """Equal layers share a compiled step: a subclass (another backward) must never compare equal to Dropout."""
+
+    class Mine(mbp.Dropout):
+        pass
+
+    key = jax.random.key(3)
+    a, b = mbp.Dropout(0.5, key=key), Mine(0.5, key=key)
+    assert a != b and b != a
+    assert a == mbp.Dropout(0.5, key=key) and hash(a) == hash(mbp.Dropout(0.5, key=key))
+    assert b == Mine(0.5, key=key)

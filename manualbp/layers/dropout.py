@@ -108,10 +108,10 @@ class Dropout(Layer):
             object.__setattr__(self, "key", _as_key(self.key))
 
     def __hash__(self):
-        return hash((Dropout, self.rate, self.training, _key_token(self.key)))
+        return hash((type(self), self.rate, self.training, _key_token(self.key)))
 
     def __eq__(self, other):
-        if type(other) is not Dropout:
+        if type(other) is not type(self):  # a subclass (another backward) is another layer, both ways round
             return NotImplemented
         return (self.rate, self.training) == (other.rate, other.training) and _key_token(self.key) == _key_token(
             other.key)
