@@ -50,6 +50,7 @@ from manualbp.layers import (
     with_dropout_key,
     without_dropout,
 )
+from manualbp.layers.base import checkify_values
 from manualbp.training import data
 from manualbp.training.clip import clip_by_global_norm
 from manualbp.training.train import train, train_twin
@@ -72,7 +73,7 @@ __all__ = [
     "AvgPool2D", "Conv2D", "Flatten", "MaxPool2D",
     "clip_by_global_norm", "data", "train", "train_twin",
     "GRU", "Bidirectional", "Conv1D", "ConvTranspose2D", "GlobalAvgPool2D", "GlobalMaxPool2D",
-    "as_function", "check_vjp",
+    "as_function", "check_vjp", "checkify_values",
     "register_reference",
     "Dropout", "MultiHeadAttention", "PositionalEmbedding", "Softmax", "TransformerBlock", "with_dropout_key",
     "without_dropout",

@@ -11,7 +11,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from manualbp.layers.base import check_finite, is_concrete, name_of
+from manualbp.layers.base import check_finite, checkify_values, is_concrete, name_of
 
 
 def loss_and_grads(model, head, params, x, y, mask=None):
@@ -26,6 +26,14 @@ def loss_and_grads(model, head, params, x, y, mask=None):
 @partial(jax.jit, static_argnums=(0, 1))
 def _jitted(model, head, params, x, y, mask):
     loss, grads, _, _ = loss_and_grads(model, head, params, x, y, mask)
+    return loss, grads
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _jitted_checkified(model, head, params, x, y, mask):
+    """``_jitted`` with the value checks registered for checkify (its own cache: a trace without them is not reused)."""
+    with checkify_values():
+        loss, grads, _, _ = loss_and_grads(model, head, params, x, y, mask)
     return loss, grads
 
 
@@ -67,7 +75,7 @@ def _output_shape(model, params, x):
     return _forward_output.eval_shape(model, params, x)
 
 
-def value_and_grad(model, head, *, jit: bool = True, check: bool = True):
+def value_and_grad(model, head, *, jit: bool = True, check: bool = True, checkify: bool = False):
     """Return ``f(params, x, y, mask=None) -> (loss, grads)`` computed by manual backprop.
 
     Args:
@@ -78,10 +86,14 @@ def value_and_grad(model, head, *, jit: bool = True, check: bool = True):
         or parameter gradient holding NaN/Inf (explosion). Skipped when ``f``
         is itself traced by an outer ``jax.jit``.
 
+      checkify: register the value checks as ``jax.experimental.checkify``
+        checks when ``f`` is traced (``base.checkify_values``); off by default,
+        since a registered check costs time in every compiled step.
+
     The value checks of ``check_values`` (labels, ids, mask) run whenever the
     inputs are concrete, jit or not. Under an outer ``jax.jit`` an invalid
-    value gives a NaN loss and NaN gradient instead; wrap the call in
-    ``jax.experimental.checkify.checkify`` to get the error:
+    value gives a NaN loss and NaN gradient instead; to get the error, build
+    ``f`` with ``checkify=True`` and run it under checkify:
     ``err, out = checkify.checkify(jax.jit(f))(params, x, y); err.throw()``.
 
     ``grads`` has exactly the structure of ``params``, so
@@ -94,10 +106,11 @@ def value_and_grad(model, head, *, jit: bool = True, check: bool = True):
         if check and is_concrete((params, x)):
             check_finite(name_of(model), "input x", x)
             check_finite(name_of(model), "params", params)
-        if jit:
-            loss, grads = _jitted(model, head, params, x, y, mask)
-        else:
-            loss, grads, _, _ = loss_and_grads(model, head, params, x, y, mask)
+        with checkify_values(checkify):
+            if jit:
+                loss, grads = (_jitted_checkified if checkify else _jitted)(model, head, params, x, y, mask)
+            else:
+                loss, grads, _, _ = loss_and_grads(model, head, params, x, y, mask)
         if check and is_concrete((loss, grads)):
             check_finite(name_of(model), "loss", loss)
             check_finite(name_of(model), "gradient (exploding gradients? try clipping)", grads)

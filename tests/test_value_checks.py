@@ -97,19 +97,34 @@ def test_under_jit_an_invalid_embedding_id_gives_a_nan_loss():
 
 def test_checkify_turns_the_traced_checks_into_errors():
     params, x = _mlp()
-    f = checkify.checkify(jax.jit(mbp.value_and_grad(MLP, SCE)))
+    f = checkify.checkify(jax.jit(mbp.value_and_grad(MLP, SCE, checkify=True)))
     err, _ = f(params, x, jnp.array([0, 1, 2, 1]))
     assert err.get() is None
     err, _ = f(params, x, jnp.array([0, 1, 2, 3]))
     assert "SoftmaxCrossEntropy: labels must lie in [0, 3) for 3 classes, got values in [0, 3]" in err.get()
     with pytest.raises(checkify.JaxRuntimeError, match=LABELS):
         err.throw()
-    err, _ = checkify.checkify(jax.jit(mbp.value_and_grad(EMB, SCE)))(_emb(), jnp.array([[0, 9, 1]]),
+    err, _ = checkify.checkify(jax.jit(mbp.value_and_grad(EMB, SCE, checkify=True)))(_emb(), jnp.array([[0, 9, 1]]),
                                                                          jnp.zeros((1, 3), jnp.int32))
     assert "Embedding: ids must lie in [0, 5)" in err.get()
-    err, _ = checkify.checkify(jax.jit(lambda z, y, m: SCE.forward(z, y, m)[0]))(
-        jnp.zeros((2, 3)), jnp.array([0, 1]), jnp.array([1.0, -1.0]))
+
+    def head_loss(z, y, m):
+        with mbp.checkify_values():
+            return SCE.forward(z, y, m)[0]
+
+    err, _ = checkify.checkify(jax.jit(head_loss))(jnp.zeros((2, 3)), jnp.array([0, 1]), jnp.array([1.0, -1.0]))
     assert "mask entries must be finite and >= 0" in err.get()
+
+
+def test_value_checks_are_registered_only_when_asked():
+    """A registered check is an effect XLA must keep (15% of an MLP step): none in the default trace."""
+    params, x = _mlp()
+    y = jnp.array([0, 1, 2, 1])
+    plain = jax.make_jaxpr(mbp.value_and_grad(MLP, SCE, jit=False, check=False))(params, x, y)
+    asked = jax.make_jaxpr(mbp.value_and_grad(MLP, SCE, jit=False, check=False, checkify=True))(params, x, y)
+    assert "check[debug=True]" not in str(plain) and "check[debug=True]" in str(asked)
+    err, _ = checkify.checkify(jax.jit(mbp.value_and_grad(MLP, SCE)))(params, x, jnp.array([0, 1, 2, 3]))
+    assert err.get() is None  # not asked: no error, and the loss is NaN (test above)
 
 
 def test_heads_take_lists_and_numpy_arrays():

@@ -28,9 +28,10 @@ model's evaluation forward is ``model.forward_eval(params, stats, x)``.
 Every shape check here runs on static shapes, so it costs nothing under
 ``jax.jit`` and fires before XLA sees a mismatched operand. A value check
 (labels or ids out of range, a negative mask) can only raise where the values
-are concrete; under tracing ``check_values`` registers a
-``jax.experimental.checkify`` check and hands back the bad entries, which the
-layer turns into NaN so that no invalid input yields a plausible number.
+are concrete; under tracing ``check_values`` hands back the bad entries, which
+the layer turns into NaN so that no invalid input yields a plausible number
+(and, within ``checkify_values()``, registers a ``jax.experimental.checkify``
+check).
 
 Every ``init`` of a ``Layer`` subclass first checks that jax can make arrays
 of the requested dtype (``check_dtype_available``): with 64-bit mode off,
@@ -40,6 +41,7 @@ behind a jax warning.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from typing import Any
@@ -293,10 +295,10 @@ def check_values(name: str, message: str, values, is_bad):
     boolean array, with numpy or jax.numpy operators alike. Concrete values:
     raise ``ValueError("<name>: <message>, got values in [lo, hi]")`` if any
     is bad, else return None. Traced values (under ``jax.jit``), which cannot
-    be inspected: register ``checkify.debug_check`` with the same message (an
-    error when the caller runs under ``jax.experimental.checkify.checkify``, a
-    no-op otherwise) and return the boolean mask of bad entries, for the
-    caller to turn into NaN.
+    be inspected: return the boolean mask of bad entries, for the caller to
+    turn into NaN; within ``checkify_values()`` also register
+    ``checkify.debug_check`` with the same message (an error when the caller
+    runs under ``jax.experimental.checkify.checkify``).
     """
     if is_concrete(values):
         v = np.asarray(values)
@@ -307,8 +309,29 @@ def check_values(name: str, message: str, values, is_bad):
         return None
     v = as_index(values) if jnp.issubdtype(values.dtype, jnp.integer) else values
     bad = is_bad(v)
-    if v.size == 0:
+    if v.size == 0 or not _CHECKIFY[-1]:
         return bad
     checkify.debug_check(~jnp.any(bad), f"{name}: {message}, got values in [{{lo}}, {{hi}}]",
                          lo=jnp.min(v), hi=jnp.max(v))
     return bad
+
+
+_CHECKIFY = [False]  # a stack: is check_values registering checkify checks in the function being traced?
+
+
+@contextlib.contextmanager
+def checkify_values(enabled: bool = True):
+    """Within this block, traced value checks also register ``checkify.debug_check`` (opt-in).
+
+    Off by default: a registered check is an effect that XLA must keep, which cost
+    15% of an MLP training step (6.1 vs 5.2 ms) even when nobody checkifies the
+    function. Use it inside the function you trace, then run that function under
+    ``jax.experimental.checkify.checkify`` to turn invalid values into an error;
+    ``mbp.value_and_grad(model, head, checkify=True)`` does it for you. Trace-time
+    only: it changes what is traced, never a compiled function.
+    """
+    _CHECKIFY.append(bool(enabled))
+    try:
+        yield
+    finally:
+        _CHECKIFY.pop()

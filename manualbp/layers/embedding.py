@@ -74,7 +74,7 @@ class Embedding(Layer):
         Out-of-range ids raise when x is concrete. Under ``jax.jit`` they cannot
         be inspected: there an out-of-range id (negative ones included) reads a
         row of NaN (so the loss is NaN, never a plausible number) and adds nothing
-        to dE; under ``jax.experimental.checkify`` it is an error. The ids are
+        to dE; within ``checkify_values()`` under ``jax.experimental.checkify`` it is an error. The ids are
         widened first (``as_index``): uint8 ids compared with vocab 257 in uint8
         would wrap around.
         """

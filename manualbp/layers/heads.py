@@ -12,8 +12,8 @@ Invalid values (a label out of range, a negative or non-finite mask entry,
 an all-zero mask) raise a ValueError where the values are concrete. Under
 ``jax.jit`` they cannot be inspected: there the loss is NaN and so is the
 gradient of every row holding an invalid label (all rows for an invalid
-mask), never a plausible number; run under ``jax.experimental.checkify``
-to get the error instead. ``manualbp.reference`` computes the same NaNs.
+mask), never a plausible number; within ``base.checkify_values()`` and under
+``jax.experimental.checkify`` they are an error instead. ``manualbp.reference`` computes the same NaNs.
 ``check_values`` runs every check of ``forward`` without computing the loss.
 """
 
