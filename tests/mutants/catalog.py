@@ -90,6 +90,9 @@ CATALOG: list[Mutant] = [
     _entry(s.token_rnn, mbp.RNN(5), r.RNNdWhFromCurrentState(5), "dWh"),
     _entry(s.rnn_given_state, mbp.RNN(5, initial_state="given"), r.RNNInitialStateNoGradient(5, initial_state="given"),
            DX + ".1"),
+    # sequence.py (what every recurrent layer shares: here the padded steps of variable lengths)
+    _entry(s.variable_rnn, mbp.RNN(5, variable_length=True), r.RNNPaddedStepsKeepDy(5, variable_length=True),
+           r"dL/dh\[t=5\]", family="sequence.py"),
     # lstm.py
     _entry(s.lstm, mbp.LSTM(5, return_sequences=False), r.LSTMForgetFromCurrentCell(5, return_sequences=False),
            r"dL/d[hc]\[t=4\]"),

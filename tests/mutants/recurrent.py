@@ -120,3 +120,11 @@ class LSTMNoTanhPrime(LSTMTextbook):
     """dc_t += dh_t o: the tanh'(c_t) = 1 - tanh^2 c_t factor of h_t = o tanh(c_t) dropped."""
 
     bug = "no_tanh_prime"
+
+
+@mutant_of(mbp.RNN)
+class RNNPaddedStepsKeepDy(mbp.RNN):
+    """Variable lengths: dL/dy of a padded step is not dropped (its output is a constant 0: it reaches nothing)."""
+
+    def _upstream(self, states, dy, mask=None):
+        return super()._upstream(states, dy, None)  # right: mask

@@ -121,6 +121,15 @@ def rnn_given_state(slot):
     return Scene(mbp.Sequential(slot, mbp.Dense(3)), mbp.SoftmaxCrossEntropy(), ((T, 4), (slot.hidden,)), make)
 
 
+def variable_rnn(slot):
+    """Sequences of lengths 6, 3 and 4 (input (x, lengths)), a class at every step, padded steps included."""
+    def make(rng, dtype):
+        x = rng.standard_normal((B, T, 4)).astype(dtype)
+        return (x, np.array([T, 3, 4], np.int32)), rng.integers(0, 3, (B, T), np.int32), None
+
+    return Scene(mbp.Sequential(slot, mbp.Dense(3)), mbp.SoftmaxCrossEntropy(), ((T, 4), ()), make)
+
+
 def lstm(slot):
     return Scene(mbp.Sequential(mbp.Dense(4), mbp.Tanh(), slot, mbp.Dense(3)), mbp.SoftmaxCrossEntropy(), (T, 3),
                  _normal((T, 3), (B,)))
