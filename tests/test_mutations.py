@@ -36,10 +36,10 @@ def test_compare_catches_the_bug_in_its_own_row(mutant):
                                f"quantity matching {mutant.expect!r}:\n{report}")
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize(("name", "scene", "layer"), mutants.clean_cases(), ids=lambda v: v if isinstance(v, str) else "")
-def test_clean_twin_passes(name, scene, layer, dtype):
-    report = mutants.run_compare(mutants.build(scene, layer, dtype))
+def test_clean_twin_passes(name, scene, layer):
+    """Every clean model of the catalog PASSes in float32 (float64 and more seeds: scripts/mutation_matrix.py)."""
+    report = mutants.run_compare(mutants.build(scene, layer, jnp.float32))
     assert report.ok, f"false FAIL of the clean model {name}:\n{report}"
 
 
