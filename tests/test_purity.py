@@ -21,12 +21,7 @@ CALLS_REFERENCE = {
     "manualbp/verify/compare.py",
     "manualbp/verify/register.py",
     "manualbp/training/step.py",
-    "manualbp/cli/benchmarks/cnn.py",
-    "manualbp/cli/benchmarks/conv_layers.py",
-    "manualbp/cli/benchmarks/mlp.py",
-    "manualbp/cli/benchmarks/recurrent.py",
-    "manualbp/cli/benchmarks/attention.py",
-    "manualbp/cli/benchmarks/gpt.py",
+    "manualbp/cli/benchmarks/contenders.py",  # every benchmark's jax.grad contender
 }
 
 # the manual modules that may call autodiff, and exactly what: check_vjp differentiates the USER's functions (fn and

@@ -1,6 +1,6 @@
 """One causal MultiHeadAttention layer, B=8, D=128, 4 heads, T = 128 ... 1024, float32: time and memory.
 
-Contenders, interleaved in one run: manual value_and_grad (the backward
+Contenders, interleaved in one run: the manual step (its backward
 recomputes the probabilities from the cached row log-sum-exp, a block of
 query rows at a time) vs ``jax.value_and_grad`` of the reference (the
 textbook forward: full (B, heads, T, T) scores and ``jax.nn.softmax``,
@@ -15,13 +15,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from manualbp.backprop import loss_and_grads
-from manualbp.cli.benchmarks.memory import compiled_memory, mib
-from manualbp.cli.benchmarks.timing import compile_time, interleaved, machine
+from manualbp.cli.benchmarks.contenders import compile_and_memory, value_and_grad_steps
+from manualbp.cli.benchmarks.memory import mib
+from manualbp.cli.benchmarks.timing import interleaved, machine
 from manualbp.layers.attention import MultiHeadAttention
 from manualbp.layers.heads import MeanSquaredError
 from manualbp.layers.sequential import Sequential
-from manualbp.reference import value_and_grad as reference_step
 
 B, D, HEADS = 8, 128, 4
 LENGTHS = (128, 256, 512, 1024)
@@ -41,12 +40,8 @@ def _one(T: int, repeats: int) -> dict:
     kx, ky = jax.random.split(jax.random.key(1))
     x = jax.random.normal(kx, (B, T, D), jnp.float32)
     y = jax.random.normal(ky, (B, T, D), jnp.float32)
-    steps = {  # fresh jits, so the first call measures trace + compile
-        "manual": jax.jit(lambda p, x, y: loss_and_grads(model, head, p, x, y)[:2]),
-        "jax.grad": jax.jit(reference_step(model, head, jit=False)),
-    }
-    compile_s = {name: compile_time(fn, params, x, y) for name, fn in steps.items()}
-    memory = {name: compiled_memory(fn, params, x, y) for name, fn in steps.items()}
+    steps = value_and_grad_steps(model, head)  # fresh jits, so the first call measures trace + compile
+    compile_s, memory = compile_and_memory(steps, params, x, y)
     times = interleaved(steps, (params, x, y), repeats=repeats)
     return {"T": T, "times": times, "compile_s": compile_s, "memory": memory,
             "ratio": times["manual"]["median_s"] / times["jax.grad"]["median_s"],

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from manualbp.backprop import loss_and_grads
-from manualbp.cli.benchmarks.memory import compiled_memory, mib
+from manualbp.cli.benchmarks.contenders import compile_and_memory, value_and_grad_steps
+from manualbp.cli.benchmarks.memory import mib
 from manualbp.cli.benchmarks.timing import compile_time, interleaved, machine
 from manualbp.layers.activations import ReLU
 from manualbp.layers.conv import Conv2D
@@ -23,7 +23,6 @@ from manualbp.layers.heads import SoftmaxCrossEntropy
 from manualbp.layers.pool import MaxPool2D
 from manualbp.layers.reshape import Flatten
 from manualbp.layers.sequential import Sequential
-from manualbp.reference import value_and_grad as reference_step
 
 BATCH = 128
 INPUT = (28, 28, 1)
@@ -71,12 +70,8 @@ def run(repeats: int = 30) -> dict:
     y = jax.random.randint(ky, (BATCH,), 0, CLASSES)
 
     # fresh jits, so the first call measures trace + compile
-    steps = {
-        "manual": jax.jit(lambda p, x, y: loss_and_grads(net, head, p, x, y)[:2]),
-        "jax.grad": jax.jit(reference_step(net, head, jit=False)),
-    }
-    compile_s = {name: compile_time(fn, params, x, y) for name, fn in steps.items()}
-    memory = {name: compiled_memory(fn, params, x, y) for name, fn in steps.items()}
+    steps = value_and_grad_steps(net, head)
+    compile_s, memory = compile_and_memory(steps, params, x, y)
     limit = jax.jit(_limit)
     largs = _limit_args(params, x)
     compile_s["limit"] = compile_time(limit, *largs)

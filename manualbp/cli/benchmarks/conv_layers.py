@@ -16,7 +16,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from manualbp.backprop import loss_and_grads
+from manualbp.cli.benchmarks.contenders import value_and_grad_steps
 from manualbp.cli.benchmarks.timing import compile_time, interleaved, machine
 from manualbp.layers.activations import ReLU
 from manualbp.layers.conv1d import Conv1D
@@ -25,7 +25,6 @@ from manualbp.layers.dense import Dense
 from manualbp.layers.heads import MeanSquaredError, SoftmaxCrossEntropy
 from manualbp.layers.reshape import Flatten
 from manualbp.layers.sequential import Sequential
-from manualbp.reference import value_and_grad as reference_step
 
 BATCH = 64
 TARGET = 1.0
@@ -55,10 +54,7 @@ MODELS = {
 def _one(make, repeats):
     model, head, in_shape, x, y = make()
     params, _ = model.init(jax.random.key(0), in_shape, jnp.float32)
-    contenders = {  # fresh jits, so the first call measures trace + compile
-        "manual": jax.jit(lambda p, x, y: loss_and_grads(model, head, p, x, y)[:2]),
-        "jax.grad": jax.jit(reference_step(model, head, jit=False)),
-    }
+    contenders = value_and_grad_steps(model, head)  # fresh jits, so the first call measures trace + compile
     scratch = {k: fn.lower(params, x, y).compile().memory_analysis().temp_size_in_bytes for k, fn in contenders.items()}
     compile_s = {k: compile_time(fn, params, x, y) for k, fn in contenders.items()}
     times = interleaved(contenders, (params, x, y), repeats=repeats)

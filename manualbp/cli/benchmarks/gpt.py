@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from manualbp.backprop import loss_and_grads
+from manualbp.cli.benchmarks.contenders import value_and_grad_steps
 from manualbp.cli.benchmarks.memory import compiled_memory, mib
 from manualbp.cli.benchmarks.timing import compile_time, interleaved, machine
 from manualbp.layers.dense import Dense
@@ -25,7 +25,6 @@ from manualbp.layers.norm import LayerNorm
 from manualbp.layers.positional import PositionalEmbedding
 from manualbp.layers.sequential import Sequential
 from manualbp.layers.transformer import TransformerBlock
-from manualbp.reference import value_and_grad as reference_step
 
 B, T, D, HEADS, VOCAB = 8, 512, 128, 4, 256
 BLOCKS = 4
@@ -37,19 +36,12 @@ def model(blocks: int = BLOCKS) -> Sequential:
                       *[TransformerBlock(D, HEADS, causal=True) for _ in range(blocks)], LayerNorm(), Dense(VOCAB))
 
 
-def _steps(net, head):
-    return {  # fresh jits, so the first call measures trace + compile
-        "manual": jax.jit(lambda p, x, y: loss_and_grads(net, head, p, x, y)[:2]),
-        "jax.grad": jax.jit(reference_step(net, head, jit=False)),
-    }
-
-
 def _memory_at_depth(blocks: int) -> dict:
     """Compiled peak memory of both steps for a model of ``blocks`` blocks (shapes only: nothing allocated or run)."""
     net, head = model(blocks), SoftmaxCrossEntropy()
     params = jax.eval_shape(lambda k: net.init(k, (T,), jnp.float32)[0], jax.random.key(0))
     ids = jax.ShapeDtypeStruct((B, T), jnp.int32)
-    memory = {name: compiled_memory(fn, params, ids, ids) for name, fn in _steps(net, head).items()}
+    memory = {name: compiled_memory(fn, params, ids, ids) for name, fn in value_and_grad_steps(net, head).items()}
     return {"blocks": blocks, "memory": memory, "ratio": memory["manual"]["peak"] / memory["jax.grad"]["peak"]}
 
 
@@ -59,7 +51,7 @@ def run(repeats: int = 30) -> dict:
     kx, ky = jax.random.split(jax.random.key(1))
     x = jax.random.randint(kx, (B, T), 0, VOCAB)
     y = jax.random.randint(ky, (B, T), 0, VOCAB)
-    steps = _steps(net, head)
+    steps = value_and_grad_steps(net, head)
     compile_s = {name: compile_time(fn, params, x, y) for name, fn in steps.items()}
     times = interleaved(steps, (params, x, y), repeats=repeats)
     depths = [_memory_at_depth(L) for L in DEPTHS]

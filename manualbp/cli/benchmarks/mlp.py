@@ -12,14 +12,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from manualbp.backprop import loss_and_grads
-from manualbp.cli.benchmarks.memory import compiled_memory, mib
-from manualbp.cli.benchmarks.timing import compile_time, interleaved, machine
+from manualbp.cli.benchmarks.contenders import compile_and_memory, value_and_grad_steps
+from manualbp.cli.benchmarks.memory import mib
+from manualbp.cli.benchmarks.timing import interleaved, machine
 from manualbp.layers.activations import ReLU
 from manualbp.layers.dense import Dense
 from manualbp.layers.heads import SoftmaxCrossEntropy
 from manualbp.layers.sequential import Sequential
-from manualbp.reference import value_and_grad as reference_step
 
 SIZES = (784, 512, 512, 10)
 BATCH = 256
@@ -61,13 +60,11 @@ def run(repeats: int = 30) -> dict:
     dz = jax.random.normal(jax.random.key(3), (BATCH, SIZES[-1]), jnp.float32)
     dot, limit = jax.jit(jnp.dot), jax.jit(_matmuls)
     contenders = {
-        "manual": jax.jit(lambda p, x, y: loss_and_grads(model, head, p, x, y)[:2]),
-        "jax.grad": jax.jit(reference_step(model, head, jit=False)),
+        **value_and_grad_steps(model, head),
         "limit": lambda p, x, y: limit(p, x, dz),
         "dot": lambda p, x, y: dot(a, a),
     }
-    compile_s = {name: compile_time(fn, params, x, y) for name, fn in contenders.items()}
-    memory = {name: compiled_memory(fn, params, x, y) for name, fn in contenders.items()}
+    compile_s, memory = compile_and_memory(contenders, params, x, y)
     times = interleaved(contenders, (params, x, y), repeats=repeats)
     flops = step_flops()
     peak = max(2 * PEAK_N**3 / times["dot"]["min_s"], flops / times["limit"]["min_s"]) / 1e9

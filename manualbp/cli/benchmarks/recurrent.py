@@ -12,16 +12,15 @@ import os
 import jax
 import jax.numpy as jnp
 
-from manualbp.backprop import loss_and_grads
-from manualbp.cli.benchmarks.memory import compiled_memory, mib
-from manualbp.cli.benchmarks.timing import compile_time, interleaved, machine
+from manualbp.cli.benchmarks.contenders import compile_and_memory, value_and_grad_steps
+from manualbp.cli.benchmarks.memory import mib
+from manualbp.cli.benchmarks.timing import interleaved, machine
 from manualbp.layers.dense import Dense
 from manualbp.layers.gru import GRU
 from manualbp.layers.heads import SoftmaxCrossEntropy
 from manualbp.layers.lstm import LSTM
 from manualbp.layers.recurrent import RNN
 from manualbp.layers.sequential import Sequential
-from manualbp.reference import value_and_grad as reference_step
 
 D, H, T, BATCH, CLASSES = 64, 256, 64, 64, 10
 TARGETS = {"rnn": 0.75, "lstm": 0.85, "gru": 0.85}
@@ -35,12 +34,8 @@ def _one(name, layer, repeats):
     kx, ky = jax.random.split(jax.random.key(1))
     x = jax.random.normal(kx, (BATCH, T, D), jnp.float32)
     y = jax.random.randint(ky, (BATCH,), 0, CLASSES)
-    contenders = {  # fresh jits, so the first call measures trace + compile
-        "manual": jax.jit(lambda p, x, y: loss_and_grads(model, head, p, x, y)[:2]),
-        "jax.grad": jax.jit(reference_step(model, head, jit=False)),
-    }
-    compile_s = {k: compile_time(fn, params, x, y) for k, fn in contenders.items()}
-    memory = {k: compiled_memory(fn, params, x, y) for k, fn in contenders.items()}
+    contenders = value_and_grad_steps(model, head)  # fresh jits, so the first call measures trace + compile
+    compile_s, memory = compile_and_memory(contenders, params, x, y)
     times = interleaved(contenders, (params, x, y), repeats=repeats)
     return {
         "times": times,
