@@ -1,16 +1,23 @@
 """Test configuration: float64 available, no silent rank promotion (a mis-broadcast bias fails loudly).
 
 The suite is dominated by XLA compile time (many small configurations, each
-compiled once), so tests ask XLA's CPU backend for its cheapest optimization
-level. That changes how long compiling takes, not what is computed: no test
-tolerance depends on it.
+compiled once), so tests ask XLA's CPU backend to compile cheaply, with the
+flags ``manualbp check`` uses (manualbp/cli/xla_flags.py). That changes how
+long compiling takes, not what is computed: no test tolerance depends on it.
 """
 
+import importlib.util
 import os
 import sys
+from pathlib import Path
 
 if "jax" not in sys.modules:  # only effective before jax starts its backend
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+    # manualbp/cli/xla_flags.py imports no jax; loaded by path, since importing the package would start jax
+    _spec = importlib.util.spec_from_file_location(
+        "_manualbp_xla_flags", Path(__file__).resolve().parents[1] / "manualbp" / "cli" / "xla_flags.py")
+    _flags = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_flags)
+    _flags.use_fast_compile()
 
 # `manualbp check` keeps compiled programs in a persistent cache in the user's cache dir; the suite must not write there
 os.environ.setdefault("MANUALBP_CACHE_DIR", "")

@@ -1,9 +1,10 @@
 """``manualbp check``: manual backprop vs jax.grad, layer by layer, on the built-in models.
 
 A first check is mostly XLA compiling small programs, each run once. So
-``check`` asks XLA's CPU backend for its cheapest optimization level (unless
-``XLA_FLAGS`` already sets one: it changes how long compiling takes, not what
-is compared, since both sides are compiled alike) and keeps the compiled
+``check`` asks XLA's CPU backend to compile cheaply (``xla_flags``: the
+cheapest optimization level and the older fusion emitters, unless
+``XLA_FLAGS`` sets them; it changes how long compiling takes, not what is
+compared, since both sides are compiled alike) and keeps the compiled
 programs in jax's persistent compilation cache, in the user's cache
 directory, so that the next run skips compiling.
 """
@@ -19,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from manualbp.cli.args import positive_int
+from manualbp.cli.xla_flags import use_fast_compile
 
 CACHE_ENV = "MANUALBP_CACHE_DIR"
 
@@ -50,9 +52,9 @@ def register(subparsers):
         description="Run every built-in model (or one) forward and backward by hand and through jax.grad of the "
                     "reference, and print one row per layer and quantity. Exit status 0 only if every row passes.",
         epilog=f"Compiled programs are cached in --cache-dir (default from ${CACHE_ENV}, else the user cache dir), "
-               "so a second run skips compiling; delete the folder to reclaim the space. check also sets "
-               "XLA_FLAGS=--xla_backend_optimization_level=0 unless XLA_FLAGS sets a level: it compiles many small "
-               "programs that each run once.",
+               "so a second run skips compiling; delete the folder to reclaim the space. check also adds "
+               "--xla_backend_optimization_level=0 and --xla_cpu_use_fusion_emitters=false to XLA_FLAGS unless it "
+               "sets them: it compiles many small programs that each run once.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     check.add_argument("--model", default="all", choices=["all", *sorted(MODELS)], help="built-in model to check")
     check.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"],
@@ -76,13 +78,11 @@ def register(subparsers):
 
 
 def configure_xla(cache_dir: str) -> str:
-    """Cheapest XLA optimization level and the persistent cache; returns the cache dir in use ('' if none).
+    """XLA flags for cheap compiling (``xla_flags``) and the persistent cache; returns the cache dir in use ('' if none).
 
     Takes effect only before jax compiles its first program (as in a fresh ``manualbp check``).
     """
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_backend_optimization_level" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0".strip()
+    use_fast_compile()
     import jax
 
     if not cache_dir:
