@@ -11,7 +11,7 @@ import pytest
 import manualbp as mbp
 from manualbp.training import data, zoo
 from manualbp.training.train import train_twin
-from manualbp.training.twin import Divergence, rounding_neighbour, twin_figures
+from manualbp.training.twin import Divergence, leaf_sums, normwise, rounding_neighbour, twin_figures
 from manualbp.verify.report import compare_arrays
 from manualbp.verify.tolerances import tolerance
 
@@ -165,3 +165,28 @@ def test_a_batch_of_one_still_has_a_rounding_spread_and_it_does_not_excuse_a_wro
         assert np.any(noise > 0) and np.all(Divergence.noise_factor * noise < tol), noise
         dv = _divergence(grad[None], noise[None])
         assert not dv.ok and dv.first_failure["kind"] == "gradient", dv.summary()
+
+
+def test_leafwise_figures_match_numpy_and_flag_non_finite_entries():
+    rng = np.random.default_rng(0)
+    a = {"W": jnp.asarray(rng.standard_normal((3, 4)), jnp.float32), "b": jnp.asarray(rng.standard_normal(4), jnp.bfloat16)}
+    b = jax.tree_util.tree_map(lambda v: v * 1.01, a)
+    bad = {"W": a["W"].at[1, 2].set(jnp.nan), "b": jnp.zeros(4, jnp.bfloat16)}
+    sums = leaf_sums((a, b), (bad, a), (a, a))
+    assert sums.shape == (2, 3, 5) and sums.dtype == jnp.float32
+    rel = np.asarray(normwise(sums))
+    for i, k in enumerate(("W", "b")):
+        x, y = np.asarray(a[k], np.float64), np.asarray(b[k], np.float64)
+        np.testing.assert_allclose(rel[i, 0], np.linalg.norm(x - y) / max(np.linalg.norm(x), np.linalg.norm(y)), rtol=1e-5)
+    assert np.isnan(rel[0, 1]) and rel[1, 1] == 1.0  # a NaN is never a small difference; 0 vs b: all of it
+    assert np.all(rel[:, 2] == 0)
+    np.testing.assert_array_equal(np.asarray(sums[:, 1, 3:]), [[1, 0], [0, 0]])  # one non-finite entry, in bad's W
+
+
+def test_rounding_neighbour_signs_are_balanced_and_differ_between_leaves():
+    params = {"a": jnp.ones((64, 64), jnp.float32), "b": jnp.ones((64, 64), jnp.float32)}
+    moved = rounding_neighbour(params, 0)
+    up = [np.asarray(moved[k]) > 1 for k in ("a", "b")]
+    assert all(0.45 < u.mean() < 0.55 for u in up)
+    assert 0.4 < (up[0] == up[1]).mean() < 0.6  # not the same pattern in every leaf
+    assert 0.4 < (up[0][:, :-1] == up[0][:, 1:]).mean() < 0.6  # nor along an axis
