@@ -19,6 +19,11 @@ if "jax" not in sys.modules:  # only effective before jax starts its backend
     _spec.loader.exec_module(_flags)
     _flags.use_fast_compile()
 
+# no Python tracebacks in the compiled programs' op locations (used only in XLA's own error messages): a quarter of
+# the time to trace and lower the many small programs of the suite (tests/test_mutations.py: 43 -> 33 s); an
+# environment variable, so that the suite's subprocesses (the README's blocks, the CLI) inherit it
+os.environ.setdefault("JAX_TRACEBACK_IN_LOCATIONS_LIMIT", "0")
+
 # `manualbp check` keeps compiled programs in a persistent cache in the user's cache dir; the suite must not write there
 os.environ.setdefault("MANUALBP_CACHE_DIR", "")
 
