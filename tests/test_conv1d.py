@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 import manualbp as mbp
 
 # (layer, input shape (B, T, C), dtype): kernels 1-5, stride 1-4, every padding form (CAUSAL with dilation),
-# dilation 1-3, without bias, both dW formulations of the Conv2D it runs as (patch k C <= 32 and above)
+# dilation 1-3, without bias, both dW formulations (patch k C <= 32 and above), and the degenerate geometries
+# where dy is shorter than the kernel (dx by col2im, not the transposed convolution XLA CPU would abort on)
 CONFIGS = [
     (mbp.Conv1D(4, 3), (2, 7, 3), jnp.float32),
     (mbp.Conv1D(5, 4, stride=2, padding="VALID", dilation=2), (3, 12, 2), jnp.float64),
@@ -19,6 +20,8 @@ CONFIGS = [
     (mbp.Conv1D(3, 2, stride=3, padding=(4, 1), use_bias=False), (1, 6, 20), jnp.float64),
     (mbp.Conv1D(3, 5, stride=2, padding="SAME"), (2, 10, 7), jnp.float64),
     (mbp.Conv1D(3, 1, stride=4, padding=2), (2, 5, 2), jnp.float32),
+    (mbp.Conv1D(5, 2, stride=2, padding=1, use_bias=False), (4, 1, 5), jnp.float64),  # width 1: To = 1 < k
+    (mbp.Conv1D(2, 3, stride=4, padding="SAME"), (2, 3, 2), jnp.float32),  # stride beyond the input
 ]
 
 

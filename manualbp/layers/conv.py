@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 
 import jax
@@ -14,6 +16,7 @@ from manualbp.layers.window import check_padding, effective, output_size, pair, 
 # im2col + one matmul beats XLA CPU's weight-gradient convolution when a patch
 # row is short (measured 3x faster at kh kw C = 9, even at 36, 3x slower at 72)
 _IM2COL_MAX_PATCH = 32
+_SPATIAL = {1: "W", 2: "HW"}  # the letters of the spatial axes in lax's dimension numbers
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ class Conv2D(Layer):
     def _dx(dy, W, size, kernel, stride, dilation, pads, out):
         """Transposed convolution: dx = (dy dilated by s) correlated with W flipped, channels swapped.
 
+        Any number n of spatial axes (Conv1D calls it with n = 1): dy (N, *out, F), W (*kernel, C, F).
         Where dy is smaller than the kernel along an axis (o < k: a width-1 input, padding >= kernel, a
         stride beyond the input), XLA CPU's simplifier swaps the operands of that convolution and emits an
         invalid one that aborts the process; there dx is the adjoint of im2col instead (``_dx_col2im``).
@@ -148,9 +152,10 @@ class Conv2D(Layer):
         for n, k, (lo, _), s, d, o in zip(size, kernel, pads, stride, dilation, out, strict=True):
             low = (k - 1) * d - lo  # flipped kernel tap (k-1-i) meets dy[o] at h = o s + i d - lo
             tr_pads.append((low, n - (o - 1) * s - 1 - low + (k - 1) * d))  # output length exactly n
+        sp = _SPATIAL[len(size)]
         return lax.conv_general_dilated(
-            dy, W[::-1, ::-1], (1, 1), tr_pads, lhs_dilation=stride, rhs_dilation=dilation,
-            dimension_numbers=("NHWC", "HWOI", "NHWC"),
+            dy, W[(slice(None, None, -1),) * len(size)], (1,) * len(size), tr_pads, lhs_dilation=stride,
+            rhs_dilation=dilation, dimension_numbers=(f"N{sp}C", f"{sp}OI", f"N{sp}C"),
         )
 
     @staticmethod
@@ -159,40 +164,37 @@ class Conv2D(Layer):
 
         Tap (i, j) read xp[n, o s_h + i d_h, p s_w + j d_w, :], i.e. x at row o s_h + i d_h - top: its gradient
         dy W[i, j]^T (N, Ho, Wo, C) is spread with s - 1 zeros between rows/columns and shifted there (a
-        negative pad crops what fell in the padding); the taps' contributions add.
+        negative pad crops what fell in the padding); the taps' contributions add. Any number of spatial axes.
         """
-        kh, kw, C, F = W.shape
-        N, Ho, Wo, _ = dy.shape
-        dcols = (dy.reshape(-1, F) @ W.reshape(kh * kw * C, F).T).reshape(N, Ho, Wo, kh * kw, C)
+        kernel, (C, F) = W.shape[:-2], W.shape[-2:]
+        N, out = dy.shape[0], dy.shape[1:-1]
+        dcols = (dy.reshape(-1, F) @ W.reshape(-1, F).T).reshape(N, *out, math.prod(kernel), C)
         zero = jnp.zeros((), dy.dtype)
         dx = None
-        for i in range(kh):
-            for j in range(kw):
-                cfg = [(0, 0, 0)]
-                for n, o, (lo, _), s, t in zip(size, (Ho, Wo), pads, stride, (i * dilation[0], j * dilation[1]),
-                                               strict=True):
-                    cfg.append((t - lo, n + lo - t - (o - 1) * s - 1, s - 1))
-                term = lax.pad(dcols[:, :, :, i * kw + j], zero, [*cfg, (0, 0, 0)])
-                dx = term if dx is None else dx + term
+        for tap, offsets in enumerate(itertools.product(*map(range, kernel))):
+            cfg = [(0, 0, 0)]
+            for n, o, (lo, _), s, t in zip(size, out, pads, stride, (i * d for i, d in zip(offsets, dilation)),
+                                           strict=True):
+                cfg.append((t - lo, n + lo - t - (o - 1) * s - 1, s - 1))
+            term = lax.pad(dcols[..., tap, :], zero, [*cfg, (0, 0, 0)])
+            dx = term if dx is None else dx + term
         return dx
 
     @staticmethod
     def _dW(x, dy, kernel, stride, dilation, pads, out):
-        """dW[i, j, c, f] = sum_{n, o, p} xp[n, o s + i d, p s + j d, c] dy[n, o, p, f]."""
-        (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dilation, out
-        C, F = x.shape[3], dy.shape[3]
-        if kh * kw * C <= _IM2COL_MAX_PATCH:
+        """dW[i, j, c, f] = sum_{n, o, p} xp[n, o s + i d, p s + j d, c] dy[n, o, p, f] (any number of spatial axes)."""
+        C, F = x.shape[-1], dy.shape[-1]
+        if math.prod(kernel) * C <= _IM2COL_MAX_PATCH:
             xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-            cols = [
-                xp[:, i * dh : i * dh + (ho - 1) * sh + 1 : sh, j * dw : j * dw + (wo - 1) * sw + 1 : sw, :]
-                for i in range(kh)
-                for j in range(kw)
-            ]
-            patches = jnp.concatenate(cols, axis=-1).reshape(-1, kh * kw * C)  # (N Ho Wo, kh kw C)
-            return (patches.T @ dy.reshape(-1, F)).reshape(kh, kw, C, F)
+            cols = [xp[(slice(None), *(slice(i * d, i * d + (o - 1) * s + 1, s)
+                                       for i, d, o, s in zip(offsets, dilation, out, stride, strict=True)))]
+                    for offsets in itertools.product(*map(range, kernel))]
+            patches = jnp.concatenate(cols, axis=-1).reshape(-1, math.prod(kernel) * C)  # (N Ho Wo, kh kw C)
+            return (patches.T @ dy.reshape(-1, F)).reshape(*kernel, C, F)
         # x as lhs with batch <-> channel swapped; dy as a kernel dilated by the stride
         w_pads = [(lo, (k - 1) * d + (o - 1) * s + 1 - n - lo)
-                  for n, k, (lo, _), s, d, o in zip(x.shape[1:3], kernel, pads, stride, dilation, out, strict=True)]
+                  for n, k, (lo, _), s, d, o in zip(x.shape[1:-1], kernel, pads, stride, dilation, out, strict=True)]
+        sp = _SPATIAL[len(kernel)]
         return lax.conv_general_dilated(
-            x, dy, dilation, w_pads, rhs_dilation=stride, dimension_numbers=("CHWN", "IHWO", "HWNC")
+            x, dy, dilation, w_pads, rhs_dilation=stride, dimension_numbers=(f"C{sp}N", f"I{sp}O", f"{sp}NC")
         )

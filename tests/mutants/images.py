@@ -101,16 +101,17 @@ class AvgPoolCountExcludesPad(SeesIO, mbp.AvgPool2D):
         return super().backward(params, cache[0], dy * (k * k) / counts)  # right: dy
 
 
-# ---- conv1d.py (run as a Conv2D over a (1, T) image) ----------------------------------------------------------
+# ---- conv1d.py (Conv2D's backward helpers with one spatial axis) ----------------------------------------------
 
 
 @mutant_of(mbp.Conv1D)
 class Conv1DdWDilationIgnored(mbp.Conv1D):
     """dW gathered from undilated taps (x[o s + i] where x[o s + i d] belongs); dx and db right."""
 
-    def _conv2d(self, T):
-        c = super()._conv2d(T)  # right: c itself; the Conv2D below differs from it in dW's taps only
-        return ConvDWDilationIgnored(c.features, c.kernel_size, c.stride, c.padding, c.dilation, c.use_bias)
+    def backward(self, params, cache, dy):
+        grads, dx = super().backward(params, cache, dy)
+        kernel, stride, dilation, pads, out = self._geometry(cache.shape[1])
+        return {**grads, "W": mbp.Conv2D._dW(cache, dy, kernel, stride, (1,), pads, out)}, dx  # right: dilation
 
 
 # ---- conv_transpose.py -----------------------------------------------------------------------------------------
