@@ -24,7 +24,7 @@ demo: $(VENV)/.installed-core
 	$(BIN)/manualbp check --model all
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -n auto
+	$(BIN)/python -m pytest -n auto --dist worksteal
 
 bench: $(VENV)/.installed
 	$(BIN)/manualbp bench
