@@ -7,12 +7,12 @@ Per head, with queries from x (T, D) and keys/values from the context c
     O = softmax(Q K^T / sqrt(dh), masked) V                 (T, dh)       (``flash``)
     y = concat_heads(O) Wo + bo                             (T, D)
 
-The attention core and its backward, dS = P (dP - rowsum(dO O)) with P
-recomputed from the per-row log-sum-exp, are derived in ``flash``; around
-it the projections are Dense layers on every (sequence, position) row. What
-crosses from the forward to the backward is x, c, Q, K, V, O and lse
-(B, heads, T): O(B T D) memory, where jax.grad of the textbook forward
-keeps the probabilities P, (B, heads, T, S), of every layer.
+The attention core and its backward, dS = P (dP - rowsum(P dP)) with P
+recomputed from Q and K a block of query rows at a time, are derived in
+``flash``; around it the projections are Dense layers on every (sequence,
+position) row. What crosses from the forward to the backward is x, c, Q, K,
+V and O: O(B T D) memory, where jax.grad of the textbook forward keeps the
+probabilities P, (B, heads, T, S), of every layer.
 
 Masks. A pair (i, j) is allowed when j <= i (``causal``) and the key j is
 not padding (``key_mask``: input mask (B, S), True = a real key). A masked
@@ -194,7 +194,7 @@ class MultiHeadAttention(Layer):
         """x: (B, T, D) (or the tuple of the class docstring) -> y: (B, T, D).
 
         cache: (x, context or None, Q / sqrt(dh) (B, T, H, dh), K^T and V^T (B, H, S, dh), O (B, T, H dh),
-        lse (B, H, T), mask).
+        mask).
         """
         x, c, mask = self._unpack(params, x)
         H = self.num_heads
@@ -204,25 +204,25 @@ class MultiHeadAttention(Layer):
         kt = jnp.swapaxes(_heads(self._project(params, c, "Wk", None), H), 1, 2)
         vt = jnp.swapaxes(_heads(self._project(params, c, "Wv", "bv"), H), 1, 2)
         rows = rows_per_block(B, H, T, c.shape[1], x.dtype.itemsize, self.block_size)
-        o, lse, qs, kt, vt = attend(qs, kt, vt, self.causal, mask, rows)
+        o, qs, kt, vt = attend(qs, kt, vt, self.causal, mask, rows)
         om = _merge(o)
         y = self._project(params, om, "Wo", "bo")
-        return y, (x, c if self.cross else None, qs, kt, vt, om, lse, mask)
+        return y, (x, c if self.cross else None, qs, kt, vt, om, mask)
 
     def backward(self, params, cache, dy):
         """Output projection (BP2-BP4 of a Dense), the attention backward of the module docstring, then Q/K/V.
 
         .. math::
             dW_o = O^T dy,\\; db_o = \\sum dy,\\; dO = dy W_o^T;\\quad
-            dV = P^T dO,\\; dS = P (dO V^T - \\mathrm{rowsum}(dO \\odot O)),\\;
+            dV = P^T dO,\\; dP = dO V^T,\\; dS = P (dP - \\mathrm{rowsum}(P \\odot dP)),\\;
             dQ = dS K / \\sqrt{d_h},\\; dK = dS^T Q / \\sqrt{d_h}
             dW_q = x^T dQ,\\; dW_k = c^T dK,\\; dW_v = c^T dV,\\;
             dx = dQ W_q^T \\,[+ dK W_k^T + dV W_v^T \\text{ when } c = x]
 
-        P is recomputed from Q, K and the cached lse, a block of query rows at a
-        time. dy: (B, T, D); returns (dparams, dx) with dx of the input's structure.
+        P is recomputed from Q and K, a block of query rows at a time. dy: (B, T, D); returns (dparams,
+        dx) with dx of the input's structure.
         """
-        x, c, qs, kt, vt, om, lse, mask = cache
+        x, c, qs, kt, vt, om, mask = cache
         cross = c is not None
         c = c if cross else x
         H = self.num_heads
@@ -231,7 +231,7 @@ class MultiHeadAttention(Layer):
         grads = {"Wo": _flat(om).T @ _flat(dy)}
         do = _heads(dy @ params["Wo"].T, H)
         rows = rows_per_block(B, H, T, c.shape[1], x.dtype.itemsize, self.block_size)
-        dqs, dkt, dvt = attend_backward(qs, kt, vt, _heads(om, H), lse, do, self.causal, mask, rows)
+        dqs, dkt, dvt = attend_backward(qs, kt, vt, do, self.causal, mask, rows)
         dq = _merge(dqs) * jnp.asarray(1 / math.sqrt(dh), x.dtype)  # Q = x Wq + bq enters S through Q / sqrt(dh)
         dk, dv = _merge(jnp.swapaxes(dkt, 1, 2)), _merge(jnp.swapaxes(dvt, 1, 2))
         grads.update(Wq=_flat(x).T @ _flat(dq), Wk=_flat(c).T @ _flat(dk), Wv=_flat(c).T @ _flat(dv))

@@ -3,25 +3,34 @@
 Per head (batch and head indices dropped), queries Q (T, dh), keys K and
 values V (S, dh), and a set of allowed pairs (i, j) (the masks):
 
-    S_ij = Q_i . K_j / sqrt(dh)  (allowed; -inf elsewhere)     lse_i = log sum_j exp(S_ij)
-    P_ij = exp(S_ij - lse_i)                                     O = P V   (T, dh)
+    S_ij = Q_i . K_j / sqrt(dh)  (allowed; -inf elsewhere)     P_i = softmax(S_i) over the row's keys
+    O = P V   (T, dh)
 
 Backward, given dO (Dao et al., 2022, "FlashAttention", section 3.1 and appendix B.2):
 
     dV = P^T dO                     dP = dO V^T
-    dS_ij = P_ij (dP_ij - sum_k P_ik dP_ik)       (softmax's Jacobian, row by row)
-          = P_ij (dP_ij - D_i),     D_i = sum_k P_ik (dO_i . V_k) = dO_i . (sum_k P_ik V_k) = dO_i . O_i
+    dS_ij = P_ij (dP_ij - D_i),     D_i = sum_k P_ik dP_ik       (softmax's Jacobian, row by row)
     dQ = dS K / sqrt(dh)            dK = dS^T Q / sqrt(dh)
 
-The identity D_i = rowsum(dO * O) turns a reduction over the S keys of the
-(T, S) matrix P * dP into one over the dh features of O. So between forward
-and backward only Q, K, V, O and lse (one number per row) are kept, never P:
-the backward recomputes P = exp(Q K^T / sqrt(dh) - lse), a block of query
-rows at a time, so its temporaries are (B, heads, rows, S) for one block.
+Between forward and backward only Q, K and V are kept (and O, which the
+output projection's dWo needs anyway), never P: the backward recomputes P,
+a block of query rows at a time, so its temporaries are (B, heads, rows, S)
+for one block. A block holds whole rows (every key of its queries), so the
+backward recomputes P exactly as the forward computes it (the row's max,
+exp, and sum over its keys), and sums D_i over the row's keys.
+
+FlashAttention instead keeps the row's log-sum-exp, recomputes P = exp(S -
+lse), and uses D_i = sum_k P_ik (dO_i . V_k) = dO_i . O_i. Both are exact in
+exact arithmetic; in floating point they are not the same where dS is 0.
+With one allowed key in a row, P_i is the constant 1 and dS_i = 0: softmax
+(and jax.grad) give exactly 1 and 0, while exp(S - lse) with S recomputed
+by another product, and dP - dO.O, two dot products rounded apart, leave
+~1e-9 (a false FAIL against jax.grad's exact 0 in dQ, dK and their
+weights). Here a one-key row gets P = exp(0) / 1 = 1 and D = dP exactly.
 
 Masks: a masked pair has S_ij = -inf, so P_ij = 0 exactly and dS_ij = 0:
-no gradient reaches its score. A row with no allowed key gets P_i = 0,
-O_i = 0 and lse_i = +inf (exp(S - lse) = 0 again in the backward).
+no gradient reaches its score. A row with no allowed key gets P_i = 0 and
+O_i = 0 (its sum of exponentials is 0: divided by 1 instead).
 
 Keeping only that is a promise about what XLA keeps too, and XLA may break
 it three ways; each is closed here and the memory test checks the result:
@@ -41,8 +50,8 @@ it three ways; each is closed here and the memory test checks the result:
 Block i covers rows [min(i r, T - r), ... + r): the last block is shifted
 back to end at row T and may overlap the previous one. The forward then
 computes the shared rows twice, identically; the backward gives them dO = 0
-and D = 0 in the second block (dS = 0: no second contribution to dK, dV)
-and keeps their dQ.
+in the second block (so dP = 0, D = 0, dS = 0: no second contribution to
+dK, dV) and keeps their dQ.
 """
 
 from __future__ import annotations
@@ -92,24 +101,31 @@ def _scores_t(q, kt, start, causal, mask):
     return st if allowed is None else jnp.where(jnp.swapaxes(allowed, 2, 3), st, -jnp.inf)
 
 
+def _softmax_t(st):
+    """P^T from S^T (B, H, S, rows): per query row, exp(S - max) / sum over its keys; 0 for a row with no key."""
+    m = jnp.max(st, axis=2, keepdims=True)
+    m = jnp.where(m == -jnp.inf, 0, m)  # a fully masked row: any finite shift; its e is 0 everywhere
+    e = jnp.exp(st - m)
+    l = jnp.sum(e, axis=2, keepdims=True)
+    return e / jnp.where(l > 0, l, 1)
+
+
 def _forward_block(q, kt, vt, start, causal, mask):
-    """(O (B, rows, H, dh), lse (B, H, rows)) of a block of query rows; lse = +inf for a row with no key."""
+    """O (B, rows, H, dh) of a block of query rows; 0 for a row with no key."""
     s = _scores(q, kt, start, causal, mask)
     m = jnp.max(s, axis=-1, keepdims=True)
     m = jnp.where(m == -jnp.inf, 0, m)  # a fully masked row: any finite shift; its e is 0 everywhere
     e = jnp.exp(s - m)
     l = jnp.sum(e, axis=-1, keepdims=True)
-    safe = jnp.where(l > 0, l, 1)
-    o = jnp.einsum("bhqk,bhkd->bqhd", e, vt) / jnp.swapaxes(safe, 1, 2)
-    return o, jnp.where(l > 0, m + jnp.log(safe), jnp.inf)[..., 0]
+    return jnp.einsum("bhqk,bhkd->bqhd", e, vt) / jnp.swapaxes(jnp.where(l > 0, l, 1), 1, 2)
 
 
-def _backward_block(q, kt, vt, do, lse, delta, start, causal, mask):
-    """(dQs (B, rows, H, dh), dK^T, dV^T (B, H, S, dh)) of a block of query rows, P^T recomputed from lse."""
-    pt = jnp.exp(_scores_t(q, kt, start, causal, mask) - lse[:, :, None, :])  # masked: exp(-inf) = 0
+def _backward_block(q, kt, vt, do, start, causal, mask):
+    """(dQs (B, rows, H, dh), dK^T, dV^T (B, H, S, dh)) of a block of query rows, P^T recomputed from Q and K."""
+    pt = _softmax_t(_scores_t(q, kt, start, causal, mask))  # masked: exp(-inf) = 0
     dvt = jnp.einsum("bhkq,bqhd->bhkd", pt, do)  # dV = P^T dO
     dpt = jnp.einsum("bhkd,bqhd->bhkq", vt, do)  # dP^T = V dO^T
-    dst = pt * (dpt - delta[:, :, None, :])  # dS = P (dP - rowsum(dO O)), transposed
+    dst = pt * (dpt - jnp.sum(pt * dpt, axis=2, keepdims=True))  # dS = P (dP - D), D_i = sum_k P_ik dP_ik
     return jnp.einsum("bhkq,bhkd->bqhd", dst, kt), jnp.einsum("bhkq,bqhd->bhkd", dst, q), dvt
 
 
@@ -119,7 +135,7 @@ def _block_start(i, rows, T):
 
 
 def attend(qs, kt, vt, causal, mask, rows):
-    """Forward, ``rows`` query rows at a time: (O (B, T, H, dh), lse (B, H, T), qs, kt, vt).
+    """Forward, ``rows`` query rows at a time: (O (B, T, H, dh), qs, kt, vt).
 
     qs = Q / sqrt(dh) (B, T, H, dh); kt, vt = K^T, V^T (B, H, S, dh). qs, kt
     and vt ride through the loop that reads them and come back out: caching the
@@ -127,52 +143,47 @@ def attend(qs, kt, vt, causal, mask, rows):
     that two blocks share (the last block, shifted back) are computed twice,
     identically.
     """
-    B, T, H, _ = qs.shape
+    T = qs.shape[1]
     if rows >= T:
-        return (*_forward_block(qs, kt, vt, 0, causal, mask), qs, kt, vt)
+        return _forward_block(qs, kt, vt, 0, causal, mask), qs, kt, vt
 
     def body(i, carry):
-        qs, kt, vt, o, lse = carry
+        qs, kt, vt, o = carry
         start = _block_start(i, rows, T)
-        o_b, lse_b = _forward_block(lax.dynamic_slice_in_dim(qs, start, rows, 1), kt, vt, start, causal, mask)
-        return (qs, kt, vt, lax.dynamic_update_slice_in_dim(o, o_b, start, 1),
-                lax.dynamic_update_slice_in_dim(lse, lse_b, start, 2))
+        o_b = _forward_block(lax.dynamic_slice_in_dim(qs, start, rows, 1), kt, vt, start, causal, mask)
+        return qs, kt, vt, lax.dynamic_update_slice_in_dim(o, o_b, start, 1)
 
-    o, lse = jnp.zeros_like(qs), jnp.zeros((B, H, T), qs.dtype)
-    qs, kt, vt, o, lse = lax.fori_loop(0, -(-T // rows), body, (qs, kt, vt, o, lse))
-    return o, lse, qs, kt, vt
+    qs, kt, vt, o = lax.fori_loop(0, -(-T // rows), body, (qs, kt, vt, jnp.zeros_like(qs)))
+    return o, qs, kt, vt
 
 
-def attend_backward(qs, kt, vt, o, lse, do, causal, mask, rows):
+def attend_backward(qs, kt, vt, do, causal, mask, rows):
     """(dQs (B, T, H, dh), dK^T, dV^T (B, H, S, dh)): dQs a block of rows at a time, dK and dV summed over blocks.
 
     Every cached input enters the loop together with dO, and the loop's sums
     start from the first block (not from zeros): nothing here depends on
     forward values alone, so XLA cannot schedule the recomputation, or a
     buffer of zeros, early and hold it through the rest of the forward pass.
-    In the last block, rows an earlier block already did get dO = 0 and
-    D = 0 (so dS = 0 there: no second contribution) and keep their dQ.
+    In the last block, rows an earlier block already did get dO = 0 (so dS = 0
+    there: no second contribution) and keep their dQ.
     """
     T = qs.shape[1]
-    delta = jnp.einsum("bthd,bthd->bht", do, o)  # D_i = dO_i . O_i  (B, H, T)
     if rows >= T:
-        return _backward_block(qs, kt, vt, do, lse, delta, 0, causal, mask)
+        return _backward_block(qs, kt, vt, do, 0, causal, mask)
 
     def body(i, carry):
-        (qs, kt, vt, do, lse, delta), (dq, dkt, dvt) = carry[:6], carry[6:]
+        (qs, kt, vt, do), (dq, dkt, dvt) = carry[:4], carry[4:]
         start = _block_start(i, rows, T)
-        cut = lambda a, axis=1: lax.dynamic_slice_in_dim(a, start, rows, axis)  # noqa: E731
-        fresh = start + jnp.arange(rows) >= i * rows  # rows no earlier block has done
-        do_b = jnp.where(fresh[None, :, None, None], cut(do), 0)
-        delta_b = jnp.where(fresh[None, None, :], cut(delta, 2), 0)
-        dq_b, dkt_b, dvt_b = _backward_block(cut(qs), kt, vt, do_b, cut(lse, 2), delta_b, start, causal, mask)
-        dq_b = jnp.where(fresh[None, :, None, None], dq_b, cut(dq))
+        cut = lambda a: lax.dynamic_slice_in_dim(a, start, rows, 1)  # noqa: E731
+        fresh = (start + jnp.arange(rows) >= i * rows)[None, :, None, None]  # rows no earlier block has done
+        dq_b, dkt_b, dvt_b = _backward_block(cut(qs), kt, vt, jnp.where(fresh, cut(do), 0), start, causal, mask)
+        dq_b = jnp.where(fresh, dq_b, cut(dq))
         first = i == 0  # the sums start from block 0's terms; the initial dkt, dvt are placeholders
-        return (*carry[:6], lax.dynamic_update_slice_in_dim(dq, dq_b, start, 1), jnp.where(first, dkt_b, dkt + dkt_b),
+        return (*carry[:4], lax.dynamic_update_slice_in_dim(dq, dq_b, start, 1), jnp.where(first, dkt_b, dkt + dkt_b),
                 jnp.where(first, dvt_b, dvt + dvt_b))
 
     # placeholders made from dO (every row of dq is overwritten; dK^T, dV^T are ignored at block 0): a copy of kt
     # or a constant would depend on no backward value, and XLA would make it during the forward pass
-    later = jnp.broadcast_to(delta[:, :, :1, None], kt.shape)
-    carry = lax.fori_loop(0, -(-T // rows), body, (qs, kt, vt, do, lse, delta, do, later, later))
-    return carry[6:]
+    later = jnp.broadcast_to(jnp.swapaxes(do[:, :1, :, :1], 1, 2), kt.shape)
+    carry = lax.fori_loop(0, -(-T // rows), body, (qs, kt, vt, do, do, later, later))
+    return carry[4:]

@@ -142,4 +142,5 @@ CATALOG: list[Mutant] = [
 # clean models beyond the catalog's own: the LSTM written out in mutants.recurrent, with no bug, must pass
 CONTROLS = [("LSTMTextbook", s.lstm, r.LSTMTextbook(5, return_sequences=False)),
             ("GRUTextbook", s.token_rnn, q.GRUTextbook(5)),
-            ("AttentionTextbook", s.features, t.AttentionTextbook(2, causal=True))]
+            ("AttentionTextbook", s.features, t.AttentionTextbook(2, causal=True)),
+            ("FlashBlockTextbook", s.features, t.FlashBlockTextbook(2, causal=True))]

@@ -2,17 +2,22 @@
 
 The attention's backward is one method around the kernel ``flash.attend_backward``; ``AttentionTextbook``
 is that method written out here with the kernel call as a hook (``_kernel``), so each attention bug is
-ONE changed line of the call or of the kernel's result. The textbook with the real kernel passes
-``compare`` (a test checks it).
+ONE changed line of the call or of the kernel's result. A bug inside the kernel's block
+(``flash._backward_block``) is ONE changed line of ``_block_textbook``, the block written out here, which
+the kernel runs in place of its own while the mutant's backward is traced. The textbooks with the real
+code pass ``compare`` (a test checks it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 
 import jax.numpy as jnp
 
 import manualbp as mbp
+from manualbp.layers import flash
 from manualbp.layers.attention import _flat, _heads, _merge
 from manualbp.layers.flash import attend_backward, rows_per_block
 from mutants.base import SeesIO, mutant_of
@@ -43,17 +48,17 @@ class DropoutNoScale(mbp.Dropout):
 class AttentionTextbook(mbp.MultiHeadAttention):
     """``MultiHeadAttention.backward`` (self-attention, no key mask) with the kernel call as the hook ``_kernel``."""
 
-    def _kernel(self, qs, kt, vt, o, lse, do, rows):
-        return attend_backward(qs, kt, vt, o, lse, do, self.causal, None, rows)
+    def _kernel(self, qs, kt, vt, do, rows):
+        return attend_backward(qs, kt, vt, do, self.causal, None, rows)
 
     def backward(self, params, cache, dy):
-        x, _, qs, kt, vt, om, lse, _ = cache
+        x, _, qs, kt, vt, om, _ = cache
         B, T, _ = x.shape
         dh = qs.shape[-1]
         grads = {"Wo": _flat(om).T @ _flat(dy)}
         do = _heads(dy @ params["Wo"].T, self.num_heads)
         rows = rows_per_block(B, self.num_heads, T, T, x.dtype.itemsize, self.block_size)
-        dqs, dkt, dvt = self._kernel(qs, kt, vt, _heads(om, self.num_heads), lse, do, rows)
+        dqs, dkt, dvt = self._kernel(qs, kt, vt, do, rows)
         dq = _merge(dqs) * jnp.asarray(1 / math.sqrt(dh), x.dtype)
         dk, dv = _merge(jnp.swapaxes(dkt, 1, 2)), _merge(jnp.swapaxes(dvt, 1, 2))
         grads.update(Wq=_flat(x).T @ _flat(dq), Wk=_flat(x).T @ _flat(dk), Wv=_flat(x).T @ _flat(dv),
@@ -65,24 +70,54 @@ class AttentionTextbook(mbp.MultiHeadAttention):
 class AttentionCausalMaskNotReapplied(AttentionTextbook):
     """P recomputed in the backward WITHOUT the causal mask: future keys get probability and gradient."""
 
-    def _kernel(self, qs, kt, vt, o, lse, do, rows):
-        return attend_backward(qs, kt, vt, o, lse, do, False, None, rows)  # right: self.causal
+    def _kernel(self, qs, kt, vt, do, rows):
+        return attend_backward(qs, kt, vt, do, False, None, rows)  # right: self.causal
+
+
+def _block_textbook(q, kt, vt, do, start, causal, mask, *, rowsum=True):
+    """``flash._backward_block`` written out: P^T recomputed, dV = P^T dO, dS = P (dP - rowsum(P dP)), dQ, dK."""
+    pt = flash._softmax_t(flash._scores_t(q, kt, start, causal, mask))
+    dvt = jnp.einsum("bhkq,bqhd->bhkd", pt, do)
+    dpt = jnp.einsum("bhkd,bqhd->bhkq", vt, do)
+    d = jnp.sum(pt * dpt, axis=2, keepdims=True) if rowsum else 0  # the mutant: d = 0
+    dst = pt * (dpt - d)
+    return jnp.einsum("bhkq,bhkd->bqhd", dst, kt), jnp.einsum("bhkq,bqhd->bhkd", dst, q), dvt
+
+
+@contextlib.contextmanager
+def _kernel_block(block):
+    """The kernel runs ``block`` for its blocks while the mutant's backward is traced (jit traces it once)."""
+    real, flash._backward_block = flash._backward_block, block
+    try:
+        yield
+    finally:
+        flash._backward_block = real
 
 
 @mutant_of(mbp.MultiHeadAttention)
-class FlashNoRowsumTerm(AttentionTextbook):
-    """The kernel's dS = P dP: its - P rowsum(dO * O) term dropped (D_i = 0, as if O were 0)."""
+class FlashBlockTextbook(AttentionTextbook):
+    """The kernel with its block written out here (``_block_textbook``): no bug; the control of the next one."""
 
-    def _kernel(self, qs, kt, vt, o, lse, do, rows):
-        return attend_backward(qs, kt, vt, jnp.zeros_like(o), lse, do, self.causal, None, rows)  # right: o
+    block = staticmethod(_block_textbook)
+
+    def _kernel(self, qs, kt, vt, do, rows):
+        with _kernel_block(self.block):
+            return attend_backward(qs, kt, vt, do, self.causal, None, rows)
+
+
+@mutant_of(mbp.MultiHeadAttention)
+class FlashNoRowsumTerm(FlashBlockTextbook):
+    """The kernel's dS = P dP: its - P rowsum(P dP) term dropped (D_i = 0)."""
+
+    block = staticmethod(functools.partial(_block_textbook, rowsum=False))  # right: rowsum=True
 
 
 @mutant_of(mbp.MultiHeadAttention)
 class FlashDKUnscaled(AttentionTextbook):
     """The kernel's dK = dS^T Q, the 1/sqrt(dh) of S = Q K^T / sqrt(dh) missing (dQ keeps it)."""
 
-    def _kernel(self, qs, kt, vt, o, lse, do, rows):
-        dqs, dkt, dvt = attend_backward(qs, kt, vt, o, lse, do, self.causal, None, rows)
+    def _kernel(self, qs, kt, vt, do, rows):
+        dqs, dkt, dvt = attend_backward(qs, kt, vt, do, self.causal, None, rows)
         return dqs, dkt * math.sqrt(qs.shape[-1]), dvt  # right: dkt (= dS^T (Q / sqrt(dh)))
 
 
