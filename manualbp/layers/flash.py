@@ -101,22 +101,23 @@ def _scores_t(q, kt, start, causal, mask):
     return st if allowed is None else jnp.where(jnp.swapaxes(allowed, 2, 3), st, -jnp.inf)
 
 
+def _exp_and_sum(s, axis):
+    """(e, l): e = exp(s - the row's max) and l = its sum along ``axis`` (kept); a row with no key: e = 0, l = 0."""
+    m = jnp.max(s, axis=axis, keepdims=True)
+    m = jnp.where(m == -jnp.inf, 0, m)  # a fully masked row: any finite shift; its e is 0 everywhere
+    e = jnp.exp(s - m)
+    return e, jnp.sum(e, axis=axis, keepdims=True)
+
+
 def _softmax_t(st):
     """P^T from S^T (B, H, S, rows): per query row, exp(S - max) / sum over its keys; 0 for a row with no key."""
-    m = jnp.max(st, axis=2, keepdims=True)
-    m = jnp.where(m == -jnp.inf, 0, m)  # a fully masked row: any finite shift; its e is 0 everywhere
-    e = jnp.exp(st - m)
-    l = jnp.sum(e, axis=2, keepdims=True)
+    e, l = _exp_and_sum(st, 2)
     return e / jnp.where(l > 0, l, 1)
 
 
 def _forward_block(q, kt, vt, start, causal, mask):
     """O (B, rows, H, dh) of a block of query rows; 0 for a row with no key."""
-    s = _scores(q, kt, start, causal, mask)
-    m = jnp.max(s, axis=-1, keepdims=True)
-    m = jnp.where(m == -jnp.inf, 0, m)  # a fully masked row: any finite shift; its e is 0 everywhere
-    e = jnp.exp(s - m)
-    l = jnp.sum(e, axis=-1, keepdims=True)
+    e, l = _exp_and_sum(_scores(q, kt, start, causal, mask), -1)
     return jnp.einsum("bhqk,bhkd->bqhd", e, vt) / jnp.swapaxes(jnp.where(l > 0, l, 1), 1, 2)
 
 
