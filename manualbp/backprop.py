@@ -9,9 +9,8 @@ from __future__ import annotations
 from functools import partial
 
 import jax
-import jax.numpy as jnp
 
-from manualbp.layers.base import check_finite, checkify_values, is_concrete, name_of
+from manualbp.layers.base import as_array, as_arrays, check_finite, checkify_values, is_concrete, name_of
 
 
 def loss_and_grads(model, head, params, x, y, mask=None):
@@ -42,8 +41,7 @@ _forward_output = jax.jit(lambda model, params, x: model.forward(params, x)[0], 
 
 def as_inputs(x, y, mask=None):
     """(x, y, mask) as jax arrays: a Python list or numpy array is converted, a tuple x stays a tuple (e.g. (x, h0))."""
-    x = jax.tree_util.tree_map(jnp.asarray, x)
-    return x, jnp.asarray(y), None if mask is None else jnp.asarray(mask)
+    return as_arrays(x), as_array(y), None if mask is None else as_array(mask)
 
 
 def check_values(model, head, params, x, y, mask=None):

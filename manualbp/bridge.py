@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from manualbp.layers.base import describe, name_of
+from manualbp.layers.base import as_arrays, describe, name_of
 
 keystr = jax.tree_util.keystr
 
@@ -125,7 +125,7 @@ def as_function(layer):
 
 def _as_arrays(params, x):
     """jax arrays (JAX may hand a custom_vjp's primal NumPy arrays, which lack ``.at``)."""
-    return jax.tree_util.tree_map(jnp.asarray, (params, x))
+    return as_arrays((params, x))
 
 
 def _checked_dparams(name: str, params, dparams):

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from manualbp.layers.base import as_array
 from manualbp.reference.dispatch import forward_eval as reference_forward_eval
 from manualbp.reference.grad import loss_grads_outputs_stats
 from manualbp.training.data import Dataset, as_inputs
@@ -143,6 +144,6 @@ _PREDICT = jax.jit(predict, static_argnums=(0, 4))
 def evaluate(model, params, stats, data: Dataset, grad: str = "manual") -> float:
     """Test accuracy (classification) or test MSE (regression), in evaluation mode (running statistics)."""
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
-    x = jnp.asarray(as_inputs(data.x_test, dtype))  # token ids stay integers
-    y = jnp.asarray(data.y_test if data.task == "classification" else data.y_test.astype(dtype))
+    x = as_array(as_inputs(data.x_test, dtype))  # token ids stay integers
+    y = as_array(data.y_test if data.task == "classification" else data.y_test.astype(dtype))
     return float(_metric(data.task, _PREDICT(model, params, stats, x, grad), y))

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from manualbp import reference as ref
-from manualbp.layers.base import check_finite, describe, name_of
+from manualbp.layers.base import as_array, as_arrays, check_finite, describe, name_of
 from manualbp.verify.compare import by_kind, dtype_of, judge_all
 from manualbp.verify.quantities import param_name
 from manualbp.verify.report import Report
@@ -17,13 +17,13 @@ from manualbp.verify.tolerances import ERROR_MODEL, resolve_verdict, tolerance
 
 def _as_arrays(params, x):
     """numpy arrays and Python numbers as jax arrays; a Python number in params takes x's floating dtype."""
-    x = jax.tree_util.tree_map(jnp.asarray, x)
+    x = as_arrays(x)
     floats = [leaf.dtype for leaf in jax.tree_util.tree_leaves(x) if jnp.issubdtype(leaf.dtype, jnp.floating)]
 
     def leaf(v):
         if isinstance(v, (int, float)) and not isinstance(v, bool) and floats:
-            return jnp.asarray(v, floats[0])
-        return jnp.asarray(v)
+            return jax.device_put(np.asarray(v, floats[0]))
+        return as_array(v)
 
     return jax.tree_util.tree_map(leaf, params), x
 
@@ -67,7 +67,8 @@ def check_layer(layer, params, x, dy=None, *, reference=None, key=None, jit: boo
         key 0) if None.
       reference: ``fn(params, x) -> y`` written with library ops; defaults
         to the reference forward registered for ``type(layer)``.
-      jit: run the manual forward and backward under ``jax.jit``.
+      jit: run the manual forward and backward under ``jax.jit`` (the reference's ``jax.vjp``
+        always runs compiled: one program, where run eagerly it would compile one per operation).
       verdict: as for ``compare`` ("auto", "fixed", "conditioning", "error-model").
 
     Rows: forward y, dL/dx, and one per parameter gradient.
@@ -88,7 +89,7 @@ def check_layer(layer, params, x, dy=None, *, reference=None, key=None, jit: boo
         leaves, treedef = jax.tree_util.tree_flatten(y_shape)
         keys = jax.random.split(key, len(leaves))
         dy = jax.tree_util.tree_unflatten(treedef, [jax.random.normal(k, v.shape, v.dtype) for k, v in zip(keys, leaves)])
-    dy = jax.tree_util.tree_map(jnp.asarray, dy)
+    dy = as_arrays(dy)
     _check_shapes(name, "dy is", dy, y_shape, "dy is dL/dy, one entry per output entry")
     check_finite(name, "dy", dy)
 
@@ -98,8 +99,10 @@ def check_layer(layer, params, x, dy=None, *, reference=None, key=None, jit: boo
 
     y, dparams, dx = (jax.jit(manual) if jit else manual)(params, x, dy)
     m_values = _values(y, dparams, dx)
-    r_values = _values(*ref.vjp_layer(fn, params, x, dy))
+    # the reference always runs compiled (eval_shape above has traced it already): one program, where an
+    # eager jax.vjp compiles one per primitive of the forward and of its transpose
     vjp = jax.jit(lambda p, x, dy: _values(*ref.vjp_layer(fn, p, x, dy)))
+    r_values = vjp(params, x, dy)
     dtype = dtype_of(params, x)
     tol = tolerance(dtype)
     verdict = resolve_verdict(verdict, dtype)

@@ -154,7 +154,7 @@ def _cotangents(out_spec, k: int, seed: int) -> list:
     rng = np.random.default_rng(seed)
     leaves, treedef = jax.tree_util.tree_flatten(out_spec)
     return [jax.tree_util.tree_unflatten(treedef, [
-        jnp.asarray(rng.standard_normal(s.shape), s.dtype) if jnp.issubdtype(s.dtype, jnp.inexact)
+        jax.device_put(rng.standard_normal(s.shape).astype(s.dtype)) if jnp.issubdtype(s.dtype, jnp.inexact)
         else np.zeros(s.shape, jax.dtypes.float0) for s in leaves]) for _ in range(k)]
 
 

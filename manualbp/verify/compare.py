@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from manualbp import reference as ref
-from manualbp.layers.base import check_finite, name_of
+from manualbp.layers.base import as_array, as_arrays, check_finite, name_of
 from manualbp.verify.quantities import by_kind, manual_values, reference_values, row_order
 from manualbp.verify.report import Report
 from manualbp.verify.rounding import choices, measure
@@ -31,8 +31,9 @@ __all__ = ["by_kind", "compare", "dtype_of", "judge_all"]
 
 
 def dtype_of(params, x):
-    leaves = [leaf for leaf in jax.tree_util.tree_leaves((params, x)) if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating)]
-    return np.dtype(jnp.asarray(leaves[0]).dtype) if leaves else np.dtype(np.float32)
+    dtypes = [jnp.result_type(leaf) for leaf in jax.tree_util.tree_leaves((params, x))]  # no array made
+    floating = [d for d in dtypes if jnp.issubdtype(d, jnp.floating)]
+    return np.dtype(floating[0]) if floating else np.dtype(np.float32)
 
 
 def _at(values, key, t):
@@ -101,7 +102,7 @@ def compare(model, head, params, x, y, mask=None, *, jit: bool = True, title: st
     Raises ValueError if x or params hold NaN/Inf (a comparison of garbage
     proves nothing); non-finite gradients show as failing rows instead.
     """
-    x, y = jax.tree_util.tree_map(jnp.asarray, x), jnp.asarray(y)  # x may be a tuple, e.g. (x, h0)
+    x, y = as_arrays(x), as_array(y)  # x may be a tuple, e.g. (x, h0)
     check_finite(name_of(model), "input x", x)
     check_finite(name_of(model), "params", params)
     dtype = dtype_of(params, x)

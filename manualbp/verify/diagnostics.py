@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from manualbp.layers.activations import ReLU, Sigmoid, Tanh
-from manualbp.layers.base import children_of, name_of
+from manualbp.layers.base import as_array, children_of, name_of
 from manualbp.verify.trace import label, record, walk
 
 SATURATION_THRESHOLD = 0.01
@@ -179,7 +179,7 @@ def gradient_flow(model, head, params, x, y, mask=None, *, lr: float = 1e-2, jit
       A ``GradientFlow``: ``.rows`` (one ``FlowRow`` per layer), ``.ok``,
       ``.flagged`` (rows holding NaN/Inf), ``str()`` a table, ``to_dict()``.
     """
-    x, y = jnp.asarray(x), jnp.asarray(y)
+    x, y = as_array(x), as_array(y)
     run = _jitted_record(model, head) if jit else partial(record, model, head)
     loss, grads, store = run(params, x, y, mask)
     flow = GradientFlow(f"gradient flow: {name_of(model)} + {name_of(head)}", float(loss), float(lr))

@@ -37,7 +37,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from manualbp.backprop import loss_and_grads
-from manualbp.layers.base import check_finite, children_of, name_of
+from manualbp.layers.base import as_array, as_arrays, check_finite, children_of, name_of
 from manualbp.verify.finite_differences import CENTRAL, KINDS, NONE, STEPS, SUBGRADIENT, estimate
 from manualbp.verify.quantities import param_name
 from manualbp.verify.report import Report
@@ -89,13 +89,16 @@ def _noise(f, c0, params, x, samples=4):
     return max([2 * _U * abs(c0), *spread])
 
 
-def _unit(key, tree):
+def _unit(rng, tree):
+    """A random direction of unit norm over the floating leaves of ``tree`` (zeros on the others), drawn with
+    NumPy: nothing is compiled, where jax.random would compile one program per leaf shape."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    keys = jax.random.split(key, len(leaves))
-    vs = [jax.random.normal(k, v.shape, v.dtype) if jnp.issubdtype(v.dtype, jnp.floating) else jnp.zeros(v.shape, v.dtype)
-          for k, v in zip(keys, leaves)]
-    norm = jnp.sqrt(sum(jnp.sum(v * v) for v in vs if jnp.issubdtype(v.dtype, jnp.floating)))
-    return jax.tree_util.tree_unflatten(treedef, [v / norm if jnp.issubdtype(v.dtype, jnp.floating) else v for v in vs])
+    vs = [rng.standard_normal(v.shape) if jnp.issubdtype(v.dtype, jnp.floating) else np.zeros(v.shape, v.dtype)
+          for v in leaves]
+    norm = np.sqrt(sum(np.sum(v * v) for v, leaf in zip(vs, leaves) if jnp.issubdtype(leaf.dtype, jnp.floating)))
+    return jax.tree_util.tree_unflatten(treedef, [
+        jax.device_put((v / norm).astype(leaf.dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else v)
+        for v, leaf in zip(vs, leaves)])
 
 
 def _has_floats(tree) -> bool:
@@ -103,9 +106,15 @@ def _has_floats(tree) -> bool:
 
 
 def _dot(a, b):
-    pairs = [(u, v) for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
-             if jnp.issubdtype(u.dtype, jnp.floating)]
-    return float(sum(jnp.sum(u * v) for u, v in pairs)), float(sum(jnp.sum(jnp.abs(u * v)) for u, v in pairs))
+    """<a, b> and <|a|, |b|> over the floating leaves, in float64 on the host."""
+    pairs = [(np.asarray(u, np.float64), np.asarray(v, np.float64))
+             for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)) if jnp.issubdtype(u.dtype, jnp.floating)]
+    return float(sum(np.sum(u * v) for u, v in pairs)), float(sum(np.sum(np.abs(u * v)) for u, v in pairs))
+
+
+def _zeros(tree):
+    """Zeros shaped like every leaf of ``tree``, made on the host (an eager zeros_like compiles per shape)."""
+    return jax.tree_util.tree_map(lambda v: jax.device_put(np.zeros(v.shape, v.dtype)), tree)
 
 
 def gradcheck(model, head, params, x, y, mask=None, *, mode: str = "directions", k: int = 8, eps: float = 1e-4,
@@ -119,7 +128,7 @@ def gradcheck(model, head, params, x, y, mask=None, *, mode: str = "directions",
       k: number of random directions.
       eps: the larger of the two steps h (the other is h/2); the error estimate, not this
         number, sets what a row is allowed.
-      key: PRNG key for the directions (default key 0).
+      key: PRNG key for the directions (default key 0; its bits seed NumPy's generator, which draws them).
       max_params: exhaustive mode refuses models with more parameters.
 
     Returns:
@@ -134,7 +143,7 @@ def gradcheck(model, head, params, x, y, mask=None, *, mode: str = "directions",
         raise ValueError(f"gradcheck: eps must be > 0, got {eps}")
     key = jax.random.key(0) if key is None else key
     with jax.enable_x64(True):
-        params, x, y, mask = cast((params, jax.tree_util.tree_map(jnp.asarray, x), jnp.asarray(y), mask), jnp.float64)
+        params, x, y, mask = cast((params, as_arrays(x), as_array(y), mask), jnp.float64)
         check_finite(name_of(model), "input x", x)
         check_finite(name_of(model), "params", params)
         _, grads, dx, _ = jax.jit(lambda p, x: loss_and_grads(model, head, p, x, y, mask))(params, x)
@@ -189,14 +198,13 @@ def _refined(run, n, f0, h, sigma):
 
 def _directions(report, model, line, params, x, grads, dx, k, h, f0, sigma, key):
     line = jax.jit(line)
-    zeros = lambda t: jax.tree_util.tree_map(jnp.zeros_like, t)  # noqa: E731
     x_float = all(jnp.issubdtype(leaf.dtype, jnp.floating) for leaf in jax.tree_util.tree_leaves(x))
-    for i, kk in enumerate(jax.random.split(key, k)):
-        kp, kx = jax.random.split(kk)
-        cases = [("params", _unit(kp, params), zeros(x), grads)] if _has_floats(params) else []
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
+    for i in range(k):
+        cases = [("params", _unit(rng, params), _zeros(x), grads)] if _has_floats(params) else []
         if x_float and dx is not None and _has_floats(x):
-            vx = _unit(kx, x)
-            cases.append(("x", zeros(params), vx, dx))
+            vx = _unit(rng, x)
+            cases.append(("x", _zeros(params), vx, dx))
         for what, vp, vx, g in cases:
             def run(step, idx, vp=vp, vx=vx):
                 del idx
@@ -220,7 +228,7 @@ def _exhaustive(report, model, line, params, x, grads, h, f0, sigma, max_params)
             f"gradcheck: exhaustive mode needs 6 forward passes per parameter; the model has {n} parameters "
             f"(max_params={max_params}); use mode='directions'"
         )
-    zx = jax.tree_util.tree_map(jnp.zeros_like, x)
+    zx = _zeros(x)
     chunk = min(n, 256)
     columns = jax.jit(jax.vmap(lambda j, step: line(params, x, unravel(jnp.zeros_like(theta).at[j].set(1.0)), zx, step),
                                in_axes=(0, None)))
@@ -228,7 +236,7 @@ def _exhaustive(report, model, line, params, x, grads, h, f0, sigma, max_params)
     def run(step, idx):
         """The line outputs for coordinates idx, ``chunk`` at a time (one compiled shape)."""
         pad = np.resize(idx, -(-idx.size // chunk) * chunk)
-        outs = [columns(jnp.asarray(pad[i:i + chunk]), step) for i in range(0, pad.size, chunk)]
+        outs = [columns(as_array(pad[i:i + chunk]), step) for i in range(0, pad.size, chunk)]
         vals, *flags = (np.concatenate([np.asarray(o[j]) for o in outs])[: idx.size] for j in range(5))
         return vals.T, *flags
 

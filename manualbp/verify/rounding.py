@@ -85,7 +85,7 @@ def cast(tree, dtype):
     Converted on the host (numpy, ml_dtypes for bfloat16): an eager device conversion would compile
     one small program per leaf shape. For float64, call it where x64 is enabled.
     """
-    return jax.tree_util.tree_map(lambda v: jnp.asarray(np.asarray(v).astype(dtype)) if _is_float(v) else v, tree)
+    return jax.tree_util.tree_map(lambda v: jax.device_put(np.asarray(v).astype(dtype)) if _is_float(v) else v, tree)
 
 
 def move(tree, seed: int, eps: float):
@@ -101,7 +101,7 @@ def move(tree, seed: int, eps: float):
         if _is_float(v):
             a = np.asarray(v)
             moved = a.astype(np.float64) * (1 + eps * rng.choice([-1.0, 1.0], size=a.shape))
-            v = jnp.asarray(moved.astype(a.dtype))
+            v = jax.device_put(moved.astype(a.dtype))
         out.append(v)
     return jax.tree_util.tree_unflatten(treedef, out)
 

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from manualbp.layers.base import as_array
+
 keystr = jax.tree_util.keystr
 
 
@@ -85,7 +87,7 @@ class Inputs:
                     "it is passed through as a side input"
                 )
             if _is_array(leaf):
-                leaf = jnp.asarray(leaf)
+                leaf = as_array(leaf)
                 if _floating(leaf) and (argnums is None or marked):
                     diff_index.append(j)
                     labels.append(label)
@@ -119,7 +121,7 @@ class Inputs:
 
     def rolled(self) -> list:
         """Other inputs in fn's domain (each leaf's entries rolled by one), to disturb any state the forward keeps."""
-        return [jnp.asarray(np.roll(np.asarray(v).ravel(), 1).reshape(v.shape)) for v in self.diff]
+        return [jax.device_put(np.roll(np.asarray(v).ravel(), 1).reshape(v.shape)) for v in self.diff]
 
     def check_cotangent_dtypes(self, name: str, cotangents):
         """A cotangent has its input's dtype (JAX lets a custom_vjp return another one silently)."""
