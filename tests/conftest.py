@@ -8,7 +8,9 @@ long compiling takes, not what is computed: no test tolerance depends on it.
 
 import importlib.util
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 if "jax" not in sys.modules:  # only effective before jax starts its backend
@@ -27,7 +29,25 @@ os.environ.setdefault("JAX_TRACEBACK_IN_LOCATIONS_LIMIT", "0")
 # `manualbp check` keeps compiled programs in a persistent cache in the user's cache dir; the suite must not write there
 os.environ.setdefault("MANUALBP_CACHE_DIR", "")
 
+# One persistent compilation cache for this run, shared by the xdist workers and by the subprocesses the suite starts
+# (the README's blocks, the CLI): a program one process compiled is loaded, not compiled again, by the others. The
+# key is the compiled module itself, so equal programs from different Python objects meet there too (jax.grad's
+# program for a mutant and for its clean twin, a re-created jit of the same function). The directory is new for
+# each run (made here, in the process that starts the workers, which inherit the environment) and removed at the
+# end, so no run reads another's entries; a JAX_COMPILATION_CACHE_DIR set by the user is used and left alone.
+_RUN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _RUN_CACHE = tempfile.mkdtemp(prefix="manualbp-tests-xla-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _RUN_CACHE
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # the suite's programs compile in well under 1 s
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+def pytest_unconfigure(config):
+    if _RUN_CACHE is not None:  # the process that made it (the workers found it in their environment)
+        shutil.rmtree(_RUN_CACHE, ignore_errors=True)
