@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from arrays import host
 
 import manualbp as mbp
 from manualbp import reference as ref
@@ -13,7 +14,7 @@ HEAD = mbp.MeanSquaredError()
 
 
 def _normal(rng, shape, dtype):
-    return jnp.asarray(rng.standard_normal(shape), dtype)
+    return host(rng.standard_normal(shape), dtype)
 
 
 def _setup(layer, B, T, D, S, Dc, dtype, seed=0, dead_row=False):
@@ -30,12 +31,12 @@ def _setup(layer, B, T, D, S, Dc, dtype, seed=0, dead_row=False):
         mask[:, 0] = True  # causal row 0 sees key 0: no fully masked row unless asked for
         if dead_row:
             mask[-1] = False
-        inputs.append(jnp.asarray(mask))
+        inputs.append(host(mask))
         shapes.append((S,))
     params, out_shape = layer.init(jax.random.key(seed), shapes[0] if len(shapes) == 1 else tuple(shapes), dtype)
     assert out_shape == (T, D)
     # non-zero biases, so that every parameter gradient is exercised
-    params = {k: v + 0.3 * _normal(rng, v.shape, dtype) for k, v in params.items()}
+    params = {k: host(np.asarray(v) + 0.3 * rng.standard_normal(v.shape), dtype) for k, v in params.items()}
     target = _normal(rng, (B, T, D), dtype)
     return params, inputs[0] if len(inputs) == 1 else tuple(inputs), target
 

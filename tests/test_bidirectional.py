@@ -6,12 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from arrays import host
 
 import manualbp as mbp
 
 
 def _rand(shape, dtype, seed):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+    return host(np.random.default_rng(seed).standard_normal(shape), dtype)
 
 
 # inner layer(s), dtype, jit: each recurrent layer, all steps and last step, both dtypes and both jit modes
@@ -42,7 +43,7 @@ def _model():
 def test_compare_has_rows_for_both_directions():
     model, T = _model(), 5
     params, _ = model.init(jax.random.key(0), (T, 2), jnp.float64)
-    x, y = _rand((3, T, 2), jnp.float64, 1), jnp.asarray(np.random.default_rng(2).integers(0, 4, (3, T)))
+    x, y = _rand((3, T, 2), jnp.float64, 1), host(np.random.default_rng(2).integers(0, 4, (3, T)))
     report = mbp.compare(model, mbp.SoftmaxCrossEntropy(), params, x, y)
     assert report.ok, str(report)
     for label, kinds in (("0/forward GRU", ["h"]), ("0/backward LSTM", ["h", "c"])):

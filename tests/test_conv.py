@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from arrays import host
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +28,7 @@ CONFIGS = [
 
 def _x(shape, dtype, seed=1):
     # numpy draws: jax.random would compile a sampler for every new shape (seconds each on 2 cores)
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+    return host(np.random.default_rng(seed).standard_normal(shape), dtype)
 
 
 def _case(layer, shape, dtype, seed=0):

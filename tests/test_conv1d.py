@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from arrays import host
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +27,7 @@ CONFIGS = [
 
 
 def _rand(shape, dtype, seed):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+    return host(np.random.default_rng(seed).standard_normal(shape), dtype)
 
 
 def _case(layer, shape, dtype, seed=0):

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from arrays import host
 
 import manualbp as mbp
 from manualbp import reference as ref
@@ -15,7 +16,7 @@ SHAPES = [(2, 3, 4, 5), (1, 1, 1, 3), (3, 5, 2, 1)]  # a 1x1 image: the pool is 
 
 def _x(shape, dtype, seed=1, ties=False):
     rng = np.random.default_rng(seed)
-    return jnp.asarray(rng.integers(0, 3, shape) if ties else rng.standard_normal(shape), dtype)
+    return host(rng.integers(0, 3, shape) if ties else rng.standard_normal(shape), dtype)
 
 
 @pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])

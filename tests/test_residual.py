@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from arrays import host
 
 import manualbp as mbp
 
@@ -12,7 +13,7 @@ HEAD = mbp.SoftmaxCrossEntropy()
 
 def _normal(seed, shape, dtype=jnp.float32):
     """Standard normal test data from numpy (jax.random would compile a sampler for every new shape)."""
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+    return host(np.random.default_rng(seed).standard_normal(shape), dtype)
 
 def _model():
     return mbp.Sequential(
@@ -25,7 +26,7 @@ def _model():
 
 def _data(dtype, batch=4):
     x = _normal(1, (batch, 5), dtype)
-    y = jnp.asarray(np.random.default_rng(2).integers(0, 3, (batch,)))
+    y = host(np.random.default_rng(2).integers(0, 3, (batch,)))
     return x, y
 
 
