@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from manualbp.layers.base import Layer, check_array, check_param, check_params
-from manualbp.layers.window import check_padding, pair
+from manualbp.layers.window import check_padding, crop_negative_pads, pair
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -171,15 +171,14 @@ class ConvTranspose2D(Layer):
         expected = (x.shape[0], *out, self.features)
         if tuple(dy.shape) != expected:
             raise ValueError(f"ConvTranspose2D: expected dy of shape {expected} (the shape of y), got {tuple(dy.shape)}")
-        dx = lax.conv_general_dilated(
-            dy, W[::-1, ::-1], stride, [(k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel, pads)],
-            dimension_numbers=("NHWC", "HWOI", "NHWC"),
-        )
+        dyc, dx_pads = crop_negative_pads(dy, [(k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel, pads)])
+        dx = lax.conv_general_dilated(dyc, W[::-1, ::-1], stride, dx_pads, dimension_numbers=("NHWC", "HWOI", "NHWC"))
         # x as the kernel, dilated by the stride, slid over dy: r[a] = sum_h dy[a + h s - (k - 1 - top)] x[h], so
         # tap i = k - 1 - a: dW = r flipped, its (F, C) axes swapped to (C, F); with transpose_kernel the stored W
         # is that flipped and swapped once more, so its gradient is r itself
         w_pads = [(k - 1 - lo, (n - 1) * s + lo + 1 - o) for k, (lo, _), s, n, o in zip(kernel, pads, stride, x.shape[1:3], out)]
-        r = lax.conv_general_dilated(dy, x, (1, 1), w_pads, rhs_dilation=stride, dimension_numbers=("CHWN", "IHWO", "HWNC"))
+        dyc, w_pads = crop_negative_pads(dy, w_pads)
+        r = lax.conv_general_dilated(dyc, x, (1, 1), w_pads, rhs_dilation=stride, dimension_numbers=("CHWN", "IHWO", "HWNC"))
         grads = {"W": r if self.transpose_kernel else _flip_swap(r)}
         if self.use_bias:
             grads["b"] = jnp.sum(dy, axis=(0, 1, 2))

@@ -79,3 +79,20 @@ def output_size(layer: str, size: Pair, window: Pair, stride: Pair, pads: Pads, 
             f"{padded} (input {tuple(size)}, padding {pads})"
         )
     return tuple((p - k) // s + 1 for p, k, s in zip(padded, window, stride, strict=True))
+
+
+def crop_negative_pads(a, pads, first_axis: int = 1):
+    """``(a cropped, pads >= 0)``: every negative padding of ``pads`` done as a slice of ``a`` instead.
+
+    ``pads`` pads the spatial axes ``first_axis, first_axis + 1, ...`` of ``a``. XLA's CPU convolution
+    gives wrong sums (reads of memory outside the operand) for a negative low padding with a positive
+    high padding on the same axis (jaxlib 0.10.2: padding (-2, 1) off by up to 7e7), so the manual
+    convolutions never hand it a negative one: cropping by a slice and padding by the rest is the
+    same operand.
+    """
+    from jax import lax
+
+    for axis, (lo, hi) in enumerate(pads, start=first_axis):
+        if lo < 0 or hi < 0:
+            a = lax.slice_in_dim(a, max(-lo, 0), a.shape[axis] - max(-hi, 0), axis=axis)
+    return a, [(max(lo, 0), max(hi, 0)) for lo, hi in pads]
