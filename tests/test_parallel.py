@@ -82,7 +82,9 @@ SCRIPT = textwrap.dedent("""
 
 def test_four_devices_equal_one():
     # NPROC: XLA's CPU thread pool must outnumber the forced devices, or collectives can deadlock (manualbp/cli/train.py)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu", "NPROC": "8"}
+    # the suite's own XLA flags (tests/conftest.py: compile cheaply) are kept, the device count added to them
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4".strip()
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", "NPROC": "8"}
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -25,6 +25,8 @@ README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 BLOCK = re.compile(r"(?P<fails><!-- shows a failure -->\n)?(?:<!-- requires: (?P<requires>[\w., ]+) -->\n)?"
                    r"```python\n(?P<code>.*?)```", re.S)
 BUDGET_S = 300
+CACHE_VARIABLES = {"JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                   "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "JAX_TRACEBACK_IN_LOCATIONS_LIMIT"}
 
 
 def blocks():
@@ -45,7 +47,8 @@ def test_block_runs_in_a_fresh_interpreter(line, requires, fails, code, tmp_path
     missing = [m for m in requires if importlib.util.find_spec(m) is None]
     if missing:
         pytest.skip(f"README block at line {line} requires {', '.join(missing)} (<!-- requires: ... -->)")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}  # jax's defaults: float32
+    # jax's defaults (float32), whatever JAX_* the user set; only the run's compilation cache is kept (tests/conftest.py)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") or k in CACHE_VARIABLES}
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=BUDGET_S)
     assert done.returncode == 0, f"README.md block at line {line} failed:\n{done.stderr[-3000:]}"

@@ -5,16 +5,18 @@ import os
 from manualbp.cli import xla_flags
 
 
-def test_adds_both_flags_when_xla_knows_them():
+def test_adds_every_flag_when_xla_knows_it():
     flags = xla_flags.fast_compile_flags("")
     assert xla_flags.OPT_LEVEL in flags.split()
-    # the installed jaxlib (0.10.x here) has the emitter flag; this very suite runs with it
-    assert xla_flags.EMITTERS in flags.split()
-    assert xla_flags.EMITTERS in os.environ["XLA_FLAGS"].split()
+    # the installed jaxlib (0.10.x here) has the emitter and the split flag; this very suite runs with them
+    for flag in (xla_flags.EMITTERS, xla_flags.SPLIT):
+        assert flag in flags.split()
+        assert flag in os.environ["XLA_FLAGS"].split()
 
 
 def test_keeps_what_the_user_set():
-    user = "--xla_backend_optimization_level=2 --xla_cpu_use_fusion_emitters=true --xla_force_host_platform_device_count=4"
+    user = ("--xla_backend_optimization_level=2 --xla_cpu_use_fusion_emitters=true "
+            "--xla_cpu_parallel_codegen_split_count=4 --xla_force_host_platform_device_count=4")
     assert xla_flags.fast_compile_flags(user) == user
 
 

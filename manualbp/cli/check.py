@@ -2,8 +2,8 @@
 
 A first check is mostly XLA compiling small programs, each run once. So
 ``check`` asks XLA's CPU backend to compile cheaply (``xla_flags``: the
-cheapest optimization level and the older fusion emitters, unless
-``XLA_FLAGS`` sets them; it changes how long compiling takes, not what is
+cheapest optimization level, the older fusion emitters and one LLVM module
+per program, unless ``XLA_FLAGS`` sets them; it changes how long compiling takes, not what is
 compared, since both sides are compiled alike) and keeps the compiled
 programs in jax's persistent compilation cache, in the user's cache
 directory, so that the next run skips compiling.
@@ -53,8 +53,9 @@ def register(subparsers):
                     "reference, and print one row per layer and quantity. Exit status 0 only if every row passes.",
         epilog=f"Compiled programs are cached in --cache-dir (default from ${CACHE_ENV}, else the user cache dir), "
                "so a second run skips compiling; delete the folder to reclaim the space. check also adds "
-               "--xla_backend_optimization_level=0 and --xla_cpu_use_fusion_emitters=false to XLA_FLAGS unless it "
-               "sets them: it compiles many small programs that each run once.",
+               "--xla_backend_optimization_level=0, --xla_cpu_use_fusion_emitters=false and "
+               "--xla_cpu_parallel_codegen_split_count=1 to XLA_FLAGS unless it sets them: it compiles many small "
+               "programs that each run once.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     check.add_argument("--model", default="all", choices=["all", *sorted(MODELS)], help="built-in model to check")
     check.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"],
