@@ -98,15 +98,6 @@ def test_weight_sharing_sums_over_positions():
     assert jnp.array_equal(grads["b"], jnp.full((2,), 3 * 4 * 4.0))
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
-def test_builtin_cnn_layer_by_layer(dtype):
-    b = get("cnn")
-    params, _ = b.model.init(jax.random.key(0), b.input_shape, dtype)
-    x, y, mask = b.make_batch(jax.random.key(1), 4, dtype)
-    report = mbp.compare(b.model, b.head, params, x, y, mask)
-    assert report.ok, str(report)
-
-
 def test_builtin_cnn_exhaustive_finite_differences():
     b = get("cnn")
     params, _ = b.model.init(jax.random.key(0), b.input_shape, jnp.float64)

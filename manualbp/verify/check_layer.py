@@ -63,8 +63,8 @@ def check_layer(layer, params, x, dy=None, *, reference=None, key=None, jit: boo
         ``backward(params, cache, dy) -> (dparams, dx)``.
       params, x: the point to check at (arrays, numpy arrays or Python numbers; a Python
         number in params takes x's floating dtype).
-      dy: the cotangent, shaped like the layer's output; a random normal one (``key``, default
-        key 0) if None.
+      dy: the cotangent, shaped like the layer's output; if None, a standard normal one drawn
+        with NumPy, seeded by ``key``'s bits (default ``jax.random.key(0)``).
       reference: ``fn(params, x) -> y`` written with library ops; defaults
         to the reference forward registered for ``type(layer)``.
       jit: run the manual forward and backward under ``jax.jit`` (the reference's ``jax.vjp``
@@ -84,11 +84,10 @@ def check_layer(layer, params, x, dy=None, *, reference=None, key=None, jit: boo
     fn = reference if reference is not None else (lambda p, x: ref.forward(layer, p, x, ref.NoTaps()))
     _check_shapes(name, "the reference returns", jax.eval_shape(fn, params, x), y_shape,
                   "the reference must compute the same function as the layer")
-    if dy is None:
+    if dy is None:  # drawn with NumPy, seeded by the key: jax.random would compile a sampler per output shape
         key = jax.random.key(0) if key is None else key
-        leaves, treedef = jax.tree_util.tree_flatten(y_shape)
-        keys = jax.random.split(key, len(leaves))
-        dy = jax.tree_util.tree_unflatten(treedef, [jax.random.normal(k, v.shape, v.dtype) for k, v in zip(keys, leaves)])
+        rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
+        dy = jax.tree_util.tree_map(lambda v: rng.standard_normal(v.shape).astype(v.dtype), y_shape)
     dy = as_arrays(dy)
     _check_shapes(name, "dy is", dy, y_shape, "dy is dL/dy, one entry per output entry")
     check_finite(name, "dy", dy)
