@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from arrays import host
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -80,7 +81,8 @@ def test_out_of_range_ids_under_jit_read_nan_and_get_no_gradient_like_the_refere
         return y, layer.backward(p, cache, dy)[0]["E"]
 
     y, dE = jax.jit(manual)(params, ids)
-    y_r, dparams_r, _ = ref.vjp_layer(lambda p, x: ref.forward(layer, p, x, ref.NoTaps()), params, ids, dy)
+    y_r, dparams_r, _ = jax.jit(lambda p, x, dy: ref.vjp_layer(lambda p, x: ref.forward(layer, p, x, ref.NoTaps()),
+                                                              p, x, dy))(params, ids, dy)
     assert np.array_equal(np.isnan(y), [[[False, False], [True, True], [True, True]]])
     assert np.array_equal(np.isnan(y_r), np.isnan(y))
     assert np.array_equal(y[0, 0], params["E"][0])
@@ -111,11 +113,12 @@ def test_other_bad_input():
 def test_any_integer_dtype_of_ids_gives_the_int32_result(dtype, vocab, jit):
     """An index or comparison in the ids' own dtype would wrap (uint8 against vocab 257): manual and reference widen first."""
     layer = mbp.Embedding(vocab, 2)
-    params, _ = layer.init(jax.random.key(0), (4,), jnp.float64)
+    rng = np.random.default_rng(0)  # the data made on the host: nothing compiled per vocab and dtype but the layer
+    params = {"E": host(rng.standard_normal((vocab, 2)), jnp.float64)}
     top = min(int(jnp.iinfo(dtype).max), vocab - 1)
-    ids32 = jnp.array([[0, 1, top, 7], [top, top - 1, 3, 0]], jnp.int32)
-    ids = ids32.astype(dtype)
-    dy = jax.random.normal(jax.random.key(1), (2, 4, 2), jnp.float64)
+    ids32 = host([[0, 1, top, 7], [top, top - 1, 3, 0]], jnp.int32)
+    ids = host(ids32, dtype)
+    dy = host(rng.standard_normal((2, 4, 2)), jnp.float64)
 
     def run(x):
         y, cache = layer.forward(params, x)
@@ -125,5 +128,6 @@ def test_any_integer_dtype_of_ids_gives_the_int32_result(dtype, vocab, jit):
     (y, dE), (y32, dE32) = run(ids), run(ids32)
     assert np.array_equal(y, y32) and np.array_equal(y, params["E"][np.asarray(ids32)])
     assert np.array_equal(dE, dE32)
-    y_r, dparams_r, _ = ref.vjp_layer(lambda p, x: ref.forward(layer, p, x, ref.NoTaps()), params, ids, dy)
+    y_r, dparams_r, _ = jax.jit(lambda p, x, dy: ref.vjp_layer(lambda p, x: ref.forward(layer, p, x, ref.NoTaps()),
+                                                              p, x, dy))(params, ids, dy)
     assert np.array_equal(y_r, y32) and np.allclose(dparams_r["E"], dE32, rtol=1e-15, atol=0)

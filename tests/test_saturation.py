@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from arrays import host
 
 import manualbp as mbp
 from manualbp import reference as ref
@@ -132,14 +133,18 @@ def test_sigmoid_bce_gradient_of_confident_answers(dtype):
 
 def _relative_errors(layer, seed, dtype=jnp.float32, scale=10.0):
     """Entrywise relative errors of dx and every dparam, manual and jax.grad, vs float64 at the same rounded point."""
-    params, _ = layer.init(jax.random.key(seed), (6, 4), jnp.float64)
-    x = scale * jax.random.normal(jax.random.key(seed + 1), (8, 6, 4), jnp.float64)
-    lo = jax.tree_util.tree_map(lambda a: a.astype(dtype), (params, x))
-    hi = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), lo)
+    # the point drawn and rounded on the host; jax.grad compiled (one program per precision, not one per operation)
+    rng = np.random.default_rng(seed)
+    params = jax.eval_shape(lambda: layer.init(jax.random.key(0), (6, 4), jnp.float64)[0])
+    params = jax.tree_util.tree_map(lambda s: rng.standard_normal(s.shape) / math.sqrt(s.shape[0]), params)
+    x = scale * rng.standard_normal((8, 6, 4))
+    lo = jax.tree_util.tree_map(lambda a: host(a, dtype), (params, x))
+    hi = jax.tree_util.tree_map(lambda a: host(a, jnp.float64), lo)
     fn = lambda p, v: ref.forward(layer, p, v, ref.NoTaps())  # noqa: E731
-    dy = jax.random.normal(jax.random.key(seed + 2), jax.eval_shape(fn, *hi).shape, dtype)
-    _, truth_p, truth_x = ref.vjp_layer(fn, *hi, dy.astype(jnp.float64))
-    _, jax_p, jax_x = ref.vjp_layer(fn, *lo, dy)
+    dy = host(rng.standard_normal(jax.eval_shape(fn, *hi).shape), dtype)
+    vjp = jax.jit(lambda p, v, dy: ref.vjp_layer(fn, p, v, dy))
+    _, truth_p, truth_x = vjp(*hi, host(dy, jnp.float64))
+    _, jax_p, jax_x = vjp(*lo, dy)
 
     def manual(p, v):
         _, cache = layer.forward(p, v)
