@@ -6,6 +6,8 @@ flags ``manualbp check`` uses (manualbp/cli/xla_flags.py). That changes how
 long compiling takes, not what is computed: no test tolerance depends on it.
 """
 
+import atexit
+import gc
 import importlib.util
 import os
 import shutil
@@ -43,9 +45,34 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+# Python's full garbage collections (generation 2) walk every object the process holds, and a worker of this suite
+# ends up holding millions: the jaxprs, lowered modules and executables that jax keeps for thousands of compiled
+# programs. Measured on the whole suite, 2 workers: 16 full collections, 7 s per worker, and the last one, at exit,
+# about 2 s more. gc.freeze() moves every object that exists into a permanent generation that no collection walks:
+# done after collection and after each test, a collection walks only what the current test made. A reference cycle
+# a test leaves behind is never freed, which measured nothing: the workers' peak RSS was 4.1 and 4.2 GB either way.
+def pytest_collection_finish(session):
+    gc.freeze()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    gc.freeze()
+
+
+# An xdist worker has sent its every result to the controller (over execnet) before the interpreter exits, and what is
+# left then is freeing: jax's atexit handler clears its caches (thousands of executables, MLIR contexts), then Python
+# frees the rest, about 3 s per worker at the end of the suite. Registered after jax's handler, this one runs first
+# and ends the worker at once (status 0, what a worker's normal exit gives). Never in the controller, whose exit status
+# is the suite's verdict, nor in a run without workers.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    atexit.register(os._exit, 0)
 
 
 def pytest_unconfigure(config):
