@@ -1,4 +1,4 @@
-"""RNN and LSTM over variable-length sequences (``variable_length=True``, input ``(x, lengths[, states])``).
+"""RNN, LSTM and GRU over variable-length sequences (``variable_length=True``, input ``(x, lengths[, states])``).
 
 Padded steps (t >= lengths[b]) neither update the state nor feed the output: checked against the reference
 twin (which masks inside its own scan), against finite differences, and against the plain layer run on
@@ -20,8 +20,11 @@ LENGTHS = (5, 2, 0)  # full, cut, empty (B = 3, T = 5)
 T, D, H = 5, 2, 3
 
 
+KINDS = {"rnn": mbp.RNN, "lstm": mbp.LSTM, "gru": mbp.GRU}
+
+
 def _layer(kind, **kw):
-    return mbp.RNN(H, variable_length=True, **kw) if kind == "rnn" else mbp.LSTM(H, variable_length=True, **kw)
+    return KINDS[kind](H, variable_length=True, **kw)
 
 
 def _inputs(layer, dtype, lengths=LENGTHS):
@@ -43,7 +46,7 @@ CONFIGS = [
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"seq{c[0]}-{c[1]}-{jnp.dtype(c[2]).name}-jit{c[3]}")
-@pytest.mark.parametrize("kind", ["rnn", "lstm"])
+@pytest.mark.parametrize("kind", list(KINDS))
 def test_layer_matches_reference(kind, config):
     """A random dy, nonzero at padded steps too: those must reach nothing (the output there is a constant 0)."""
     seq, init, dtype, jit = config
@@ -57,7 +60,7 @@ def test_layer_matches_reference(kind, config):
     assert dx_rows == {"dL/dx.0", *(f"dL/dx.{2 + i}" for i in range(layer.n_states if init == "given" else 0))}
 
 
-@pytest.mark.parametrize("kind, dtype", [("rnn", jnp.float32), ("lstm", jnp.float64)])
+@pytest.mark.parametrize("kind, dtype", [("rnn", jnp.float32), ("lstm", jnp.float64), ("gru", jnp.float64)])
 def test_in_a_model_with_per_step_rows(kind, dtype):
     """Unmasked loss at every step: padded steps' outputs still reach the loss (through Dense's bias), not the RNN."""
     layer = _layer(kind)
@@ -67,12 +70,12 @@ def test_in_a_model_with_per_step_rows(kind, dtype):
     y = jax.random.randint(jax.random.key(2), (len(LENGTHS), T), 0, 4)
     report = mbp.compare(model, mbp.SoftmaxCrossEntropy(), params, x, y)
     assert report.ok, str(report)
-    for kind_ in ["h"] if kind == "rnn" else ["h", "c"]:
+    for kind_ in ["h", "c"][: layer.n_states]:
         for t in range(T):
             report.row(f"0 {layer.name}", f"dL/d{kind_}[t={t}]")
 
 
-@pytest.mark.parametrize("kind, seq", [("rnn", True), ("lstm", False)])
+@pytest.mark.parametrize("kind, seq", [("rnn", True), ("lstm", False), ("gru", False)])
 def test_padded_steps_change_nothing(kind, seq):
     """Each sequence alone, cut to its length, through the plain layer: the same outputs and gradients.
 
@@ -81,7 +84,7 @@ def test_padded_steps_change_nothing(kind, seq):
     """
     tol = mbp.tolerance(jnp.float64)
     layer = _layer(kind, return_sequences=seq, initial_state="given")
-    plain = (mbp.RNN if kind == "rnn" else mbp.LSTM)(H, return_sequences=seq, initial_state="given")
+    plain = KINDS[kind](H, return_sequences=seq, initial_state="given")
     x, in_shape = _inputs(layer, jnp.float64)
     params, _ = layer.init(jax.random.key(0), in_shape, jnp.float64)
     y, cache = layer.forward(params, x)
@@ -108,11 +111,11 @@ def test_padded_steps_change_nothing(kind, seq):
             assert compare_arrays("state", f"d{i}", dx[2 + i][b], dx_b[1 + i][0], tol).ok
 
 
-@pytest.mark.parametrize("kind", ["rnn", "lstm"])
+@pytest.mark.parametrize("kind", list(KINDS))
 def test_full_lengths_equal_the_plain_layer(kind):
     """lengths = T everywhere: the interface without lengths, value for value."""
     layer = _layer(kind)
-    plain = mbp.RNN(H) if kind == "rnn" else mbp.LSTM(H)
+    plain = KINDS[kind](H)
     x, in_shape = _inputs(layer, jnp.float32, lengths=(T, T))
     params, _ = layer.init(jax.random.key(0), in_shape, jnp.float32)
     y, cache = layer.forward(params, x)
@@ -132,7 +135,8 @@ def _loss(layer, params, x, w):
 @pytest.mark.parametrize(
     "layer",
     [mbp.RNN(H, mbp.ReLU(), variable_length=True, initial_state="given"),
-     mbp.LSTM(H, return_sequences=False, variable_length=True, initial_state="given")],
+     mbp.LSTM(H, return_sequences=False, variable_length=True, initial_state="given"),
+     mbp.GRU(H, return_sequences=False, variable_length=True, initial_state="given")],
     ids=lambda layer: layer.name,
 )
 def test_against_finite_differences(layer):

@@ -33,6 +33,8 @@ class GRU(RecurrentBase):
       hidden: H, the width of h.
       return_sequences: output all hidden states (B, T, H), or the last (B, H).
       initial_state: "zeros", or "given" (input ``(x, h0)``, dx ``(dx, dh0)``).
+      variable_length: the input is ``(x, lengths[, h0])``; steps t >= lengths[b]
+        are padding (h unchanged, output 0; see ``manualbp.layers.recurrent``).
 
     Params: ``Wx`` (D, 3H) LeCun-normal, ``Wh`` (H, 3H) orthogonal per gate,
     ``b`` (3H,) zeros, ``bhn`` (H,) zeros. Gate blocks are laid out
@@ -42,6 +44,7 @@ class GRU(RecurrentBase):
     hidden: int
     return_sequences: bool = True
     initial_state: str = "zeros"
+    variable_length: bool = False
     n_gates = 3  # [r | z | n]
 
     def __post_init__(self):
@@ -54,20 +57,21 @@ class GRU(RecurrentBase):
 
     def _check(self, params, x):
         check_params(self, params, ("Wx", "Wh", "b", "bhn"))
-        x, states = self._unpack(params, x)  # Wx (D, 3H), Wh (H, 3H), b (3H,): RecurrentBase with n_gates = 3
+        x, states, mask = self._unpack_with_mask(params, x)  # Wx (D, 3H), Wh (H, 3H), b (3H,): n_gates = 3
         check_param(self, params, "bhn", (self.hidden,), like=x, why=f"(hidden,) = ({self.hidden},)")
-        return x, states
+        return x, states, mask
 
     def forward(self, params, x):
-        """x: (B, T, D) or (x, h0) -> y: (B, T, H) or (B, H).
+        """x: (B, T, D) or a tuple (x[, lengths][, h0]) -> y: (B, T, H) or (B, H).
 
         Cache, per step (T, B, .): the gates [r, z, n] (3H), u^n + b_hn (H, what
         dL/dr needs), and [x_t, h_(t-1)] (D + H, side by side: the rows of both
-        weight gradients at step t). The gates are written over the buffer of
+        weight gradients at step t); with ``variable_length``, the mask (T, B, 1)
+        of real steps (else None). The gates are written over the buffer of
         the hoisted x_t W_x (step t reads row t, then overwrites it), so the
         forward holds one (T, B, 3H) array, not two.
         """
-        x, (h0,) = self._check(params, x)
+        x, (h0,), mask = self._check(params, x)
         Wx, Wh, b, bhn = params["Wx"], params["Wh"], bias_row(params["b"], 2), bias_row(params["bhn"], 2)
         H = self.hidden
         xs = time_major(x)  # (T, B, D)
@@ -83,6 +87,8 @@ class GRU(RecurrentBase):
             hn = u[:, 2 * H :] + bhn  # h_(t-1) W_hn + b_hn: what r gates
             n = jnp.tanh(a[:, 2 * H :] + r * hn)
             h = n + z * (h_prev - n)  # (1 - z) n + z h_(t-1)
+            if mask is not None:  # a padded step keeps the state
+                h = jnp.where(lax.dynamic_index_in_dim(mask, t, keepdims=False), h, h_prev)
             return (h, lax.dynamic_update_index_in_dim(gates, jnp.concatenate([rz, n], axis=1), t, 0),
                     lax.dynamic_update_index_in_dim(hn_all, hn, t, 0),
                     lax.dynamic_update_slice(xh, h_prev[None], (t, 0, D)))
@@ -90,9 +96,8 @@ class GRU(RecurrentBase):
         hn_all = jnp.zeros((T, B, H), x.dtype)
         xh = jnp.concatenate([xs, hn_all], axis=2)  # (T, B, D + H): [x_t, h_(t-1)]
         h_last, gates, hn_all, xh = lax.fori_loop(0, T, step, (h0, xw, hn_all, xh))
-        h_prev = xh[:, :, D:]
-        y = time_major(jnp.concatenate([h_prev[1:], h_last[None]])) if self.return_sequences else h_last
-        return y, (xh, gates, hn_all)
+        y = self._output(jnp.concatenate([xh[1:, :, D:], h_last[None]]), mask) if self.return_sequences else h_last
+        return y, (xh, gates, hn_all, mask)
 
     def _bptt(self, params, cache, dy):
         """Backprop through time carrying dL/dh from step t+1 to step t.
@@ -115,15 +120,18 @@ class GRU(RecurrentBase):
         dW_x, dW_h, db, db_hn, accumulated step by step inside the reverse
         scan (as the LSTM's), so no (T, B, 3H) stack of deltas is held on top
         of the cache. The per-step gradients returned are the totals delta h_t.
+
+        With variable lengths, a padded step t (h_t = h_(t-1), y_t = 0) has
+        delta a_t = delta u_t = 0 and passes delta h_t to step t-1 unchanged.
         """
-        xh, gates, hn_all = cache
+        xh, gates, hn_all, mask = cache
         Wx, Wh = params["Wx"], params["Wh"]
         H, D = self.hidden, Wx.shape[0]
-        dys, dh_seed = self._upstream(hn_all, dy)
+        dys, dh_seed = self._upstream(hn_all, dy, mask)
 
         def step(carry, inputs):
             dh_next, dWx, dWh, db, dbhn = carry
-            dy_t, gates_t, hn, xh_t = inputs
+            dy_t, gates_t, hn, xh_t, m_t = inputs
             r, z, n = gates_t[:, :H], gates_t[:, H : 2 * H], gates_t[:, 2 * H :]
             x_t, h_prev = xh_t[:, :D], xh_t[:, D:]
             dh = dh_next if dy_t is None else dh_next + dy_t  # total dL/dh_t
@@ -133,11 +141,14 @@ class GRU(RecurrentBase):
             run = dan * r  # dL/du^n (= dL/db_hn)
             da = jnp.concatenate([dar, daz, dan], axis=1)  # (B, 3H)
             du = jnp.concatenate([dar, daz, run], axis=1)  # (B, 3H)
+            dh_prev = dh * z + du @ Wh.T
+            if m_t is not None:  # a padded step: no delta a or delta u, and delta h passes through unchanged
+                da, du, run, dh_prev = jnp.where(m_t, da, 0), jnp.where(m_t, du, 0), jnp.where(m_t, run, 0), jnp.where(m_t, dh_prev, dh)
             sums = (dWx + x_t.T @ da, dWh + h_prev.T @ du, db + jnp.sum(da, axis=0), dbhn + jnp.sum(run, axis=0))
-            return (dh * z + du @ Wh.T, *sums), (da @ Wx.T, dh)
+            return (dh_prev, *sums), (da @ Wx.T, dh)
 
         carry = (dh_seed, jnp.zeros_like(Wx), jnp.zeros_like(Wh), jnp.zeros_like(params["b"]),
                  jnp.zeros_like(params["bhn"]))
-        (dh0, dWx, dWh, db, dbhn), (dx, dh) = lax.scan(step, carry, (dys, gates, hn_all, xh), reverse=True)
+        (dh0, dWx, dWh, db, dbhn), (dx, dh) = lax.scan(step, carry, (dys, gates, hn_all, xh, mask), reverse=True)
         dparams = {"Wx": dWx, "Wh": dWh, "b": db, "bhn": dbhn}
         return dparams, self._dx(time_major(dx), (dh0,)), {"h": dh}

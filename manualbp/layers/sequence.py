@@ -1,13 +1,14 @@
 """What every recurrent layer shares (RNN, LSTM, GRU): the interface, input unpacking and checks, output selection.
 
-Recurrent layers with hand-written backprop through time (BPTT): what they share, and the RNN (LSTM: ``lstm``).
+Recurrent layers with hand-written backprop through time (BPTT): what they share; the RNN is ``recurrent``, the
+LSTM ``lstm``, the GRU ``gru``.
 
 Interface (every recurrent layer): input ``x`` of shape (B, T, D), batch-first; output
 every hidden state (B, T, H) (``return_sequences=True``) or only the last
 (B, H). The initial state is zeros (``initial_state="zeros"``) or given
 (``initial_state="given"``): then the input is ``(x, h0)`` for the RNN and
-``(x, h0, c0)`` for the LSTM, each state of shape (B, H), and dx is returned
-as the matching tuple ``(dx, dh0)`` / ``(dx, dh0, dc0)``.
+the GRU and ``(x, h0, c0)`` for the LSTM, each state of shape (B, H), and dx
+is returned as the matching tuple ``(dx, dh0)`` / ``(dx, dh0, dc0)``.
 
 Variable-length sequences (``variable_length=True``): the input is
 ``(x, lengths, *initial states)``, ``lengths`` an integer array (B,) with
@@ -49,10 +50,10 @@ def bias_row(b, ndim):
 
 
 class RecurrentBase(Layer):
-    """What RNN and LSTM share: hyperparameter checks, input unpacking, output selection."""
+    """What RNN, LSTM and GRU share: hyperparameter checks, input unpacking, output selection."""
 
     n_states = 1  # RNN: h; LSTM: h and c
-    n_gates = 1  # blocks of H columns in Wx, Wh and b: RNN 1, LSTM 4 ([i | f | g | o])
+    n_gates = 1  # blocks of H columns in Wx, Wh and b: RNN 1, LSTM 4 ([i | f | g | o]), GRU 3 ([r | z | n])
     variable_length = False  # a layer that supports lengths declares it as a dataclass field
 
     def _gate_weights(self, key, D: int, dtype) -> dict:
@@ -114,13 +115,6 @@ class RecurrentBase(Layer):
     def output_shape(self, input_shape):
         T, _ = self._sequence_shape(input_shape)
         return (T, self.hidden) if self.return_sequences else (self.hidden,)
-
-    def _unpack(self, params, x):
-        """(x, states) from the input, for a recurrent layer without variable lengths (see ``_unpack_with_mask``)."""
-        x, states, mask = self._unpack_with_mask(params, x)
-        if mask is not None:
-            raise NotImplementedError(f"{self.name}: variable_length=True needs _unpack_with_mask, which returns the mask")
-        return x, states
 
     def _unpack_with_mask(self, params, x):
         """(x, states, mask) from the input, after checking rank, T, D, lengths and dtypes against the params.

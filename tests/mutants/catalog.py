@@ -102,6 +102,8 @@ CATALOG: list[Mutant] = [
     # gru.py, bidirectional.py
     _entry(s.token_rnn, mbp.GRU(5), q.GRUNoDirectPath(5), STEP_T2),
     _entry(s.token_rnn, mbp.GRU(5), q.GRUResetWithoutBhn(5), STEP_T2),
+    _entry(s.variable_last, mbp.GRU(5, return_sequences=False, variable_length=True),
+           q.GRUPaddedStepsUpdate(5, return_sequences=False, variable_length=True), r"dL/dh\[t=4\]"),
     _entry(s.sequence, mbp.Bidirectional(mbp.RNN(5)), q.BidirectionalDxNotReversed(mbp.RNN(5)), DX),
     # embedding.py, positional.py
     _entry(s.positional, mbp.PositionalEmbedding(8, 4), q.PositionalMeanOverBatch(8, 4), "dP"),

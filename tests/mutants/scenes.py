@@ -130,6 +130,16 @@ def variable_rnn(slot):
     return Scene(mbp.Sequential(slot, mbp.Dense(3)), mbp.SoftmaxCrossEntropy(), ((T, 4), ()), make)
 
 
+def variable_last(slot):
+    """Sequences of lengths 6, 3 and 4, one class per sequence from the state after its last real step: the
+    gradient of that state must cross the padded steps after it unchanged."""
+    def make(rng, dtype):
+        x = rng.standard_normal((B, T, 4)).astype(dtype)
+        return (x, np.array([T, 3, 4], np.int32)), rng.integers(0, 3, (B,), np.int32), None
+
+    return Scene(mbp.Sequential(slot, mbp.Dense(3)), mbp.SoftmaxCrossEntropy(), ((T, 4), ()), make)
+
+
 def lstm(slot):
     return Scene(mbp.Sequential(mbp.Dense(4), mbp.Tanh(), slot, mbp.Dense(3)), mbp.SoftmaxCrossEntropy(), (T, 3),
                  _normal((T, 3), (B,)))

@@ -71,6 +71,21 @@ class GRUResetWithoutBhn(GRUTextbook):
     bug = "reset_without_bhn"
 
 
+@mutant_of(mbp.GRU)
+class GRUPaddedStepsUpdate(mbp.GRU):
+    """Variable lengths: a padded step's backward runs the cell (carry delta h z + delta u W_h^T) as if h had changed.
+
+    The state after the last real step reaches the output across the padded steps after it, each h_t = h_(t-1):
+    its gradient must cross them unchanged. dL/dy is masked as the real layer masks it; only the carry is wrong.
+    """
+
+    def _bptt(self, params, cache, dy):
+        xh, gates, hn_all, mask = cache
+        if self.return_sequences:
+            dy = jnp.where(jnp.swapaxes(mask, 0, 1), dy, 0)
+        return super()._bptt(params, (xh, gates, hn_all, None), dy)  # right: (xh, gates, hn_all, mask)
+
+
 @mutant_of(mbp.Bidirectional)
 class BidirectionalDxNotReversed(mbp.Bidirectional):
     """dx = dx_f + dx_b: the backward direction's input gradient added in ITS time order, not reversed back to x's."""
