@@ -165,6 +165,7 @@ def _temp_bytes(step, params, x, y):
     return step.lower(params, x, y).compile().memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the byte counts are XLA CPU's buffer assignment")
 def test_the_backward_keeps_no_probability_matrix():
     """Compiled memory per extra attention layer: manual keeps x, Q, K, V and O; jax.grad also keeps P.
 

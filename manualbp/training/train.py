@@ -23,6 +23,7 @@ from manualbp.training.data import Dataset, as_inputs
 from manualbp.training.run_dir import RunDir
 from manualbp.training.step import GRADS, check_twin_optimizers, evaluate, metric_name, param_names
 from manualbp.training.twin import Divergence
+from manualbp.verify.precision import full_precision
 
 
 @dataclass
@@ -169,6 +170,7 @@ def _result(model, data, path, out) -> TrainResult:
                            f"{path}/loss"]), out.wall_s, out.start)
 
 
+@full_precision
 def train_twin(model, head, params, data: Dataset, *, optimizer: optax.GradientTransformation | None = None,
                reference_optimizer: optax.GradientTransformation | None = None, steps: int, batch_size: int,
                key, log_every: int = 0, on_log: Callable | None = None, checkpoint=None, checkpoint_every: int = 0,

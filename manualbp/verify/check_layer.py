@@ -9,6 +9,7 @@ import numpy as np
 from manualbp import reference as ref
 from manualbp.layers.base import as_array, as_arrays, check_finite, describe, name_of
 from manualbp.verify.compare import by_kind, dtype_of, judge_all
+from manualbp.verify.precision import full_precision
 from manualbp.verify.quantities import param_name
 from manualbp.verify.report import Report
 from manualbp.verify.rounding import choices, measure
@@ -53,6 +54,7 @@ def _choices(layer):
         return None
 
 
+@full_precision
 def check_layer(layer, params, x, dy=None, *, reference=None, key=None, jit: bool = False,
                 title: str | None = None, verdict: str = "auto") -> Report:
     """One layer alone: manual forward/backward vs ``jax.vjp`` of the reference forward.

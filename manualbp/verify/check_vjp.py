@@ -31,12 +31,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from manualbp.verify.precision import full_precision
 from manualbp.verify.report import Report, Row
 from manualbp.verify.tolerances import Tolerance, resolve_verdict, tolerance
 from manualbp.verify.verdict import judge
 from manualbp.verify.vjp_inputs import Inputs, check_custom_vjp_rule, reraise_rule_error, trace_both
 
 
+@full_precision
 def check_vjp(fn, reference, *args, argnums=None, k: int = 3, seed: int = 0, jit: bool = False,
               nondet_tol: float = 0.0, title: str | None = None, verdict: str = "auto") -> Report:
     """Compare ``fn``'s VJP (hand-written) with ``jax.vjp`` of ``reference`` at ``args``.

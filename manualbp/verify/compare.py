@@ -20,6 +20,7 @@ import numpy as np
 
 from manualbp import reference as ref
 from manualbp.layers.base import as_array, as_arrays, check_finite, name_of
+from manualbp.verify.precision import full_precision
 from manualbp.verify.quantities import by_kind, manual_values, reference_values, row_order
 from manualbp.verify.report import Report
 from manualbp.verify.rounding import choices, measure
@@ -83,6 +84,7 @@ def _record(model, head, params, x, y, mask):
 _record_jit = partial(jax.jit, static_argnums=(0, 1))(_record)  # compiled once per (model, head, shapes)
 
 
+@full_precision
 def compare(model, head, params, x, y, mask=None, *, jit: bool = True, title: str | None = None,
             verdict: str = "auto") -> Report:
     """Compare manual backprop with jax.grad of the reference, layer by layer.

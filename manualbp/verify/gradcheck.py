@@ -39,6 +39,7 @@ from jax.flatten_util import ravel_pytree
 from manualbp.backprop import loss_and_grads
 from manualbp.layers.base import as_array, as_arrays, check_finite, children_of, name_of
 from manualbp.verify.finite_differences import CENTRAL, KINDS, NONE, STEPS, SUBGRADIENT, estimate
+from manualbp.verify.precision import full_precision
 from manualbp.verify.quantities import param_name
 from manualbp.verify.report import Report
 from manualbp.verify.rounding import cast, move
@@ -117,6 +118,7 @@ def _zeros(tree):
     return jax.tree_util.tree_map(lambda v: jax.device_put(np.zeros(v.shape, v.dtype)), tree)
 
 
+@full_precision
 def gradcheck(model, head, params, x, y, mask=None, *, mode: str = "directions", k: int = 8, eps: float = 1e-4,
               key=None, max_params: int = 20_000) -> Report:
     """Manual backprop vs finite differences in float64, with an error estimate for every comparison.
