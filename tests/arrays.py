@@ -13,3 +13,15 @@ import numpy as np
 def host(a, dtype=None):
     """``jnp.asarray(a, dtype)``, converted by NumPy and transferred: the same array, nothing compiled."""
     return jax.device_put(np.asarray(a, dtype))
+
+
+# A layer's check compiled in both precisions, and run eagerly (op by op, no fusion) in float32 only: float32's
+# rounding differs between the two runs, float64's agrees with the compiled run to far below every tolerance, so an
+# eager float64 run repeats the compiled one. Pass to ``pytest.mark.parametrize("dtype, jit", RUNS, ids=RUN_IDS)``.
+RUNS = [(np.float32, True), (np.float64, True), (np.float32, False)]
+RUN_IDS = ["float32-jit", "float64-jit", "float32-eager"]
+
+
+def eager_in_float32_only(configs, dtype_of):
+    """(config, jit) pairs: every config compiled, the float32 ones also eagerly (see ``RUNS``)."""
+    return [(c, True) for c in configs] + [(c, False) for c in configs if np.dtype(dtype_of(c)) == np.float32]

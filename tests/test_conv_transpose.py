@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from arrays import host
+from arrays import eager_in_float32_only, host
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -42,9 +42,13 @@ def _case(layer, shape, dtype, seed=0):
     return params, _rand(shape, dtype, seed + 2), _rand((shape[0], *layer.output_shape(shape[1:])), dtype, seed + 3)
 
 
-@pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])
-@pytest.mark.parametrize("layer,shape,dtype", CONFIGS, ids=lambda c: repr(c)[16:80] if isinstance(c, mbp.ConvTranspose2D) else str(c))
-def test_matches_reference(layer, shape, dtype, jit):
+CHECKS = eager_in_float32_only(CONFIGS, lambda c: c[2])
+
+
+@pytest.mark.parametrize("config, jit", CHECKS,
+                         ids=[f"{repr(c[0])[16:76]}-{c[1]}-{jnp.dtype(c[2]).name}-{'jit' if j else 'eager'}" for c, j in CHECKS])
+def test_matches_reference(config, jit):
+    layer, shape, dtype = config
     params, x, dy = _case(layer, shape, dtype)
     report = mbp.check_layer(layer, params, x, dy, jit=jit)
     assert report.ok, str(report)

@@ -3,10 +3,9 @@
 import jax
 import jax.numpy as jnp
 import pytest
+from arrays import RUN_IDS, RUNS
 
 import manualbp as mbp
-
-DTYPES = [jnp.float32, jnp.float64]
 
 ACTIVATIONS = [
     mbp.Identity(), mbp.Sigmoid(), mbp.Tanh(), mbp.ReLU(), mbp.LeakyReLU(0.1), mbp.Softplus(),
@@ -22,8 +21,7 @@ def _x(dtype, shape=(3, 4)):
     return x.at[0, :2].set(0.0)  # exact zeros: the convention at the kink is tested too
 
 
-@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("dtype, jit", RUNS, ids=RUN_IDS)
 @pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: repr(layer)[:40])
 def test_layer_matches_reference(layer, dtype, jit):
     x = _x(dtype)

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from arrays import host
+from arrays import RUN_IDS, RUNS, host
 
 import manualbp as mbp
 from manualbp import reference as ref
@@ -19,8 +19,7 @@ def _x(shape, dtype, seed=1, ties=False):
     return host(rng.integers(0, 3, shape) if ties else rng.standard_normal(shape), dtype)
 
 
-@pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("dtype, jit", RUNS, ids=RUN_IDS)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("layer,ties", [(POOLS[0], False), (POOLS[1], False), (POOLS[1], True)], ids=str)
 def test_matches_reference(layer, ties, shape, dtype, jit):

@@ -89,8 +89,9 @@ def test_batch_identity_mean_of_per_example_gradients():
     params, _ = model.init(jax.random.key(0), (4,), jnp.float64)
     x = jax.random.normal(jax.random.key(1), (7, 4), jnp.float64)
     y = jnp.array([0, 1, 2, 0, 1, 2, 0])
-    _, batch_grads, _, _ = loss_and_grads(model, head, params, x, y)
-    per_example = jax.vmap(lambda xi, yi: loss_and_grads(model, head, params, xi[None], yi[None])[1])(x, y)
+    # compiled: one program each, where the eager vmap compiled one per batched primitive
+    _, batch_grads, _, _ = jax.jit(lambda x, y: loss_and_grads(model, head, params, x, y))(x, y)
+    per_example = jax.jit(jax.vmap(lambda xi, yi: loss_and_grads(model, head, params, xi[None], yi[None])[1]))(x, y)
     mean_grads = jax.tree_util.tree_map(lambda g: g.mean(axis=0), per_example)
     tol = mbp.tolerance(jnp.float64)
     for g, m in zip(jax.tree_util.tree_leaves(batch_grads), jax.tree_util.tree_leaves(mean_grads)):

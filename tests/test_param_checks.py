@@ -63,8 +63,9 @@ def test_gradients_come_back_with_exactly_the_params_shapes_and_dtypes(layer, sh
     if run == "traced":
         params = jax.eval_shape(lambda: layer.init(jax.random.key(0), shape, dtype)[0])
         grads = jax.eval_shape(step, params, jax.ShapeDtypeStruct((2, *shape), dtype) if x is None else x)
-    else:
-        params, _ = layer.init(jax.random.key(0), shape, dtype)
+    else:  # the parameters made on the host, in the shapes init gives (init itself runs eagerly in every layer's tests)
+        shapes = jax.eval_shape(lambda: layer.init(jax.random.key(0), shape, dtype)[0])
+        params = jax.tree_util.tree_map(lambda s: _x(s.shape, s.dtype), shapes)
         grads = step(params, _x((2, *shape), dtype) if x is None else x)
     assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(params)
     for g, p in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(params)):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import pytest
+from arrays import RUN_IDS, RUNS
 
 import manualbp as mbp
 from manualbp import reference as ref
@@ -72,8 +73,7 @@ def _batch(dtype=jnp.float64):
     return x, jnp.array([0, 1, 2, 0, 1])
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])
+@pytest.mark.parametrize("dtype, jit", RUNS, ids=RUN_IDS)
 def test_plain_class_layer_and_container_in_compare(dtype, jit):
     model = mbp.Sequential(mbp.Dense(4), Skip(mbp.Sequential(Scale(), mbp.Tanh())), mbp.Dense(3))
     params, _ = model.init(jax.random.key(0), (4,), dtype)
