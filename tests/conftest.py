@@ -78,3 +78,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 def pytest_unconfigure(config):
     if _RUN_CACHE is not None:  # the process that made it (the workers found it in their environment)
         shutil.rmtree(_RUN_CACHE, ignore_errors=True)
+
+
+# The tests of several seconds (marked slow) run first: xdist's worksteal gives each worker a contiguous half of this
+# order and lets an idle worker take from the other's queue, so the run then ends on short tests, not with one worker
+# idle while the other runs a subprocess for 7 s (measured: 3.3 s at the end of a 177 s run). A stable sort: the
+# order within each group is the collection order, the same in every worker, as xdist requires.
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

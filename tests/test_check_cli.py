@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from manualbp.cli import build_parser, main
 from manualbp.cli.check import default_cache_dir
 
@@ -98,6 +100,7 @@ def test_unusable_cache_dir_is_a_note_not_an_error(tmp_path, capsys):
     assert "cached in" not in captured.out
 
 
+@pytest.mark.slow
 def test_second_run_compiles_nothing_new(tmp_path):
     """A fresh process fills the cache; a second one finds every program there (it writes no new entry)."""
     cache = tmp_path / "xla"

@@ -4,6 +4,7 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
 import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -22,6 +23,7 @@ def test_a_users_reference_py_cannot_break_import_manualbp(tmp_path):
     assert out.split() == ["the", "user", "manualbp.reference", "True"]
 
 
+@pytest.mark.slow
 def test_the_twin_imports_first_or_second(tmp_path):
     _python("import manualbp.reference as ref, manualbp as mbp; assert ref is mbp.reference", tmp_path)
     _python("import manualbp as mbp; from manualbp import reference as ref; assert ref.forward", tmp_path)

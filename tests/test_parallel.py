@@ -80,6 +80,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_four_devices_equal_one():
     # NPROC: XLA's CPU thread pool must outnumber the forced devices, or collectives can deadlock (manualbp/cli/train.py)
     # the suite's own XLA flags (tests/conftest.py: compile cheaply) are kept, the device count added to them

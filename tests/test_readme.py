@@ -42,6 +42,7 @@ def test_every_python_fence_is_a_block():
     assert len(blocks()) == README.read_text().count("```python\n") >= 6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("line, requires, fails, code", blocks(), ids=[f"line{b[0]}" for b in blocks()])
 def test_block_runs_in_a_fresh_interpreter(line, requires, fails, code, tmp_path):
     missing = [m for m in requires if importlib.util.find_spec(m) is None]

@@ -9,6 +9,7 @@ import manualbp as mbp
 from manualbp.models import get
 
 
+@pytest.mark.slow
 def test_builtin_gpt_matches_jax_grad_layer_by_layer():
     """Every sub-layer has its rows (that the built-in models pass in every precision: tests/test_verdicts.py)."""
     gpt = get("gpt")

@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import optax
+import pytest
 
 import manualbp as mbp
 from manualbp.training import data, zoo
@@ -26,6 +27,7 @@ def test_sequence_accuracy_needs_every_position():
     assert data.sequence_accuracy(logits, y) == 0.5
 
 
+@pytest.mark.slow
 def test_gpt_sort_task_twin_run_with_token_ids():
     """Token ids stay integers through the loop; manual and jax.grad stay together; the extra test figure is there."""
     task = zoo.task("gpt", "sort")

@@ -105,6 +105,7 @@ def test_dense_relu_dense_low_precision_has_no_false_failures(dtype):
         assert all(r.err_manual is not None and r.err_ref is not None for r in report.rows)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_builtin_models_pass_in_every_precision(name):
     """The reduced matrix (scripts/verdict_matrix.py runs 20 seeds): one seed x four dtypes, the default verdict."""
