@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from manualbp.layers.base import Layer, check_array, name_of
+from manualbp.layers.base import Layer, check_array, describe, name_of
 
 
 def _check_recurrent(which: str, layer):
@@ -16,13 +16,30 @@ def _check_recurrent(which: str, layer):
     if getattr(layer, "initial_state", "zeros") != "zeros":
         raise ValueError(
             f"Bidirectional: the {which} layer {name_of(layer)} has initial_state={layer.initial_state!r}; "
-            "Bidirectional takes x alone, so both directions start from zeros (initial_state='zeros')"
+            "Bidirectional takes x (or (x, lengths)), so both directions start from zeros (initial_state='zeros')"
         )
 
 
-def _reverse_time(a):
-    """(B, T, ...) with the time axis reversed: step t <-> step T - 1 - t (a permutation: its own adjoint)."""
-    return jnp.flip(a, axis=1)
+def _reverse_time(a, lengths=None):
+    """(B, T, ...) with each sequence's real steps reversed: step t reads step L - 1 - t for t < L, and 0 after.
+
+    Without lengths L = T for every sequence: a plain flip of the time axis.
+    With lengths (a length above T counts as T and one below 0 as 0, as in
+    the recurrent layers' mask under ``jax.jit``) the padded steps read 0, so
+    the backward layer sees a padded batch as a user would build it, and
+    whatever the padding held reaches nothing. As a matrix on the time axis
+    either map is symmetric (it pairs t with L - 1 - t, both < L), so it is
+    its own adjoint: the backward reverses dL/dy and dL/dx with it too.
+    """
+    if lengths is None:
+        return jnp.flip(a, axis=1)
+    T = a.shape[1]
+    t = jnp.arange(T)[None, :]
+    L = jnp.clip(lengths, 0, T)[:, None]
+    feature_axes = (1,) * (a.ndim - 2)
+    real = (t < L).reshape(*L.shape[:1], T, *feature_axes)  # (B, T, 1...)
+    source = jnp.where(t < L, L - 1 - t, t).reshape(real.shape)  # the step that step t reads
+    return jnp.where(real, jnp.take_along_axis(a, source, axis=1), 0)
 
 
 @dataclass(frozen=True)
@@ -37,21 +54,35 @@ class Bidirectional(Layer):
     ``return_sequences=False`` the layers give their last states, and y is
     [f's h_T, g's state after reading x_T .. x_1] (Keras' convention).
 
+    Variable lengths: when the layers have ``variable_length=True`` the
+    input is ``(x, lengths)`` and g reads each sequence's real steps
+    backward, x_(L-1) .. x_0, not the padding first: "reverse" above is
+    then step t <-> step L - 1 - t for t < L, with 0 at the padded steps
+    (``_reverse_time``), and both directions output 0 there. The last-step
+    output is [f's state after x_(L-1), g's state after x_0], as PyTorch's
+    packed sequences give it.
+
     Attributes:
       layer: a recurrent layer (RNN, LSTM, GRU, or your own with the same
-        interface) with ``initial_state="zeros"``.
+        interface) with ``initial_state="zeros"``; with ``variable_length=True``
+        (both layers alike) the input is ``(x, lengths)``.
       backward_layer: the layer that reads the reversed sequence; default: a
         copy of ``layer`` (same hyperparameters, its own params).
+      variable_length: whether the input is ``(x, lengths)``; default (None):
+        the layers' own ``variable_length`` (kept when ``replace_children``
+        puts in layers that do not declare it).
 
     Shapes: x (B, T, D) -> y (B, T, H_f + H_b), or (B, H_f + H_b) for
     last-step layers. Params: ``{"forward": f's params, "backward": g's}``.
     As a container its children are named "forward" and "backward"; the
     backward child's per-step rows (dL/dh[t]) count ITS steps: its t = 0 is
-    x's last step T - 1.
+    x's last step T - 1 (with variable lengths, each sequence's last real
+    step L - 1).
     """
 
     layer: object
     backward_layer: object = None
+    variable_length: bool | None = None
 
     def __post_init__(self):
         if self.backward_layer is None:
@@ -61,6 +92,33 @@ class Bidirectional(Layer):
         seqs = [getattr(layer, "return_sequences", None) for layer in (self.layer, self.backward_layer)]
         if None not in seqs and seqs[0] != seqs[1]:
             raise ValueError(f"Bidirectional: both layers must agree on return_sequences, got {seqs[0]} and {seqs[1]}")
+        if self.variable_length is not None and not isinstance(self.variable_length, bool):
+            raise ValueError(f"Bidirectional: variable_length must be a bool or None, got {self.variable_length!r}")
+        declared = {getattr(layer, "variable_length", None) for layer in (self.layer, self.backward_layer)} - {None}
+        if len(declared) > 1:
+            raise ValueError("Bidirectional: both layers must agree on variable_length, got "
+                             f"{self.layer.variable_length} and {self.backward_layer.variable_length}")
+        if self.variable_length is None:
+            object.__setattr__(self, "variable_length", declared.pop() if declared else False)
+        elif declared and self.variable_length not in declared:
+            raise ValueError(f"Bidirectional: variable_length={self.variable_length!r}, but the layers have "
+                             f"variable_length={declared.pop()}")
+
+    def _split_input(self, x):
+        """(x, lengths) from the input: lengths None for layers without variable lengths."""
+        if not self.variable_length:
+            if isinstance(x, (tuple, list)):
+                raise TypeError(
+                    "Bidirectional: got a tuple input, but the layers have variable_length=False; pass x of shape "
+                    "(B, T, D), or give both layers variable_length=True for (x, lengths)"
+                )
+            return x, None
+        if not isinstance(x, (tuple, list)) or len(x) != 2:
+            raise TypeError(
+                f"Bidirectional: with variable_length=True layers expected the input as a tuple (x, lengths), "
+                f"got {describe(x)}"
+            )
+        return tuple(x)
 
     @property
     def children(self):
@@ -76,7 +134,7 @@ class Bidirectional(Layer):
         return params["forward"], params["backward"]
 
     def replace_children(self, layers):
-        return Bidirectional(*layers)
+        return Bidirectional(*layers, variable_length=self.variable_length)
 
     def _merge_shapes(self, fwd, bwd):
         if len(fwd) != len(bwd) or tuple(fwd[:-1]) != tuple(bwd[:-1]):
@@ -93,17 +151,19 @@ class Bidirectional(Layer):
         return {"forward": pf, "backward": pb}, self._merge_shapes(sf, sb)
 
     def forward(self, params, x):
-        """x: (B, T, D) -> y: (B, T, H_f + H_b) or (B, H_f + H_b).
+        """x: (B, T, D), or (x, lengths) -> y: (B, T, H_f + H_b) or (B, H_f + H_b).
 
-        Cache: both layers' caches, and H_f (where dy splits).
+        Cache: both layers' caches, H_f (where dy splits) and the lengths (None without).
         """
+        x, lengths = self._split_input(x)
         check_array(self, x, ndim=3)
         pf, pb = self.split_params(params)
-        yf, cf = self.layer.forward(pf, x)
-        yb, cb = self.backward_layer.forward(pb, _reverse_time(x))
+        pack = (lambda a: a) if lengths is None else (lambda a: (a, lengths))
+        yf, cf = self.layer.forward(pf, pack(x))  # checks the lengths (dtype, shape, range) before they are used
+        yb, cb = self.backward_layer.forward(pb, pack(_reverse_time(x, lengths)))
         if yb.ndim == 3:
-            yb = _reverse_time(yb)  # back to x's time order: y_t = [h_t forward, h_t backward]
-        return jnp.concatenate([yf, yb], axis=-1), (cf, cb, yf.shape[-1])
+            yb = _reverse_time(yb, lengths)  # back to x's time order: y_t = [h_t forward, h_t backward]
+        return jnp.concatenate([yf, yb], axis=-1), (cf, cb, yf.shape[-1], lengths)
 
     def backward(self, params, cache, dy):
         """Split dy, reverse the backward half's time, run both layers' BPTT, reverse and add their dx.
@@ -114,18 +174,22 @@ class Bidirectional(Layer):
 
         x feeds both directions, so dx is the sum of the two input
         gradients (the fork's rule); reversing time is a permutation, whose
-        adjoint is the same reversal.
+        adjoint is the same reversal (per sequence, over its real steps, with
+        variable lengths). The lengths get no gradient: dx is ``(dx, None)``.
         """
-        cf, cb, split = cache
+        cf, cb, split, lengths = cache
         pf, pb = self.split_params(params)
         dyf, dyb = dy[..., :split], dy[..., split:]
         if dyb.ndim == 3:
-            dyb = _reverse_time(dyb)
+            dyb = _reverse_time(dyb, lengths)
         gf, dxf = self.layer.backward(pf, cf, dyf)
         gb, dxb = self.backward_layer.backward(pb, cb, dyb)
-        return {"forward": gf, "backward": gb}, dxf + _reverse_time(dxb)
+        grads = {"forward": gf, "backward": gb}
+        if lengths is None:
+            return grads, dxf + _reverse_time(dxb)
+        return grads, (dxf[0] + _reverse_time(dxb[0], lengths), None)
 
     def kink_pattern(self, cache):
-        cf, cb, _ = cache
+        cf, cb, _, _ = cache
         return tuple(layer.kink_pattern(c) if hasattr(layer, "kink_pattern") else None
                      for layer, c in ((self.layer, cf), (self.backward_layer, cb)))

@@ -92,7 +92,7 @@ class BidirectionalDxNotReversed(mbp.Bidirectional):
 
     def backward(self, params, cache, dy):
         grads, _ = super().backward(params, cache, dy)
-        cf, cb, split = cache
+        cf, cb, split, _ = cache
         pf, pb = self.split_params(params)
         dyf, dyb = dy[..., :split], jnp.flip(dy[..., split:], axis=1)
         _, dxf = self.layer.backward(pf, cf, dyf)
@@ -100,7 +100,7 @@ class BidirectionalDxNotReversed(mbp.Bidirectional):
         return grads, dxf + dxb  # right: dxf + jnp.flip(dxb, axis=1)
 
     def replace_children(self, layers):
-        return type(self)(*layers)
+        return type(self)(*layers, variable_length=self.variable_length)
 
 
 @mutant_of(mbp.PositionalEmbedding)
