@@ -35,6 +35,7 @@ from manualbp.layers.dense import Dense
 from manualbp.training import zoo
 from manualbp.training.train import train, train_twin
 
+jax.config.update("jax_enable_x64", True)  # as `manualbp train --grad twin`: the twin measures the reference's own error
 model_name, data_name, steps, devices = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
 task = zoo.task(model_name, data_name)
 data = task.load(jnp.float32)

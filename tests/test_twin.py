@@ -167,6 +167,41 @@ def test_a_batch_of_one_still_has_a_rounding_spread_and_it_does_not_excuse_a_wro
         assert not dv.ok and dv.first_failure["kind"] == "gradient", dv.summary()
 
 
+def _quantized_reference(p, xb, yb):
+    """A 'reference' whose float32 gradient t = (c + 1e-3 w) - c, c = mean(x) = 1, rounds t to a multiple of eps(1) =
+    1.2e-7: a relative error up to 6e-5, above the fixed tolerance 1e-5, that every rounding neighbour and batch order
+    repeats exactly (they move 1e-3 w by ~1e-10, far below eps(1)); in float64 the same function is exact to ~1e-13.
+    c comes from the data so that no compiler can fold (1 + t) - 1 into t."""
+    w, c = p["w"], jnp.mean(xb)
+    return jnp.sum(w), {"w": (c + 1e-3 * w) - c}
+
+
+def test_the_references_own_error_against_float64_excuses_rounding_the_spread_cannot_see():
+    """GPT twin runs of 1000 float32 steps were DIVERGED (4 of 6) with a correct backward: both float32 gradients were
+    ~1e-5 from the float64 truth, apart by 2e-5, while the reference's spread was 2e-6. Here the same in miniature:
+    the manual gradient 1e-3 w is exact, the reference's is off by rounding that no neighbour shows."""
+    w = np.linspace(0.9, 1.1, 64).astype(np.float32)
+    params, x, y = {"w": jnp.asarray(w)}, jnp.ones((4, 1), jnp.float32), jnp.zeros((4,), jnp.float32)
+    exact = {"w": jnp.asarray(1e-3 * w.astype(np.float64), jnp.float32)}
+
+    def figures(grads):
+        return jax.jit(lambda g: twin_figures((jnp.sum(w), g, g), _quantized_reference, params, x, y, g, params,
+                                              params))(grads)
+
+    tol = tolerance(jnp.float32).norm
+    with jax.enable_x64(False):  # no float64: the spread alone, blind to this rounding -> a false DIVERGED
+        f = figures(exact)
+        assert float(f["grad"][0]) > tol and float(f["grad_noise"][0]) == 0
+        assert not _divergence(np.asarray(f["grad"])[None], np.asarray(f["grad_noise"])[None]).ok
+    with jax.enable_x64(True):
+        f = figures(exact)  # the reference's own error is measured: as far from the truth as manual is from it -> PASS
+        grad, noise = np.asarray(f["grad"]), np.asarray(f["grad_noise"])
+        assert grad[0] > tol and 0.5 < noise[0] / grad[0] < 2, (grad, noise)
+        assert _divergence(grad[None], noise[None]).ok
+        wrong = figures({"w": exact["w"] * 1.01})  # a 1% error is still 100x beyond that rounding
+        assert not _divergence(np.asarray(wrong["grad"])[None], np.asarray(wrong["grad_noise"])[None]).ok
+
+
 def test_leafwise_figures_match_numpy_and_flag_non_finite_entries():
     rng = np.random.default_rng(0)
     a = {"W": jnp.asarray(rng.standard_normal((3, 4)), jnp.float32), "b": jnp.asarray(rng.standard_normal(4), jnp.bfloat16)}

@@ -89,6 +89,16 @@ def rounding_neighbour(params, i: int):
                                                   for j, p in enumerate(leaves)])
 
 
+def measures_own_error(dtype) -> bool:
+    """Whether a twin step in ``dtype`` also measures the reference's error against float64 (``jax_enable_x64`` on)."""
+    return bool(jax.config.read("jax_enable_x64")) and jnp.finfo(dtype).bits < 64
+
+
+def widen(tree):
+    """Every floating array of ``tree`` in float64 (integers, e.g. token ids, stay as they are)."""
+    return jax.tree_util.tree_map(lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
 def twin_figures(manual, reference_at, params, x, y, updates_ref, params_manual, params_reference) -> dict:
     """One twin step's figures, each an array over the parameter leaves (``loss``: a scalar).
 
@@ -106,7 +116,9 @@ def twin_figures(manual, reference_at, params, x, y, updates_ref, params_manual,
       ``lax.cond``, so a clean step pays nothing), the largest normwise difference, per leaf, between
       the reference gradient and the reference gradient of the same batch in three other orders, or
       at the parameters moved by one rounding unit (x (1 +- eps), three random signs): what rounding
-      alone, in the sums or in the forward pass, moves that leaf by; 0 elsewhere;
+      alone, in the sums or in the forward pass, moves that leaf by; and, in float32 and narrower
+      with ``jax_enable_x64`` on, between the reference gradient and the reference evaluated in
+      float64 at the same point (its own error); 0 elsewhere;
       "loss": |loss_m - loss_r| / |loss_r|; "update": normwise difference per leaf of the manual
       optimizer's update and the reference optimizer's update of the same manual gradient;
       "drift": normwise difference per leaf of the two trajectories' parameters (shown, not judged);
@@ -118,6 +130,8 @@ def twin_figures(manual, reference_at, params, x, y, updates_ref, params_manual,
     sums = leaf_sums((grads_m, grads_x), (updates_m, updates_ref), (params_manual, params_reference))
     grad = normwise(sums[:, 0])
 
+    dtype = _leaves(grads_m)[0].dtype
+
     def spread():
         # six more reference gradients, run one after another by lax.map: one copy of the reference's
         # forward and backward in the compiled step, not six (the twin step of the GPT compiled in 38 s)
@@ -126,9 +140,16 @@ def twin_figures(manual, reference_at, params, x, y, updates_ref, params_manual,
         points += [(rounding_neighbour(params, i), x, y) for i in range(3)]
         stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *points)
         spreads = lax.map(lambda point: normwise(leaf_sums((grads_x, reference_at(*point)[1]))[:, 0]), stacked)
-        return jnp.max(spreads, axis=0)
+        noise = jnp.max(spreads, axis=0)
+        if not measures_own_error(dtype):
+            return noise
+        # the reference's own error: its gradient against the same reference evaluated in float64 at the same point
+        # (what compare's conditioning verdict measures); the spread alone misses rounding that every neighbour
+        # repeats (a softmax probability near 1 rounds to the same float at every neighbour)
+        truth = reference_at(*widen((params, x, y)))[1]
+        return jnp.maximum(noise, normwise(leaf_sums((grads_x, truth))[:, 0]))
 
-    need = ~jnp.all(grad <= tolerance(_leaves(grads_m)[0].dtype).norm)
+    need = ~jnp.all(grad <= tolerance(dtype).norm)
     return {
         "grad": grad,
         "grad_noise": lax.cond(need, spread, lambda: jnp.zeros((n,), jnp.float32)),
@@ -139,12 +160,13 @@ def twin_figures(manual, reference_at, params, x, y, updates_ref, params_manual,
     }
 
 
-NOISE_FACTOR = 10.0  # k: a gradient may differ from the reference by k times the reference's own spread
+NOISE_FACTOR = 10.0  # k: a gradient may differ from the reference by k times the reference's own rounding
 
 
 def _passes(err, noise, tol, k):
-    """err <= tol.norm (well conditioned: the fixed tolerance), or err <= k x noise (the reference's own spread over
-    other batch orders and rounding neighbours, measured only on steps that needed it); NaN never passes."""
+    """err <= tol.norm (well conditioned: the fixed tolerance), or err <= k x noise (the reference's own rounding: its
+    spread over other batch orders and rounding neighbours, and its error against float64 when measured; only on
+    steps that needed it); NaN never passes."""
     return (err <= tol.norm) | (err <= k * noise)
 
 
@@ -158,11 +180,14 @@ class Divergence:
     - any manual or reference parameter or loss is non-finite;
     - the manual gradient of a leaf differs from the reference gradient at
       the same parameters by more than ``tolerance.norm`` (normwise) AND by
-      more than ``noise_factor`` times the reference's own spread over three
-      other orders of the same batch and three rounding neighbours of the
-      parameters (an ill-conditioned leaf, e.g. a bias whose gradient is a
-      small sum of larger terms, or an LSTM's weights through a long
-      sequence, rounds that much whoever computes it);
+      more than ``noise_factor`` times the reference's own rounding: its
+      spread over three other orders of the same batch and three rounding
+      neighbours of the parameters, and (float32 and narrower, with
+      ``jax_enable_x64`` on) its distance from the reference evaluated in
+      float64 at the same point (an ill-conditioned leaf, e.g. a bias whose
+      gradient is a small sum of larger terms, an LSTM's weights through a
+      long sequence, or a GPT late in training, rounds that much whoever
+      computes it);
     - the manual loss differs from the reference loss by more than
       ``tolerance.norm`` times the larger of the loss and the run's first
       loss (a loss near 0 is a difference of nearly equal terms);
@@ -245,7 +270,7 @@ class Divergence:
         if self.steps == 0:
             return "twin: no steps taken"
         tol = f"[{self.dtype}; tolerance {self.tolerance.norm:.0e} normwise, or {self.noise_factor:g}x the " \
-              "reference's own rounding spread]"
+              "reference's own rounding]"
         first = self.first_failure
         if first is not None:
             s = first["step"]
@@ -253,10 +278,10 @@ class Divergence:
                 return f"twin DIVERGED: non-finite at step {s}, {first['parameter']} (the run blew up) {tol}"
             what = {"gradient": f"the manual gradient of {first['parameter']}", "loss": "the manual loss",
                     "update": f"the manual optimizer's update of {first['parameter']}"}[first["kind"]]
-            noise = f", the reference's own spread {first['noise']:.2e}" if "noise" in first else ""
+            noise = f", the reference's own rounding {first['noise']:.2e}" if "noise" in first else ""
             return f"twin DIVERGED at step {s}: {what} differs from the reference by {first['error']:.2e}{noise} {tol}"
         w = self.worst()
-        noise = f" ({w['noise']:.2e} the reference's own rounding spread there)" if w["noise"] > 0 else ""
+        noise = f" ({w['noise']:.2e} the reference's own rounding there)" if w["noise"] > 0 else ""
         return (f"twin PASS: at every one of {self.steps} steps the manual gradient, loss and update matched the "
                 f"reference at the same parameters; largest difference {w['error']:.2e}{noise} on {w['parameter']} at "
                 f"step {w['step']}; the trajectories drifted {w['drift']:.2e} apart (rounding amplified by training, "
