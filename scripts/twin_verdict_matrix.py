@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     with open(args.out, "w") as f:
         json.dump({"steps": args.steps, "rows": rows, "per_task": extra, "wall_s": time.perf_counter() - t0}, f, indent=1)
     print(f"| task | devices | verdict | worst gradient difference / tolerance | steps on fallback | worst ratio to "
-          f"the reference's own spread there | final drift of the trajectories | ({args.steps} steps, float32)")
+          f"the reference's own rounding there | final drift of the trajectories | ({args.steps} steps, float32)")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         verdict = "PASS" if r["ok"] else f"DIVERGED at step {r['first_failure']['step']}"
