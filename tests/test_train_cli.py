@@ -158,3 +158,30 @@ def test_progress_goes_to_a_terminal_stderr_only_and_json_stdout_stays_strict(mo
     assert code == 0 and _strict(out)["steps"] == 5  # stdout: only the JSON document
     bar = terminal.getvalue()
     assert "5/5" in bar and "loss=" in bar and "accuracy=" in bar, bar  # tqdm's bar, with the metric named
+
+
+class _X64Turned(Exception):
+    pass
+
+
+@pytest.mark.parametrize("grad, dtype, expected", [("twin", "float32", True), ("manual", "float32", False),
+                                                    ("manual", "float64", True)])
+def test_x64_is_turned_on_for_float64_and_for_twin_runs(monkeypatch, grad, dtype, expected):
+    """A float32 twin run needs float64 to measure the reference's own error (manualbp.training.twin): the CLI turns
+    jax_enable_x64 on for it, as for float64, before anything runs; a plain float32 run leaves jax's default."""
+    import jax
+
+    update = jax.config.update
+
+    def spy(name, value):
+        if name == "jax_enable_x64" and value:
+            raise _X64Turned
+        return update(name, value)
+
+    monkeypatch.setattr(jax.config, "update", spy)
+    argv = [*SPIRALS, "--grad", grad, "--dtype", dtype, "--steps", "1", "--batch-size", "32"]
+    if expected:
+        with pytest.raises(_X64Turned):
+            main(argv)
+    else:
+        assert main(argv) == 0
