@@ -11,6 +11,8 @@ from functools import partial
 import jax
 
 from manualbp.layers.base import as_array, as_arrays, check_finite, checkify_values, is_concrete, name_of
+from manualbp.layers.code_key import Keyed
+from manualbp.layers.walk import check_gradients
 
 
 def loss_and_grads(model, head, params, x, y, mask=None):
@@ -22,21 +24,24 @@ def loss_and_grads(model, head, params, x, y, mask=None):
     return loss, grads, dx, out
 
 
-@partial(jax.jit, static_argnums=(0, 1))
-def _jitted(model, head, params, x, y, mask):
+# compiled once per (model, head, the code they run: ``Keyed``), shapes and dtypes
+@partial(jax.jit, static_argnums=0)
+def _jitted(key: Keyed, params, x, y, mask):
+    model, head = key.value
     loss, grads, _, _ = loss_and_grads(model, head, params, x, y, mask)
     return loss, grads
 
 
-@partial(jax.jit, static_argnums=(0, 1))
-def _jitted_checkified(model, head, params, x, y, mask):
+@partial(jax.jit, static_argnums=0)
+def _jitted_checkified(key: Keyed, params, x, y, mask):
     """``_jitted`` with the value checks registered for checkify (its own cache: a trace without them is not reused)."""
+    model, head = key.value
     with checkify_values():
         loss, grads, _, _ = loss_and_grads(model, head, params, x, y, mask)
     return loss, grads
 
 
-_forward_output = jax.jit(lambda model, params, x: model.forward(params, x)[0], static_argnums=0)
+_forward_output = jax.jit(lambda key, params, x: key.value[0].forward(params, x)[0], static_argnums=0)
 
 
 def as_inputs(x, y, mask=None):
@@ -70,7 +75,7 @@ def _output_shape(model, params, x):
         hash(model)
     except TypeError:  # e.g. a Dropout bound to a traced key inside the user's jit
         return jax.eval_shape(lambda p, v: model.forward(p, v)[0], params, x)
-    return _forward_output.eval_shape(model, params, x)
+    return _forward_output.eval_shape(Keyed(model), params, x)
 
 
 def value_and_grad(model, head, *, jit: bool = True, check: bool = True, checkify: bool = False):
@@ -106,9 +111,10 @@ def value_and_grad(model, head, *, jit: bool = True, check: bool = True, checkif
             check_finite(name_of(model), "params", params)
         with checkify_values(checkify):
             if jit:
-                loss, grads = (_jitted_checkified if checkify else _jitted)(model, head, params, x, y, mask)
+                loss, grads = (_jitted_checkified if checkify else _jitted)(Keyed(model, head), params, x, y, mask)
             else:
                 loss, grads, _, _ = loss_and_grads(model, head, params, x, y, mask)
+        check_gradients(model, params, grads, "value_and_grad")
         if check and is_concrete((loss, grads)):
             check_finite(name_of(model), "loss", loss)
             check_finite(name_of(model), "gradient (exploding gradients? try clipping)", grads)

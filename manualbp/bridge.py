@@ -29,8 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from manualbp.layers.base import as_arrays, describe, name_of
-
-keystr = jax.tree_util.keystr
+from manualbp.layers.walk import check_gradients
 
 
 def _is_array(v) -> bool:
@@ -117,7 +116,7 @@ def as_function(layer):
         it = iter(arrays)
         leaves = [given[i] if i in given else next(it) for i in range(static.cache_treedef.num_leaves)]
         dparams, dx = layer.backward(params, jax.tree_util.tree_unflatten(static.cache_treedef, leaves), dy)
-        return first_order_only((_checked_dparams(name, params, dparams), _checked_dx(name, static, dx)))
+        return first_order_only((_checked_dparams(layer, params, dparams), _checked_dx(name, static, dx)))
 
     f.defvjp(fwd, bwd)
     return f
@@ -128,14 +127,9 @@ def _as_arrays(params, x):
     return as_arrays((params, x))
 
 
-def _checked_dparams(name: str, params, dparams):
-    """dparams with params' structure, each leaf of its parameter's shape and dtype."""
-    treedef = jax.tree_util.tree_structure(params)
-    if jax.tree_util.tree_structure(dparams) != treedef:
-        raise ValueError(f"as_function({name}): backward returned dparams of structure {jax.tree_util.tree_structure(dparams)}, "
-                         f"but params have structure {treedef}; the gradient tree must match the params tree")
-    for (path, p), g in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree_util.tree_leaves(dparams)):
-        _check_leaf(name, f"parameter {keystr(path) or '<root>'}", p.shape, p.dtype, g)
+def _checked_dparams(layer, params, dparams):
+    """dparams with params' structure, each leaf of its parameter's shape and dtype (``walk.check_gradients``)."""
+    check_gradients(layer, params, dparams, f"as_function({name_of(layer)})")
     return dparams
 
 

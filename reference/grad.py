@@ -7,16 +7,24 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from .dispatch import Taps, apply, forward_train, head_forward
+from manualbp.layers.code_key import Keyed, classes_of
+
+from .dispatch import Taps, apply, forward, forward_train, head_forward
+
+
+def _key(model, head) -> Keyed:
+    """(model, head) as a static argument whose key holds the code that runs: their classes' methods and the
+    reference forward registered for each class (a re-registered reference is a new program, not a stale one)."""
+    return Keyed(model, head, extra=tuple(forward.dispatch(c) for c in classes_of(model, head)))
 
 
 def _loss(model, head, params, x, y, mask, taps=None):
     return head_forward(head, apply(model, params, x, taps), y, mask)
 
 
-@partial(jax.jit, static_argnums=(0, 1))
-def _value_and_grad(model, head, params, x, y, mask):
-    return jax.value_and_grad(partial(_loss, model, head))(params, x, y, mask)
+@partial(jax.jit, static_argnums=0)
+def _value_and_grad(key, params, x, y, mask):
+    return jax.value_and_grad(partial(_loss, *key.value))(params, x, y, mask)
 
 
 def value_and_grad(model, head, *, jit: bool = True):
@@ -26,21 +34,26 @@ def value_and_grad(model, head, *, jit: bool = True):
         x, y = jax.tree_util.tree_map(jnp.asarray, x), jnp.asarray(y)  # x may be a tuple, e.g. (x, h0)
         mask = None if mask is None else jnp.asarray(mask)
         if jit:
-            return _value_and_grad(model, head, params, x, y, mask)
+            return _value_and_grad(_key(model, head), params, x, y, mask)
         return jax.value_and_grad(partial(_loss, model, head))(params, x, y, mask)
 
     return f
 
 
-@partial(jax.jit, static_argnums=(0, 1))
 def trace(model, head, params, x, y, mask=None):
-    """Every intermediate value and gradient, keyed "<layer path>|<kind>".
+    """Every intermediate value and gradient, keyed "<layer path>|<kind>" (compiled once per model, head and shapes).
 
     Returns a dict with ``loss``, ``grads`` (dL/dparams), ``outputs`` (the
     forward value at every tap) and ``taps`` (dL/d(value) at every tap):
     kind "in" is a layer's input, "out" its output, others are
     layer-specific (e.g. "h" for a recurrent layer's hidden states).
     """
+    return _trace(_key(model, head), params, x, y, mask)
+
+
+@partial(jax.jit, static_argnums=0)
+def _trace(key, params, x, y, mask):
+    model, head = key.value
     recorder = Taps(values=None)
     apply(model, params, x, recorder)
     zeros, outputs = recorder.zeros, recorder.outputs

@@ -9,7 +9,7 @@ import pytest
 from arrays import host
 
 import manualbp as mbp
-from manualbp.verify.report import compare_arrays
+from manualbp.verify.verdict import judge
 
 
 def _rand(shape, dtype, seed):
@@ -161,15 +161,15 @@ def test_each_sequence_alone_cut_to_its_length(seq):
             continue
         y_b, cache_b = plain.forward(params, x[b : b + 1, :n])
         dparams_b, dx_b = plain.backward(params, cache_b, dy[b : b + 1, :n] if seq else dy[b : b + 1])
-        assert compare_arrays("y", f"sequence {b}", y[b, :n] if seq else y[b], y_b[0], tol).ok
-        assert compare_arrays("dx", f"sequence {b}", dx[b, :n], dx_b[0], tol).ok
+        assert judge("y", f"sequence {b}", y[b, :n] if seq else y[b], y_b[0], tol).ok
+        assert judge("dx", f"sequence {b}", dx[b, :n], dx_b[0], tol).ok
         assert np.all(np.asarray(dx[b, n:]) == 0) and (not seq or np.all(np.asarray(y[b, n:]) == 0))
         summed = jax.tree_util.tree_map(jnp.add, summed, dparams_b)
     for path, a in jax.tree_util.tree_leaves_with_path(dparams):
         expected = summed
         for key in path:
             expected = expected[key.key]
-        assert compare_arrays("dparams", jax.tree_util.keystr(path), a, expected, tol).ok
+        assert judge("dparams", jax.tree_util.keystr(path), a, expected, tol).ok
 
 
 class _WholeArrayReversalOfDx(mbp.Bidirectional):

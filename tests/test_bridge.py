@@ -12,7 +12,7 @@ from jax.test_util import check_grads
 
 import manualbp as mbp
 from manualbp import reference as ref
-from manualbp.verify.report import compare_arrays
+from manualbp.verify.verdict import judge
 
 
 def _normal(shape, dtype, seed=1):
@@ -161,10 +161,10 @@ def test_jax_grad_of_an_optax_loss_equals_the_reference(jit):
     value, grads = (jax.jit(jax.value_and_grad(loss)) if jit else jax.value_and_grad(loss))(params, x, y)
     value_r, grads_r = ref.value_and_grad(model, mbp.SoftmaxCrossEntropy())(params, x, y)
     tol = mbp.tolerance(jnp.float64)
-    assert compare_arrays("model", "loss", value, value_r, tol).ok
+    assert judge("model", "loss", value, value_r, tol).ok
     assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(params)
     for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree_util.tree_leaves(grads_r)):
-        row = compare_arrays("model", jax.tree_util.keystr(path), g, r, tol)
+        row = judge("model", jax.tree_util.keystr(path), g, r, tol)
         assert row.ok, row
 
 
@@ -181,7 +181,7 @@ def test_vmap_and_integer_inputs():
     for n in range(ids.shape[0]):
         for want in (grad(params, ids[n]), grad_r(params, ids[n])):
             for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(batched), jax.tree_util.tree_leaves(want)):
-                row = compare_arrays("model", jax.tree_util.keystr(path), g[n], r, tol)
+                row = judge("model", jax.tree_util.keystr(path), g[n], r, tol)
                 assert row.ok, row
 
 
@@ -228,12 +228,12 @@ class Scaled:
 
 
 @pytest.mark.parametrize("bug, error, message", [
-    ("structure", ValueError, r"as_function\(Scaled\): backward returned dparams of structure .* but params have "
-                              r"structure"),
+    ("structure", ValueError, r"as_function\(Scaled\): model Scaled: extra gradient: its backward returned a gradient "
+                              r"db \(float64\[\]\) for a parameter b it does not have"),
     ("shape", ValueError, r"as_function\(Scaled\): backward returned a gradient of shape \(2,\) for input x of shape "
                           r"\(3, 2\)"),
-    ("dtype", TypeError, r"as_function\(Scaled\): backward returned a gradient of dtype float32 for parameter "
-                         r"\['a'\] of dtype float64"),
+    ("dtype", TypeError, r"as_function\(Scaled\): model Scaled: wrong structure gradient: its backward returned "
+                         r"float32\[\] for parameter a, which is float64\[\]"),
     ("none", ValueError, r"as_function\(Scaled\): backward returned dx = None for a floating input x"),
 ])
 def test_a_backward_that_does_not_match_its_arguments_is_named(bug, error, message):

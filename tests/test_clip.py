@@ -10,7 +10,7 @@ import manualbp as mbp
 from manualbp.training import data
 from manualbp.training.clip import clip_by_global_norm, global_norm
 from manualbp.training.train import train_twin
-from manualbp.verify.report import compare_arrays
+from manualbp.verify.verdict import judge
 
 
 def _tree(dtype):
@@ -20,7 +20,7 @@ def _tree(dtype):
 
 def _assert_trees_close(a, b, dtype):
     for (kp, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b), strict=True):
-        row = compare_arrays("clip", jax.tree_util.keystr(kp), x, y, mbp.tolerance(dtype))
+        row = judge("clip", jax.tree_util.keystr(kp), x, y, mbp.tolerance(dtype))
         assert row.ok, row
 
 
@@ -34,14 +34,14 @@ def test_equals_optax(dtype, max_norm):
     assert jax.tree_util.tree_structure(mine) == jax.tree_util.tree_structure(g)
     assert state == ()
     expected = min(max_norm, float(global_norm(g)))
-    row = compare_arrays("clip", "norm", global_norm(mine), jnp.asarray(expected, dtype), mbp.tolerance(dtype))
+    row = judge("clip", "norm", global_norm(mine), jnp.asarray(expected, dtype), mbp.tolerance(dtype))
     assert row.ok, row
 
 
 def test_global_norm_is_the_norm_of_all_entries():
     g = _tree(jnp.float64)
     flat = np.concatenate([np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(g)])
-    row = compare_arrays("clip", "global_norm", global_norm(g), np.linalg.norm(flat), mbp.tolerance(jnp.float64))
+    row = judge("clip", "global_norm", global_norm(g), np.linalg.norm(flat), mbp.tolerance(jnp.float64))
     assert row.ok, row
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import manualbp as mbp
 from manualbp import reference as ref
-from manualbp.verify.report import compare_arrays
+from manualbp.verify.verdict import judge
 
 
 def _mlp(dtype=jnp.float32):
@@ -42,9 +42,9 @@ def test_manual_value_and_grad_matches_reference_jit_and_eager():
     for jit in (True, False):
         loss, grads = mbp.value_and_grad(model, head, jit=jit)(params, x, y)
         assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(params)
-        assert compare_arrays("m", "loss", loss, loss_r, tol).ok
+        assert judge("m", "loss", loss, loss_r, tol).ok
         for g, r in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(grads_r)):
-            assert compare_arrays("m", "g", g, r, tol).ok
+            assert judge("m", "g", g, r, tol).ok
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import manualbp as mbp
-from manualbp.verify.report import compare_arrays
+from manualbp.verify.verdict import judge
 
 # (layer, input shape (N, H, W, C), dtype): stride 1-3 (non-square), kernels 1-5, SAME / VALID / int / explicit
 # padding (top > k - 1: dx crops dy), transpose_kernel both ways, without bias
@@ -93,7 +93,7 @@ def test_its_forward_is_the_input_gradient_of_conv2d(k, s):
     _, dx = conv.backward({"W": W}, cache, g)
     up = mbp.ConvTranspose2D(3, k, stride=s, padding="VALID", use_bias=False, transpose_kernel=True)
     z, _ = up.forward({"W": W}, g)
-    assert compare_arrays("ConvTranspose2D", "forward vs Conv2D dx", z, dx, mbp.tolerance(jnp.float64)).ok
+    assert judge("ConvTranspose2D", "forward vs Conv2D dx", z, dx, mbp.tolerance(jnp.float64)).ok
 
 
 @pytest.mark.parametrize("k,s", [(3, 2), (2, 2)])
@@ -106,7 +106,7 @@ def test_its_input_gradient_is_a_convolution(k, s):
     dz = _rand(z.shape, jnp.float64, 2)
     _, dx = up.backward({"W": W}, cache, dz)
     conv_of_dz, _ = mbp.Conv2D(2, k, stride=s, padding="VALID", use_bias=False).forward({"W": W}, dz)
-    assert compare_arrays("ConvTranspose2D", "dx vs Conv2D(dy)", dx, conv_of_dz, mbp.tolerance(jnp.float64)).ok
+    assert judge("ConvTranspose2D", "dx vs Conv2D(dy)", dx, conv_of_dz, mbp.tolerance(jnp.float64)).ok
 
 
 def test_against_finite_differences():

@@ -9,14 +9,14 @@ import jax.numpy as jnp
 import pytest
 
 import manualbp as mbp
-from manualbp.verify.report import compare_arrays
+from manualbp.verify.verdict import judge
 
 F64 = jnp.float64
 
 
 def _close(got, want):
     """Scalar agreement at the float64 tolerance of the comparison report."""
-    return compare_arrays("hand", "value", got, want, mbp.tolerance(F64)).ok
+    return judge("hand", "value", got, want, mbp.tolerance(F64)).ok
 
 
 def _tiny():

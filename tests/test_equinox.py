@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import manualbp as mbp
-from manualbp.verify.report import compare_arrays
+from manualbp.verify.verdict import judge
 
 eqx = pytest.importorskip("equinox")
 
@@ -71,11 +71,11 @@ def test_manual_layernorm_in_an_equinox_module_trains_like_equinox():
     for t in range(4):
         manual, state_m, value, grads = step(manual, state_m)
         pure, state_p, value_p, grads_p = step(pure, state_p)
-        assert compare_arrays("net", f"loss step {t}", value, value_p, tol).ok
+        assert judge("net", f"loss step {t}", value, value_p, tol).ok
         for i, (g, gp) in enumerate(pairs(grads, grads_p)):
-            row = compare_arrays("net", f"grad {i} step {t}", g, gp, tol)
+            row = judge("net", f"grad {i} step {t}", g, gp, tol)
             assert row.ok, row
         losses.append(float(value))
     assert losses[-1] < losses[0]  # it trains
     for i, (w, wp) in enumerate(pairs(manual, pure)):
-        assert compare_arrays("net", f"param {i}", w, wp, tol).ok
+        assert judge("net", f"param {i}", w, wp, tol).ok

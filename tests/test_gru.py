@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 import manualbp as mbp
 from manualbp.cli import main
 from manualbp.models import get
-from manualbp.verify.report import compare_arrays
 from manualbp.verify.tolerances import FINITE_DIFFERENCE
+from manualbp.verify.verdict import judge
 
 HEAD = mbp.SoftmaxCrossEntropy()
 
@@ -104,7 +104,7 @@ def test_trace_and_backward_agree_and_last_step_gradient_is_dy():
     assert jnp.array_equal(steps["h"][:, -1], dy)  # only h_T reaches y
     dparams2, dx2 = layer.backward(params, layer.forward(params, x)[1], dy)  # eager, without the per-step rows
     for a, b in zip(jax.tree_util.tree_leaves((dparams, dx)), jax.tree_util.tree_leaves((dparams2, dx2)), strict=True):
-        assert compare_arrays("GRU", "backward vs backward_trace", a, b, mbp.tolerance(jnp.float64)).ok
+        assert judge("GRU", "backward vs backward_trace", a, b, mbp.tolerance(jnp.float64)).ok
 
 
 def test_closed_update_gate_is_an_identity_path():
@@ -114,7 +114,7 @@ def test_closed_update_gate_is_an_identity_path():
     y, cache = layer.forward(params, (x, h0))
     dy = _rand((2, 4), jnp.float64, 7)
     grads, (dx, dh0) = layer.backward(params, cache, dy)
-    assert compare_arrays("GRU", "y = h0", y, h0, mbp.tolerance(jnp.float64)).ok
+    assert judge("GRU", "y = h0", y, h0, mbp.tolerance(jnp.float64)).ok
     assert jnp.array_equal(dh0, dy)
     assert not jnp.any(dx) and not jnp.any(grads["Wx"]) and not jnp.any(grads["Wh"])
 
@@ -148,7 +148,7 @@ def test_given_initial_state_against_finite_differences():
         plus = tuple(a + s for a, s in zip(inputs, shift, strict=True))
         minus = tuple(a - s for a, s in zip(inputs, shift, strict=True))
         numeric = (loss(plus) - loss(minus)) / (2 * eps)
-        row = compare_arrays("GRU", f"dx.{i}", jnp.sum(dxi * v), numeric, FINITE_DIFFERENCE)
+        row = judge("GRU", f"dx.{i}", jnp.sum(dxi * v), numeric, FINITE_DIFFERENCE)
         assert row.ok, row
 
 

@@ -11,7 +11,7 @@ from arrays import host
 import manualbp as mbp
 from manualbp import reference as ref
 from manualbp.backprop import loss_and_grads
-from manualbp.verify.report import compare_arrays
+from manualbp.verify.verdict import judge
 
 DTYPES = [jnp.float32, jnp.float64]
 
@@ -26,8 +26,8 @@ def _head_and_reference(head, logits, labels, mask):
 def _check_head(head, logits, labels, mask=None):
     value, dlogits, r_value, r_dlogits = _head_and_reference(head, logits, labels, mask)
     tol = mbp.tolerance(logits.dtype)
-    for row in (compare_arrays(head.name, "loss", value, r_value, tol),
-                compare_arrays(head.name, "dL/dz", dlogits, r_dlogits, tol)):
+    for row in (judge(head.name, "loss", value, r_value, tol),
+                judge(head.name, "dL/dz", dlogits, r_dlogits, tol)):
         assert row.ok, row
 
 
@@ -70,9 +70,9 @@ def test_softmax_over_z_and_zero_is_sigmoid():
     two = jnp.concatenate([z, jnp.zeros_like(z)], axis=-1)
     soft_value, soft_cache = mbp.SoftmaxCrossEntropy().forward(two, 1 - y[:, 0].astype(jnp.int32))
     tol = mbp.tolerance(jnp.float64)
-    assert compare_arrays("heads", "loss", soft_value, sig_value, tol).ok
+    assert judge("heads", "loss", soft_value, sig_value, tol).ok
     dz_soft = mbp.SoftmaxCrossEntropy().backward(soft_cache)[:, :1]
-    assert compare_arrays("heads", "dL/dz", dz_soft, mbp.SigmoidBinaryCrossEntropy().backward(sig_cache), tol).ok
+    assert judge("heads", "dL/dz", dz_soft, mbp.SigmoidBinaryCrossEntropy().backward(sig_cache), tol).ok
 
 
 def test_mse_is_the_quadratic_cost():
@@ -95,7 +95,7 @@ def test_batch_identity_mean_of_per_example_gradients():
     mean_grads = jax.tree_util.tree_map(lambda g: g.mean(axis=0), per_example)
     tol = mbp.tolerance(jnp.float64)
     for g, m in zip(jax.tree_util.tree_leaves(batch_grads), jax.tree_util.tree_leaves(mean_grads)):
-        assert compare_arrays("mlp", "grad", g, m, tol).ok
+        assert judge("mlp", "grad", g, m, tol).ok
 
 
 def test_label_errors():
@@ -132,7 +132,7 @@ def test_soft_targets_whose_rows_do_not_sum_to_1_get_the_general_rule(dtype):
     dz = mbp.SoftmaxCrossEntropy().backward(cache)
     assert jnp.all(dz[2] == 0)  # a zero row contributes nothing
     p = jax.nn.softmax(z)
-    assert compare_arrays("SCE", "dz", dz, (p * c.sum(-1, keepdims=True) - c) / 5, mbp.tolerance(dtype)).ok
+    assert judge("SCE", "dz", dz, (p * c.sum(-1, keepdims=True) - c) / 5, mbp.tolerance(dtype)).ok
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
@@ -146,7 +146,7 @@ def test_rows_summing_to_1_and_integer_labels_keep_softmax_minus_c(dtype):
     dz_soft = head.backward(head.forward(z, one_hot)[1])
     expected = (jax.nn.softmax(z) - one_hot) / 4
     tol = mbp.tolerance(dtype)
-    assert compare_arrays("SCE", "int", dz_int, expected, tol).ok and compare_arrays("SCE", "soft", dz_soft, expected, tol).ok
+    assert judge("SCE", "int", dz_int, expected, tol).ok and judge("SCE", "soft", dz_soft, expected, tol).ok
 
 
 def test_soft_targets_in_a_model_compare_clean():

@@ -14,6 +14,8 @@ from mutants import twin
 from mutants.catalog import CATALOG, CONTROLS
 from mutants.twin import TWIN_CASES
 
+import manualbp as mbp
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -34,6 +36,18 @@ def test_compare_catches_the_bug_in_its_own_row(mutant):
     assert verdict.forward_clean, f"{mutant.name} changed a forward row; only its backward may differ:\n{report}"
     assert verdict.right_row, (f"{mutant.name}: first failing row {verdict.first}, expected {case.where!r} with a "
                                f"quantity matching {mutant.expect!r}:\n{report}")
+
+
+TUPLE_INPUT = [m for m in CATALOG if isinstance(mutants.case(m, dtype=np.float32).x, tuple)]
+
+
+@pytest.mark.parametrize("mutant", TUPLE_INPUT, ids=lambda m: m.name)
+def test_gradcheck_checks_every_floating_leaf_of_a_tuple_input(mutant):
+    """(x, lengths), (x, h0): gradcheck draws directions over the input's floating leaves too, and catches the bug."""
+    case = mutants.case(mutant)
+    report = mbp.gradcheck(case.model, case.head, case.params, case.x, case.y, case.mask, k=3)
+    assert any(r.quantity.startswith("dL/dx") and r.compared for r in report.rows), str(report)
+    assert report.status == "FAIL", f"{mutant.name} ({mutant.bug}) PASSED gradcheck:\n{report}"
 
 
 @pytest.mark.parametrize(("name", "scene", "layer"), mutants.clean_cases(), ids=lambda v: v if isinstance(v, str) else "")

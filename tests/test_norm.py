@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import manualbp as mbp
-from manualbp.verify.report import compare_arrays
+from manualbp.verify.verdict import judge
 
 HEAD = mbp.SoftmaxCrossEntropy()
 
@@ -155,11 +155,11 @@ def test_running_statistics_stay_outside_the_gradient():
         assert set(grads) == {"gamma", "beta"}  # no gradient for the running statistics
     tol = mbp.tolerance(jnp.float64)
     for got, want in ((stats["mean"], mean), (stats["var"], var)):
-        assert compare_arrays("BatchNorm", "stats", got, want, tol).ok
+        assert judge("BatchNorm", "stats", got, want, tol).ok
     # evaluation with the running statistics works on a batch of one
     x1 = xs[0][:1]
     want = (np.asarray(x1) - mean) / np.sqrt(var + layer.epsilon)
-    assert compare_arrays("BatchNorm", "eval y", layer.forward_eval(params, stats, x1), want, tol).ok
+    assert judge("BatchNorm", "eval y", layer.forward_eval(params, stats, x1), want, tol).ok
 
 
 def test_eval_with_the_batch_statistics_reproduces_training_mode():
@@ -169,7 +169,7 @@ def test_eval_with_the_batch_statistics_reproduces_training_mode():
     y, cache = layer.forward(params, x)
     _, _, mu, var = cache
     y_eval = layer.forward_eval(params, {"mean": mu, "var": var}, x)
-    assert compare_arrays("BatchNorm", "y", y_eval, y, mbp.tolerance(jnp.float64)).ok
+    assert judge("BatchNorm", "y", y_eval, y, mbp.tolerance(jnp.float64)).ok
 
 
 def test_forward_eval_bad_stats():
@@ -194,8 +194,8 @@ def test_running_statistics_of_a_whole_model():
     stats = update_running_stats(model, params, stats, x)
     tol = mbp.tolerance(jnp.float64)
     _, cache = bn.forward(params[1], np.asarray(x) @ np.asarray(params[0]["W"]))
-    assert compare_arrays("1 BatchNorm", "mean", stats["1"]["mean"], cache[2], tol).ok
+    assert judge("1 BatchNorm", "mean", stats["1"]["mean"], cache[2], tol).ok
     # with the batch's own statistics, evaluation mode reproduces the training-mode output
-    assert compare_arrays("model", "y", forward_eval(model, params, stats, x), model.forward(params, x)[0],
+    assert judge("model", "y", forward_eval(model, params, stats, x), model.forward(params, x)[0],
                                      tol).ok
     assert forward_eval(model, params, stats, x[:1]).shape == (1, 2)  # a batch of one is fine in evaluation

@@ -24,7 +24,7 @@ SCRIPT = textwrap.dedent("""
     import jax.numpy as jnp, optax
     import manualbp as mbp
     from manualbp.training import data, parallel
-    from manualbp.verify.report import compare_arrays
+    from manualbp.verify.verdict import judge
     from manualbp.training.step import PathState, make_step
     from manualbp.training.train import train, train_twin
 
@@ -44,7 +44,7 @@ SCRIPT = textwrap.dedent("""
         one, _ = step(state, x, y)
         xs, ys = parallel.shard_batch(mesh, (x, y))
         four, _ = step(parallel.replicate(mesh, state), xs, ys)
-        rows = [compare_arrays(path, str(i), a, b, tol)
+        rows = [judge(path, str(i), a, b, tol)
                 for i, (a, b) in enumerate(zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(four)))]
         leaf = jax.tree_util.tree_leaves(four)[0]
         out[path] = {"ok": all(r.ok for r in rows), "rows": [str(r) for r in rows if not r.ok],

@@ -6,7 +6,7 @@ import pytest
 
 import manualbp as mbp
 from manualbp import reference as ref
-from manualbp.verify.report import compare_arrays
+from manualbp.verify.verdict import judge
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
@@ -28,13 +28,13 @@ def test_vmap_over_value_and_grad_equals_a_loop_and_the_reference(jit):
     assert losses.shape == (3,) and jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(params)
     for n in range(3):
         loss_n, grads_n = one_at_a_time(params, x[n : n + 1], y[n : n + 1])
-        assert compare_arrays("model", "loss", losses[n], loss_n, tol).ok
-        assert compare_arrays("model", "loss vs reference", losses[n], losses_r[n], tol).ok
+        assert judge("model", "loss", losses[n], loss_n, tol).ok
+        assert judge("model", "loss vs reference", losses[n], losses_r[n], tol).ok
         for (path, g), want, want_r in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree_util.tree_leaves(grads_n),
                                            jax.tree_util.tree_leaves(grads_r)):
-            assert compare_arrays("model", jax.tree_util.keystr(path), g[n], want, tol).ok
-            assert compare_arrays("model", jax.tree_util.keystr(path), g[n], want_r[n], tol).ok
+            assert judge("model", jax.tree_util.keystr(path), g[n], want, tol).ok
+            assert judge("model", jax.tree_util.keystr(path), g[n], want_r[n], tol).ok
     # the loss is a mean over the batch, so the batch gradient is the mean of the per-example ones
     _, batch = one_at_a_time(params, x, y)
     for g, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(batch)):
-        assert compare_arrays("model", "mean", jnp.mean(g, axis=0), b, tol).ok
+        assert judge("model", "mean", jnp.mean(g, axis=0), b, tol).ok

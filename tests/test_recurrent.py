@@ -9,8 +9,8 @@ import pytest
 
 import manualbp as mbp
 from manualbp.models import get
-from manualbp.verify.report import compare_arrays
 from manualbp.verify.tolerances import FINITE_DIFFERENCE
+from manualbp.verify.verdict import judge
 
 HEAD = mbp.SoftmaxCrossEntropy()
 
@@ -109,7 +109,7 @@ def test_last_step_total_gradient_is_the_upstream_gradient():
     assert jnp.array_equal(steps["h"][:, -1], dy)
     dparams2, dx2 = layer.backward(params, layer.forward(params, x)[1], dy)  # eager, without the per-step rows
     for a, b in zip(jax.tree_util.tree_leaves((dparams, dx)), jax.tree_util.tree_leaves((dparams2, dx2)), strict=True):
-        assert compare_arrays("LSTM", "backward vs backward_trace", a, b, mbp.tolerance(jnp.float64)).ok
+        assert judge("LSTM", "backward vs backward_trace", a, b, mbp.tolerance(jnp.float64)).ok
 
 
 def test_lstm_keeps_the_gradient_that_rnn_loses():
@@ -160,7 +160,7 @@ def test_given_initial_state_against_finite_differences(kind):
         plus = tuple(a + s for a, s in zip(x, shift, strict=True))
         minus = tuple(a - s for a, s in zip(x, shift, strict=True))
         numeric = (loss(plus) - loss(minus)) / (2 * eps)
-        row = compare_arrays(layer.name, f"dx.{i}", jnp.sum(dxi * v), numeric, FINITE_DIFFERENCE)
+        row = judge(layer.name, f"dx.{i}", jnp.sum(dxi * v), numeric, FINITE_DIFFERENCE)
         assert row.ok, row
 
 

@@ -11,7 +11,7 @@ from manualbp import reference as ref
 from manualbp.training import data
 from manualbp.training.running_stats import forward_eval, init_running_stats
 from manualbp.training.train import train, train_twin
-from manualbp.verify.report import compare_arrays
+from manualbp.verify.verdict import judge
 
 TOL = mbp.tolerance(jnp.float64)
 
@@ -41,15 +41,15 @@ def test_every_container_has_an_evaluation_forward_matching_the_reference():
     x = jax.random.normal(jax.random.key(1), (5, 2), jnp.float64)
     got = model.forward_eval(params, stats, x)
     want = ref.forward_eval(model, params, stats, x)
-    assert compare_arrays("model", "eval y", got, want, TOL).ok
+    assert judge("model", "eval y", got, want, TOL).ok
     one = model.forward_eval(params, stats, x[:1])  # evaluation needs no batch: one example is fine
-    assert compare_arrays("model", "eval y[0]", one, got[:1], TOL).ok
+    assert judge("model", "eval y[0]", one, got[:1], TOL).ok
     # with the batch's own statistics as running statistics, evaluation reproduces training mode
     _, cache = model.forward(params, x)
     batch = model.update_stats({p: {"mean": 0 * s["mean"], "var": 0 * s["var"]} for p, s in stats.items()}, cache)
     momentum = {"1": 0.5, "3/block/1": 0.5, "4/0/1": 0.9}  # from zero: s = (1 - momentum) s_batch
     exact = {p: {k: v / (1 - momentum[p]) for k, v in s.items()} for p, s in batch.items()}
-    assert compare_arrays("model", "y", model.forward_eval(params, exact, x), model.forward(params, x)[0], TOL).ok
+    assert judge("model", "y", model.forward_eval(params, exact, x), model.forward(params, x)[0], TOL).ok
 
 
 def test_update_stats_from_the_training_cache_equals_the_reference():
@@ -62,7 +62,7 @@ def test_update_stats_from_the_training_cache_equals_the_reference():
     assert sorted(mine) == sorted(theirs) == sorted(stats)
     for path in stats:
         for k in ("mean", "var"):
-            assert compare_arrays(path, k, mine[path][k], theirs[path][k], TOL).ok
+            assert judge(path, k, mine[path][k], theirs[path][k], TOL).ok
 
 
 def test_train_keeps_running_statistics_and_tests_with_them():
@@ -87,5 +87,5 @@ def test_train_keeps_running_statistics_and_tests_with_them():
                       key=jax.random.key(1))
     assert twin.divergence.ok, twin.divergence.summary()
     for k in ("mean", "var"):
-        assert compare_arrays("1", k, twin.manual.stats["1"][k], twin.reference.stats["1"][k], TOL).ok
-        assert compare_arrays("1", k, twin.manual.stats["1"][k], stats[k], TOL).ok
+        assert judge("1", k, twin.manual.stats["1"][k], twin.reference.stats["1"][k], TOL).ok
+        assert judge("1", k, twin.manual.stats["1"][k], stats[k], TOL).ok

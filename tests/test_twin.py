@@ -11,9 +11,10 @@ import pytest
 import manualbp as mbp
 from manualbp.training import data, zoo
 from manualbp.training.train import train_twin
-from manualbp.training.twin import Divergence, leaf_sums, normwise, rounding_neighbour, twin_figures
-from manualbp.verify.report import compare_arrays
+from manualbp.training.twin import Divergence, leaf_sums, normwise, twin_figures
+from manualbp.verify.rounding import rounding_neighbour
 from manualbp.verify.tolerances import tolerance
+from manualbp.verify.verdict import judge
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,7 @@ def test_float64_twin_of_built_in_shapes(name):
     result = train_twin(model, head, params, d, optimizer=optax.sgd(0.05), steps=30, batch_size=16,
                         key=jax.random.key(1))
     assert result.divergence.ok, result.divergence.summary()
-    row = compare_arrays("twin", "loss per step", result.manual.history["loss"], result.reference.history["loss"],
+    row = judge("twin", "loss per step", result.manual.history["loss"], result.reference.history["loss"],
                          mbp.tolerance(jnp.float64))
     assert row.ok, row
 

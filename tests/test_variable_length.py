@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import manualbp as mbp
-from manualbp.verify.report import compare_arrays
 from manualbp.verify.tolerances import FINITE_DIFFERENCE
+from manualbp.verify.verdict import judge
 
 LENGTHS = (5, 2, 0)  # full, cut, empty (B = 3, T = 5)
 T, D, H = 5, 2, 3
@@ -97,18 +97,18 @@ def test_padded_steps_change_nothing(kind, seq):
             assert np.all(np.asarray(y[b]) == (0 if seq else np.asarray(x[2][b])))
             assert np.all(np.asarray(dx[0][b]) == 0)
             if not seq:
-                assert compare_arrays("h0", "dh0", dx[2][b], dy[b], tol).ok
+                assert judge("h0", "dh0", dx[2][b], dy[b], tol).ok
             continue
         y_b, cache_b = plain.forward(params, (x[0][b : b + 1, :n], *states))
         dy_b = dy[b : b + 1, :n] if seq else dy[b : b + 1]
         _, dx_b = plain.backward(params, cache_b, dy_b)
-        assert compare_arrays("y", "forward", y[b, :n] if seq else y[b], y_b[0], tol).ok
+        assert judge("y", "forward", y[b, :n] if seq else y[b], y_b[0], tol).ok
         if seq:
             assert np.all(np.asarray(y[b, n:]) == 0)
-        assert compare_arrays("x", "dx", dx[0][b, :n], dx_b[0][0], tol).ok
+        assert judge("x", "dx", dx[0][b, :n], dx_b[0][0], tol).ok
         assert np.all(np.asarray(dx[0][b, n:]) == 0)
         for i in range(layer.n_states):
-            assert compare_arrays("state", f"d{i}", dx[2 + i][b], dx_b[1 + i][0], tol).ok
+            assert judge("state", f"d{i}", dx[2 + i][b], dx_b[1 + i][0], tol).ok
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -124,7 +124,7 @@ def test_full_lengths_equal_the_plain_layer(kind):
     dparams_p, dx_p = plain.backward(params, cache_p, y_p)
     tol = mbp.tolerance(jnp.float32)
     for name, a, b in [("y", y, y_p), ("dx", dx, dx_p), *[(k, dparams[k], dparams_p[k]) for k in dparams]]:
-        assert compare_arrays(kind, name, a, b, tol).ok, name
+        assert judge(kind, name, a, b, tol).ok, name
 
 
 @partial(jax.jit, static_argnums=0)
@@ -158,7 +158,7 @@ def test_against_finite_differences(layer):
 
         numeric = (_loss(layer, *moved(eps), w) - _loss(layer, *moved(-eps), w)) / (2 * eps)
         analytic = sum(jnp.sum(dparams[k] * vp[k]) for k in params) + sum(jnp.sum(dx[j] * vx[j]) for j in floats)
-        row = compare_arrays(layer.name, f"dL . v{i}", analytic, numeric, FINITE_DIFFERENCE)
+        row = judge(layer.name, f"dL . v{i}", analytic, numeric, FINITE_DIFFERENCE)
         assert row.ok, row
 
 
@@ -178,7 +178,7 @@ def test_jit_with_traced_lengths():
     params, _ = layer.init(jax.random.key(0), in_shape, jnp.float32)
     eager = layer.forward(params, x)[0]
     jitted = jax.jit(lambda p, x: layer.forward(p, x)[0])(params, x)
-    assert compare_arrays("LSTM", "y", jitted, eager, mbp.tolerance(jnp.float32)).ok
+    assert judge("LSTM", "y", jitted, eager, mbp.tolerance(jnp.float32)).ok
 
 
 # ---- bad input -------------------------------------------------------------------------------------------

@@ -49,13 +49,13 @@ def test_judge_fixed_rule_is_unchanged_for_well_conditioned_rows():
     m = r * (1 + 3 * F64.norm)  # a difference 3x the float64 tolerance: a FAIL by the fixed rule
     noise = [r * 1e-16]  # jax.grad's own error at rounding level: the row is well conditioned
     for verdict in ("fixed", "conditioning"):
-        row = judge("L", "q", m, r, F64, verdict=verdict, errors=noise)
+        row = judge("L", "q", m, r, F64, rule=verdict, errors=noise)
         assert not row.ok and row.rule == "fixed", row
     # the same difference where jax.grad's own error is as large: ill-conditioned, and within K x that error
-    row = judge("L", "q", m, r, F64, verdict="conditioning", errors=[r * 2 * F64.norm])
+    row = judge("L", "q", m, r, F64, rule="conditioning", errors=[r * 2 * F64.norm])
     assert row.ok and row.rule == "conditioning" and row.err_ref == pytest.approx(2 * F64.norm, rel=1e-3)
     # ... but not a difference far beyond it
-    row = judge("L", "q", r * 1.01, r, F64, verdict="conditioning", errors=[r * 2 * F64.norm])
+    row = judge("L", "q", r * 1.01, r, F64, rule="conditioning", errors=[r * 2 * F64.norm])
     assert not row.ok and row.rule == "conditioning"
 
 
@@ -64,12 +64,12 @@ def test_judge_error_model():
     eps = float(jnp.finfo(jnp.bfloat16).eps)
     r = t + 0.01 * np.sign(t)  # jax.grad off by 1e-2
     tol = mbp.tolerance(jnp.bfloat16)
-    ok = judge("L", "q", t - 0.015 * np.sign(t), r, tol, verdict="error-model", truth=t, eps=eps)
-    assert ok.ok and ok.rule == "error model" and ok.err_manual < 2 * ok.err_ref
-    bad = judge("L", "q", t + 0.1 * np.sign(t), r, tol, verdict="error-model", truth=t, eps=eps)
+    ok = judge("L", "q", t - 0.015 * np.sign(t), r, tol, rule="error-model", truth=t, eps=eps)
+    assert ok.ok and ok.rule == "error-model" and ok.err_manual < 2 * ok.err_ref
+    bad = judge("L", "q", t + 0.1 * np.sign(t), r, tol, rule="error-model", truth=t, eps=eps)
     assert not bad.ok and bad.used > 1
     with pytest.raises(ValueError, match="needs a truth"):
-        judge("L", "q", t, r, tol, verdict="error-model", errors=[r - t])
+        judge("L", "q", t, r, tol, rule="error-model", errors=[r - t])
 
 
 def test_unknown_verdict_and_error_model_in_float64_are_clear_errors():
@@ -228,12 +228,16 @@ def test_rounding_moves_are_one_rounding_step_and_float64_moves_see_every_kink()
     assert moved.dtype == v.dtype and float(moved[0]) == 0.0 and 0 < ulps[1:].max() <= 2
     assert np.array_equal(same_labels, labels)
     assert np.array_equal(move(v, seed=3, eps=1e-7), move(v, seed=3, eps=1e-7))  # the same evidence every call
-    # the float64 estimate from moves needs every discrete choice of the forward visible: ReLU's signs are,
-    # an unknown layer's are not (it falls back to the float32 estimate)
+    # the float64 estimate from moves needs every discrete choice of the forward declared: ReLU's signs are, a
+    # subclass inherits its base's declaration, a user's Elementwise (any fn: |x| chooses a sign) declares none and a
+    # layer holding one declares none either (both fall back to the float32 estimate)
     relu = mbp.Sequential(mbp.Dense(4), mbp.ReLU(), mbp.Dense(3))
     params, _ = relu.init(jax.random.key(1), (3,), jnp.float64)
     x = jax.random.normal(jax.random.key(2), (5, 3), jnp.float64)
     pattern = choices(relu)
     assert pattern is not None and len(jax.tree_util.tree_leaves(pattern(params, x))) > 0
     assert choices(mbp.Sequential(mbp.Dense(4), mbp.Tanh())) is not None
-    assert choices(mbp.Sequential(mbp.Dense(4), StableSoftplus())) is None
+    assert choices(mbp.Sequential(mbp.Dense(4), StableSoftplus())) is not None
+    assert choices(mbp.Sequential(mbp.Dense(4), mbp.Elementwise(jnp.abs, jnp.sign))) is None
+    assert choices(mbp.RNN(4, activation=mbp.Elementwise(jnp.abs, jnp.sign))) is None
+    assert choices(mbp.RNN(4, activation=mbp.ReLU())) is not None

@@ -221,6 +221,8 @@ class Elementwise(Activation):
     derivative: Callable
     label: str = "Elementwise"
 
+    kink_pattern = None  # fn is the user's: whether it makes discrete choices (an abs, a max) is not declared
+
     @property
     def name(self):
         return self.label

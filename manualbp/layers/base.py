@@ -14,7 +14,9 @@ comparison walks them to name every quantity by its path in the model.
 
 A layer may implement ``backward_trace(params, cache, dy) -> (dparams, dx,
 extras)`` to expose intermediate gradients (e.g. dL/dh_t of a recurrent
-layer), and ``kink_pattern(cache)`` to expose the discrete choices of its
+layer), ``backward_terms(params, x, dy) -> {name: term}`` to name the terms
+whose sum is its dx (a failing row's diagnosis then says which term is off),
+and ``kink_pattern(cache)`` to expose the discrete choices of its
 forward (ReLU signs, max-pool winners) so finite differences can tell a
 crossed kink from a wrong derivative.
 
@@ -119,6 +121,14 @@ class Layer:
     def check_input(self, params, x):
         """Raise on invalid VALUES of a concrete input (ids out of range); shapes are forward's job. Default: none."""
         del params, x
+
+    def kink_pattern(self, cache):
+        """The forward's discrete choices (ReLU signs, max-pool winners) from its cache: by default it makes none.
+
+        A layer whose forward chooses (or holds layers that may) overrides this (``manualbp.layers.walk``).
+        """
+        del cache
+        return ()
 
 
 def name_of(layer) -> str:

@@ -191,5 +191,5 @@ class Bidirectional(Layer):
 
     def kink_pattern(self, cache):
         cf, cb, _, _ = cache
-        return tuple(layer.kink_pattern(c) if hasattr(layer, "kink_pattern") else None
+        return tuple(layer.kink_pattern(c) if getattr(layer, "kink_pattern", None) else None
                      for layer, c in ((self.layer, cf), (self.backward_layer, cb)))

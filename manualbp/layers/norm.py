@@ -95,6 +95,19 @@ def _backward(params, xhat, rstd, dy, axes):
     return grads, dx
 
 
+def _terms(params, x, dy, axes, eps) -> dict:
+    """dx as the sum of its three named terms (the compact rule, term by term), recomputed from the input x."""
+    _, xhat, rstd, _, _ = _normalize(params, x, axes, eps)
+    n = math.prod(x.shape[a] for a in axes)
+    dxhat = dy * _per_feature(params["gamma"], dy.ndim)
+    return {
+        "direct (rstd dxhat)": rstd * dxhat,
+        "mean (-rstd/N sum dxhat: the path through mu)": -(rstd / n) * jnp.sum(dxhat, axis=axes, keepdims=True),
+        "variance (-rstd/N xhat sum dxhat xhat: the path through var)":
+            -(rstd / n) * xhat * jnp.sum(dxhat * xhat, axis=axes, keepdims=True),
+    }
+
+
 @dataclass(frozen=True)
 class LayerNorm(Layer):
     """y = gamma (x - mu) / sqrt(var + eps) + beta, mu and var over the last axis (per example, per step).
@@ -142,6 +155,10 @@ class LayerNorm(Layer):
         """
         xhat, rstd = cache
         return _backward(params, xhat, rstd, dy, (dy.ndim - 1,))
+
+    def backward_terms(self, params, x, dy) -> dict:
+        """dx of ``backward`` as {name: term} (they sum to dx), from the input x: what a diagnosis fits against."""
+        return _terms(params, x, dy, (x.ndim - 1,), self.epsilon)
 
 
 @dataclass(frozen=True)
@@ -218,6 +235,10 @@ class BatchNorm(Layer):
         """
         xhat, rstd, _, _ = cache
         return _backward(params, xhat, rstd, dy, tuple(range(dy.ndim - 1)))
+
+    def backward_terms(self, params, x, dy) -> dict:
+        """dx of ``backward`` as {name: term} (they sum to dx), from the input x: what a diagnosis fits against."""
+        return _terms(params, x, dy, tuple(range(x.ndim - 1)), self.epsilon)
 
     def update_stats(self, stats, cache):
         """Pure EMA step from a training forward's cache: s <- momentum s + (1 - momentum) s_batch.

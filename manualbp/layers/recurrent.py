@@ -129,9 +129,11 @@ class RNN(RecurrentBase):
         return dparams, self._dx(dx, (dh0,)), {"h": dh}
 
     def kink_pattern(self, cache):
-        """The activation's discrete choices at every step (e.g. ReLU signs), or None if it is smooth."""
-        if not hasattr(self.activation, "kink_pattern"):
+        """The activation's discrete choices at every step (e.g. ReLU signs); () for a smooth one, None if undeclared."""
+        if not getattr(self.activation, "kink_pattern", None):
             return None
         _, _, hs, act, mask = cache
         pattern = self.activation.kink_pattern(hs if act is None else act)
-        return pattern if mask is None else jnp.where(mask, pattern, False)  # padded steps choose nothing
+        if mask is None or not hasattr(pattern, "shape"):
+            return pattern
+        return jnp.where(mask, pattern, False)  # padded steps choose nothing

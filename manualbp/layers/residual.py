@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 
 from manualbp.layers.base import Layer, check_array, child_stats, forward_eval_of, update_stats_of, with_child_stats
+from manualbp.layers.walk import require_dx
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ class Residual(Layer):
         dy: of x's shape; returns (the block's dparams, dx of x's shape).
         """
         dparams, dx_block = self.block.backward(params, cache, dy)
+        require_dx(self, "block", self.block, dx_block)
         return dparams, dy + dx_block
 
     def kink_pattern(self, cache):
-        return self.block.kink_pattern(cache) if hasattr(self.block, "kink_pattern") else None
+        return self.block.kink_pattern(cache) if getattr(self.block, "kink_pattern", None) else None

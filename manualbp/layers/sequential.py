@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 
 from manualbp.layers.base import Layer, child_stats, forward_eval_of, update_stats_of, with_child_stats
+from manualbp.layers.walk import require_dx
 
 
 def _check_split(container, params):
@@ -39,7 +41,7 @@ class _Container(Layer):
 
     def kink_pattern(self, cache):
         return tuple(
-            layer.kink_pattern(c) if hasattr(layer, "kink_pattern") else None
+            layer.kink_pattern(c) if getattr(layer, "kink_pattern", None) else None
             for layer, c in zip(self.layers, cache)
         )
 
@@ -114,6 +116,8 @@ class Sequential(_Container):
         grads = [None] * len(self.layers)
         for i in reversed(range(len(self.layers))):
             grads[i], dy = self.layers[i].backward(params[i], cache[i], dy)
+            if i > 0:
+                require_dx(self, str(i), self.layers[i], dy)
         return tuple(grads), dy
 
 
@@ -161,9 +165,9 @@ class Parallel(_Container):
         params = self.split_params(params)
         if not isinstance(dy, (tuple, list)) or len(dy) != len(self.layers):
             raise ValueError(f"Parallel: expected dy as a tuple of {len(self.layers)} arrays")
-        grads, dx = [], None
-        for layer, p, c, d in zip(self.layers, params, cache, dy):
-            g, dxi = layer.backward(p, c, d)
-            grads.append(g)
-            dx = dxi if dx is None else jax.tree_util.tree_map(jnp.add, dx, dxi)
-        return tuple(grads), dx
+        grads, dxs = zip(*[layer.backward(p, c, d) for layer, p, c, d in zip(self.layers, params, cache, dy)])
+        if all(dxi is None for dxi in dxs):  # an input with no gradient (ids): no branch returns one
+            return tuple(grads), None
+        for (name, layer), dxi in zip(self.children, dxs):
+            require_dx(self, name, layer, dxi)  # a branch that left dx out would silently drop its term of the sum
+        return tuple(grads), functools.reduce(lambda a, b: jax.tree_util.tree_map(jnp.add, a, b), dxs)

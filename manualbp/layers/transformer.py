@@ -110,6 +110,11 @@ class TransformerBlock(Layer):
             x = x + h
         return x, caches
 
+    def kink_pattern(self, cache):
+        """Every child's discrete choices, by name (None for a child that declares none)."""
+        return {n: layer.kink_pattern(cache[n]) if getattr(layer, "kink_pattern", None) else None
+                for n, layer in self.parts}
+
     def backward(self, params, cache, dy):
         """Each branch in reverse: dx = dy + (branch backward)(dy) (the identity path), children's rules inside.
 

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import optax
 
 from manualbp.layers.base import as_array
+from manualbp.layers.code_key import Keyed
+from manualbp.layers.walk import check_gradients
 from manualbp.reference.dispatch import forward_eval as reference_forward_eval
 from manualbp.reference.grad import loss_grads_outputs_stats
 from manualbp.training.data import Dataset, as_inputs
@@ -45,6 +47,7 @@ def _manual(model, head, params, stats, x, y):
     out, cache = model.forward(params, x)
     loss, head_cache = head.forward(out, y)
     grads, _ = model.backward(params, cache, head.backward(head_cache))
+    check_gradients(model, params, grads, "train")  # static: a backward that leaves a gradient out stops here
     if stats:
         stats = model.update_stats(stats, cache)
     return loss, grads, out, stats
@@ -91,11 +94,12 @@ def make_step(model, head, optimizers: dict, task: str, twin: bool = False):
     objects, task and mode give the same jitted function back, so a resumed
     run reuses the compiled step.
     """
-    return _make_step(model, head, tuple(optimizers.items()), task, twin)
+    return _make_step(Keyed(model, head), tuple(optimizers.items()), task, twin)
 
 
 @functools.lru_cache(maxsize=32)
-def _make_step(model, head, optimizers: tuple, task: str, twin: bool):
+def _make_step(key: Keyed, optimizers: tuple, task: str, twin: bool):
+    model, head = key.value
     optimizers = dict(optimizers)
     metric = METRIC_NAMES[task]
 
@@ -138,7 +142,7 @@ def predict(model, params, stats, x, grad: str = "manual"):
     return model.forward(params, x)[0]
 
 
-_PREDICT = jax.jit(predict, static_argnums=(0, 4))
+_PREDICT = jax.jit(lambda key, params, stats, x, grad: predict(key.value[0], params, stats, x, grad), static_argnums=(0, 4))
 
 
 def evaluate(model, params, stats, data: Dataset, grad: str = "manual") -> float:
@@ -146,4 +150,4 @@ def evaluate(model, params, stats, data: Dataset, grad: str = "manual") -> float
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
     x = as_array(as_inputs(data.x_test, dtype))  # token ids stay integers
     y = as_array(data.y_test if data.task == "classification" else data.y_test.astype(dtype))
-    return float(_metric(data.task, _PREDICT(model, params, stats, x, grad), y))
+    return float(_metric(data.task, _PREDICT(Keyed(model), params, stats, x, grad), y))

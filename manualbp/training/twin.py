@@ -13,7 +13,6 @@ same numbers, which differ only by the rounding of one step.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 
 import jax
@@ -21,7 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from manualbp.verify.tolerances import Tolerance, tolerance
+from manualbp.verify.rounding import batch_orders, rounding_neighbour, widen
+from manualbp.verify.tolerances import TWIN_STEP_MODEL, Rule, Tolerance, tolerance
+from manualbp.verify.verdict import within_own_error
 
 
 def _leaves(tree):
@@ -58,45 +59,16 @@ def normwise(sums):
     return _relative(sums[..., 0], sums[..., 1], sums[..., 2], sums[..., 3] + sums[..., 4]).astype(jnp.float32)
 
 
-def batch_orders(n: int, count: int = 3) -> list:
-    """``count`` fixed random orders of a batch of n examples.
-
-    Random, not structured: a reversal or a rotation by half keeps every pair of a pairwise (tree) reduction
-    together, and addition is commutative, so such orders can reproduce the very same rounding.
-    """
-    rng = np.random.default_rng(0)
-    return [rng.permutation(n) for _ in range(count)]
-
-
-def _signs(shape, seed: int, dtype):
-    """+-1 per entry, pseudo-random: bit 0 of a 32-bit integer hash (murmur3's finalizer) of (entry index, seed).
-
-    A few integer ops per entry; jax.random's threefry, once per leaf and neighbour, was most of the
-    twin step's compile time (a GPT's: 17.6 s with it, 9.2 s without).
-    """
-    h = lax.iota(jnp.uint32, math.prod(shape)) + jnp.uint32((seed * 0x9E3779B9) & 0xFFFFFFFF)
-    for shift, mul in ((16, 0x85EBCA6B), (13, 0xC2B2AE35), (16, None)):
-        h = h ^ (h >> shift)
-        if mul is not None:
-            h = h * jnp.uint32(mul)
-    return (1 - 2 * (h & 1).astype(dtype)).reshape(shape)
-
-
-def rounding_neighbour(params, i: int):
-    """``params`` with every entry moved by one rounding unit, p (1 + eps s), s = +-1 pseudo-random (seed ``i``)."""
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    return jax.tree_util.tree_unflatten(treedef, [p * (1 + jnp.finfo(p.dtype).eps * _signs(p.shape, 1000 * i + j, p.dtype))
-                                                  for j, p in enumerate(leaves)])
-
-
 def measures_own_error(dtype) -> bool:
     """Whether a twin step in ``dtype`` also measures the reference's error against float64 (``jax_enable_x64`` on)."""
     return bool(jax.config.read("jax_enable_x64")) and jnp.finfo(dtype).bits < 64
 
 
-def widen(tree):
-    """Every floating array of ``tree`` in float64 (integers, e.g. token ids, stay as they are)."""
-    return jax.tree_util.tree_map(lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+def _relative_scalar(a, b):
+    """|a - b| / max(|a|, |b|), 0 when both are 0 (an exact fit: both losses 0); NaN where either is non-finite."""
+    denom = jnp.maximum(jnp.abs(a), jnp.abs(b))
+    rel = jnp.where(denom > 0, jnp.abs(a - b) / jnp.where(denom > 0, denom, 1), 0)
+    return jnp.where(jnp.isfinite(a) & jnp.isfinite(b), rel, jnp.nan)
 
 
 def twin_figures(manual, reference_at, params, x, y, updates_ref, params_manual, params_reference) -> dict:
@@ -119,7 +91,7 @@ def twin_figures(manual, reference_at, params, x, y, updates_ref, params_manual,
       alone, in the sums or in the forward pass, moves that leaf by; and, in float32 and narrower
       with ``jax_enable_x64`` on, between the reference gradient and the reference evaluated in
       float64 at the same point (its own error); 0 elsewhere;
-      "loss": |loss_m - loss_r| / |loss_r|; "update": normwise difference per leaf of the manual
+      "loss": |loss_m - loss_r| / max(|loss_m|, |loss_r|) (0 when both are 0); "update": normwise difference per leaf of the manual
       optimizer's update and the reference optimizer's update of the same manual gradient;
       "drift": normwise difference per leaf of the two trajectories' parameters (shown, not judged);
       "finite": (2, n_leaves), whether every parameter of the manual / reference path is finite.
@@ -136,8 +108,9 @@ def twin_figures(manual, reference_at, params, x, y, updates_ref, params_manual,
         # six more reference gradients, run one after another by lax.map: one copy of the reference's
         # forward and backward in the compiled step, not six (the twin step of the GPT compiled in 38 s)
         batch = x.shape[0] if hasattr(x, "shape") else _leaves(x)[0].shape[0]
-        points = [(params, *jax.tree_util.tree_map(lambda a, o=order: a[o], (x, y))) for order in batch_orders(batch)]
-        points += [(rounding_neighbour(params, i), x, y) for i in range(3)]
+        n = TWIN_STEP_MODEL.samples
+        points = [(params, *jax.tree_util.tree_map(lambda a, o=order: a[o], (x, y))) for order in batch_orders(batch, n)]
+        points += [(rounding_neighbour(params, i), x, y) for i in range(n)]
         stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *points)
         spreads = lax.map(lambda point: normwise(leaf_sums((grads_x, reference_at(*point)[1]))[:, 0]), stacked)
         noise = jnp.max(spreads, axis=0)
@@ -153,21 +126,11 @@ def twin_figures(manual, reference_at, params, x, y, updates_ref, params_manual,
     return {
         "grad": grad,
         "grad_noise": lax.cond(need, spread, lambda: jnp.zeros((n,), jnp.float32)),
-        "loss": (jnp.abs(loss_m - loss_x) / jnp.abs(loss_x)).astype(jnp.float32),
+        "loss": _relative_scalar(loss_m, loss_x).astype(jnp.float32),
         "update": normwise(sums[:, 1]),
         "drift": normwise(sums[:, 2]),
         "finite": (sums[:, 2, 3:] == 0).T,  # (2, n): no non-finite entry in the manual / reference parameters
     }
-
-
-NOISE_FACTOR = 10.0  # k: a gradient may differ from the reference by k times the reference's own rounding
-
-
-def _passes(err, noise, tol, k):
-    """err <= tol.norm (well conditioned: the fixed tolerance), or err <= k x noise (the reference's own rounding: its
-    spread over other batch orders and rounding neighbours, and its error against float64 when measured; only on
-    steps that needed it); NaN never passes."""
-    return (err <= tol.norm) | (err <= k * noise)
 
 
 @dataclass
@@ -180,7 +143,9 @@ class Divergence:
     - any manual or reference parameter or loss is non-finite;
     - the manual gradient of a leaf differs from the reference gradient at
       the same parameters by more than ``tolerance.norm`` (normwise) AND by
-      more than ``noise_factor`` times the reference's own rounding: its
+      more than ``noise_factor`` times the reference's own rounding
+      (``Rule.TWIN_STEP``: ``verdict.within_own_error`` with
+      ``tolerances.TWIN_STEP_MODEL.conditioning``): its
       spread over three other orders of the same batch and three rounding
       neighbours of the parameters, and (float32 and narrower, with
       ``jax_enable_x64`` on) its distance from the reference evaluated in
@@ -208,7 +173,8 @@ class Divergence:
     losses: np.ndarray  # (steps, 2): manual, reference training loss
     dtype: str
     tolerance: Tolerance
-    noise_factor: float = NOISE_FACTOR
+    noise_factor: float = TWIN_STEP_MODEL.conditioning
+    rule = Rule.TWIN_STEP
 
     @classmethod
     def from_history(cls, names, history: dict, dtype: str) -> Divergence:
@@ -224,9 +190,14 @@ class Divergence:
     def _failures(self):
         tol, k = self.tolerance, self.noise_factor
         nonfinite = ~np.isfinite(self.losses).all(axis=1) | ~self.finite.reshape(self.steps, -1).all(axis=1)
-        grad = ~_passes(self.grad, self.grad_noise, tol, k)
+        grad = ~within_own_error(self.grad, self.grad_noise, tol.norm, k)
+        # |loss_m - loss_r| <= tol x max(|loss_m|, |loss_r|, |first loss|): a loss near 0 is a difference of nearly
+        # equal terms, judged against the scale the run started at ("loss" is relative to max(|loss_m|, |loss_r|))
         first = np.abs(self.losses[:1, 0]) if self.steps else 0
-        loss = ~(self.loss <= tol.norm * np.maximum(1, first / np.abs(self.losses[:, 0])))
+        scale = np.max(np.abs(self.losses), axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            allowed = tol.norm * np.where(scale > 0, np.maximum(1, first / scale), 1)
+        loss = ~(self.loss <= allowed)
         update = ~(self.update <= tol.norm)
         return nonfinite, grad, loss, update
 

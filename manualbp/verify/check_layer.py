@@ -8,12 +8,15 @@ import numpy as np
 
 from manualbp import reference as ref
 from manualbp.layers.base import as_array, as_arrays, check_finite, describe, name_of
+from manualbp.verify import forensics
 from manualbp.verify.compare import by_kind, dtype_of, judge_all
+from manualbp.verify.forensics import context_for
 from manualbp.verify.precision import full_precision
-from manualbp.verify.quantities import param_name
+from manualbp.verify.quantities import param_name, union
 from manualbp.verify.report import Report
 from manualbp.verify.rounding import choices, measure
 from manualbp.verify.tolerances import ERROR_MODEL, resolve_verdict, tolerance
+from manualbp.verify.vjp_inputs import describe_tree
 
 
 def _as_arrays(params, x):
@@ -108,10 +111,38 @@ def check_layer(layer, params, x, dy=None, *, reference=None, key=None, jit: boo
     tol = tolerance(dtype)
     verdict = resolve_verdict(verdict, dtype)
     rows = [(name, ("forward " if k[0] == "y" else "dL/d" if k[0] == "dx" else "") + k[1], k, None)
-            for k in m_values if k[0] != "dx" or k in r_values]
+            for k in union(m_values, r_values)]
     rows = [r for r in rows if r[2][0] == "y"] + [r for r in rows if r[2][0] == "dx"] + [r for r in rows if r[2][0] == "param"]
     report = Report(title or f"check_layer: {name} vs jax.vjp", dtype.name, tol, verdict=verdict)
+    tree = ("" if jax.tree_util.tree_structure(dparams) == jax.tree_util.tree_structure(params) else
+            f" (the backward returned dparams {describe_tree(dparams)}, params are {describe_tree(params)})")
+
+    def why(key):
+        if key[0] == "param":
+            return f"the backward returned no gradient for parameter {key[1][1:]}{tree}"
+        return f"the backward returned no dL/d{key[1]} (None) for a floating input"
+
     report.rows.extend(judge_all(rows, m_values, r_values, tol, verdict, dtype,
                                  lambda: measure(lambda point: vjp(*point), (params, x, dy), 2, dtype,
-                                                 samples=ERROR_MODEL.samples, same_pieces=_choices(layer))))
+                                                 samples=ERROR_MODEL.samples, same_pieces=_choices(layer)), why))
+    report.set_diagnoser(_diagnoser(layer, params, x, dy, rows, report.rows, m_values, r_values))
     return report
+
+
+def _diagnoser(layer, params, x, dy, rows, judged, manual, reference):
+    """Failing rows' diagnoses: scales named by the layer's sizes, dL/dx fitted against dy (an identity path) and
+    the layer's named terms (``backward_terms``)."""
+    batch = next((int(v.shape[0]) for v in jax.tree_util.tree_leaves(x) if np.ndim(v)), None)
+    cotangent = {f"dy.{k}" if k != "y" else "dy": v for k, v in by_kind("y", dy).items()}
+
+    def context_of(i):
+        key = rows[i][2]
+        shape = np.shape(reference[key])
+        terms = {}
+        if key == ("dx", "x") and hasattr(layer, "backward_terms"):
+            terms = {n: np.asarray(v) for n, v in layer.backward_terms(params, x, dy).items()}
+        others = {n: v for n, v in cotangent.items() if np.shape(v) == shape} if key[0] == "dx" else {}
+        return context_for(layer, shape, batch=batch, is_param=key[0] == "param", others=others, terms=terms,
+                           devices=jax.device_count())
+
+    return forensics.diagnoser(judged, lambda i: (manual[rows[i][2]], reference[rows[i][2]]), context_of)

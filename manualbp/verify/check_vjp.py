@@ -25,16 +25,16 @@ This is the verify module that calls autodiff on the user's functions
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from manualbp.verify import forensics
 from manualbp.verify.precision import full_precision
 from manualbp.verify.report import Report, Row
-from manualbp.verify.tolerances import Tolerance, resolve_verdict, tolerance
-from manualbp.verify.verdict import judge
+from manualbp.verify.tolerances import Rule, Tolerance, resolve_verdict, tolerance
+from manualbp.verify.verdict import NOT_COMPUTED, judge, structure_row
 from manualbp.verify.vjp_inputs import Inputs, check_custom_vjp_rule, reraise_rule_error, trace_both
 
 
@@ -102,22 +102,46 @@ def check_vjp(fn, reference, *args, argnums=None, k: int = 3, seed: int = 0, jit
     dtype = _lowest_precision([*inputs.diff, *jax.tree_util.tree_leaves(y_fn)])
     tol = tolerance(dtype)
     judged_by = resolve_verdict(verdict, dtype)
-    if judged_by == "error-model" and truth is None:
+    if judged_by is Rule.ERROR_MODEL and truth is None:
         raise ValueError(f"check_vjp: verdict 'error-model' needs {ref_name} in a higher precision than {dtype.name}, "
                          f"and it could not be run there")
+    unmeasured = ""
+    if judged_by is Rule.CONDITIONING and truth is None:  # nothing measures the reference's own error: the fixed rule
+        judged_by = Rule.FIXED
+        unmeasured = (f"; {ref_name}'s own error is not measured ({dtype.name}: no higher precision"
+                      f"{'' if jax.config.read('jax_enable_x64') else ' with 64-bit mode off'}), so the fixed rule")
     plain = "" if has_rule else f"; {name} runs no custom_vjp/custom_jvp: its VJP is autodiff's too"
-    report = Report(title or f"check_vjp: {name} vs jax.vjp of {ref_name} ({k} random cotangent{'s' * (k > 1)}{plain})",
-                    dtype.name, tol, verdict=judged_by)
+    report = Report(title or f"check_vjp: {name} vs jax.vjp of {ref_name} ({k} random cotangent{'s' * (k > 1)}{plain}"
+                    f"{unmeasured})", dtype.name, tol, verdict=judged_by, reference=ref_name)
+    values = []  # (fn's, the reference's) value of every row that compares the two, for the diagnoses
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(y_fn), jax.tree_util.tree_leaves(y_ref)):
         report.rows.append(_row(name, "output" + jax.tree_util.keystr(path), a, b, tol))
+        values.append((a, b))
     stack = lambda vjps, i: np.stack([np.asarray(v[i]) for v in vjps])  # noqa: E731  (k cotangents of input i)
     looped = [stack(got, i) for i in range(len(inputs.diff))]
     for i, (label, leaf) in enumerate(zip(inputs.labels, inputs.diff)):
         report.rows.append(_row(name, label, looped[i], stack(want, i), tol, verdict=judged_by,
                                 truth=None if truth is None else stack(truth, i), shape=leaf.shape))
+        values.append((looped[i], stack(want, i)))
     report.rows.extend(_reentrancy_rows(name, inputs, g_fn, pull, cts[0], got[0], jit, nondet_tol, tol))
     report.rows.extend(_vmap_rows(name, inputs, pull, cts, looped, jit, tol))
+    report.set_diagnoser(_diagnoser(report.rows, values))
     return report
+
+
+def _diagnoser(judged, values):
+    """A failing output or cotangent row (k cotangents stacked on axis 0): the fit of fn's value against the
+    reference's, scales named by the sizes of the input's own axes."""
+
+    def context_of(i):
+        shape = np.shape(values[i][1]) if i < len(values) else ()
+        sizes = {f"the size {n} of axis {a}": n for a, n in enumerate(shape[1:], start=1) if n > 1}
+        return forensics.Context(sizes=sizes, axes={0: "cotangent"})
+
+    def values_of(i):
+        return values[i] if i < len(values) else (np.nan, np.nan)
+
+    return forensics.diagnoser(judged, values_of, context_of)
 
 
 def _name(f) -> str:
@@ -125,26 +149,25 @@ def _name(f) -> str:
     return getattr(f, "__name__", None) or getattr(getattr(f, "func", None), "__name__", None) or type(f).__name__
 
 
-def _row(name: str, quantity: str, got, want, tol: Tolerance, *, verdict: str = "fixed", truth=None,
+def _row(name: str, quantity: str, got, want, tol: Tolerance, *, verdict: Rule = Rule.FIXED, truth=None,
          exact: float | None = None, shape=None, why: str = "", note: str = "", failed: str = "") -> Row:
     """Every row of a check_vjp report is built here, on ``verdict.judge`` (the rows of ``compare``).
 
     ``verdict`` and ``truth`` (the reference in a higher precision at the same
     point) go to ``judge``: the error model compares fn's and the reference's
-    errors against the truth. ``exact``: judge by max |got - want| <= exact
+    errors against the truth. ``exact``: judge by ``Rule.EXACT``, max |got - want| <= exact
     instead (0: bitwise equal; reentrancy), ``why`` says what a failure means.
     ``shape``: the shape shown (the input's, for a stack of k cotangents).
     ``note``: shown on the row whatever its verdict. ``failed``: the quantity
-    could not be computed (the reason): a failing row with nothing compared.
+    could not be computed (the reason): a failing structure row.
     """
     if failed:
-        return Row(layer=name, quantity=quantity, shape=tuple(shape), max_abs=math.nan, max_rel=math.nan,
-                   norm_rel=math.nan, exact=False, ok=False, note=failed)
-    eps = float(jnp.finfo(np.asarray(want).dtype).eps) if truth is not None else None
-    row = judge(name, quantity, got, want, tol, verdict=verdict, truth=truth, eps=eps, note=note)
+        return structure_row(name, quantity, NOT_COMPUTED, failed, shape)
     if exact is not None:
-        ok = row.exact or (math.isfinite(row.max_abs) and row.max_abs <= exact)
-        row = dataclasses.replace(row, ok=ok, note="; ".join(filter(None, [row.note, "" if ok else why])))
+        row = judge(name, quantity, got, want, tol, rule=Rule.EXACT, allowed=exact, note=note, why=why)
+    else:
+        eps = float(jnp.finfo(np.asarray(want).dtype).eps) if truth is not None else None
+        row = judge(name, quantity, got, want, tol, rule=verdict, truth=truth, eps=eps, note=note)
     return row if shape is None else dataclasses.replace(row, shape=tuple(shape))
 
 

@@ -20,13 +20,24 @@ import numpy as np
 
 from manualbp import reference as ref
 from manualbp.layers.base import as_array, as_arrays, check_finite, name_of
+from manualbp.layers.code_key import Keyed
+from manualbp.verify import forensics
+from manualbp.verify.forensics import context_for
 from manualbp.verify.precision import full_precision
-from manualbp.verify.quantities import by_kind, manual_values, reference_values, row_order
+from manualbp.verify.quantities import (
+    by_kind,
+    manual_values,
+    missing_detail,
+    reference_values,
+    row_order,
+    tree_mismatches,
+    union,
+)
 from manualbp.verify.report import Report
 from manualbp.verify.rounding import choices, measure
-from manualbp.verify.tolerances import ERROR_MODEL, resolve_verdict, tolerance
-from manualbp.verify.trace import record
-from manualbp.verify.verdict import judge
+from manualbp.verify.tolerances import ERROR_MODEL, Rule, resolve_verdict, tolerance
+from manualbp.verify.trace import record, walk
+from manualbp.verify.verdict import EXTRA, MISSING, judge, structure_row
 
 __all__ = ["by_kind", "compare", "dtype_of", "judge_all"]
 
@@ -42,46 +53,101 @@ def _at(values, key, t):
     return v if t is None else v[:, t]
 
 
-def judge_all(rows, manual: dict, reference: dict, tol, verdict: str, dtype, evidence_fn) -> list:
+def judge_all(rows, manual: dict, reference: dict, tol, verdict: Rule, dtype, evidence_fn, why=None) -> list:
     """Judge every ``(label, quantity, key, t)`` of ``rows``; ``evidence_fn()`` measures jax.grad's error when needed.
 
-    "fixed" never measures; "error-model" always does; "conditioning" does only when some row
-    fails its fixed tolerance (so a clean report costs nothing extra), then judges every row again
-    with the measurement (a row within its fixed tolerance still passes by it).
+    A key only one side has is a failing structure row: "missing" (``why(key)`` says what the manual
+    side left out) or "extra". FIXED never measures; ERROR_MODEL always does; CONDITIONING does only
+    when some row fails its fixed tolerance (so a clean report costs nothing extra), then judges every
+    row again with the measurement (a row within its fixed tolerance still passes by it).
     """
     eps = float(jnp.finfo(dtype).eps)
+    why = why or (lambda key: "the manual side has no value for it")
 
     def run(evidence):
         out = []
         for label, quantity, key, t in rows:
+            if key not in manual or key not in reference:
+                kind, detail = ((MISSING, why(key)) if key not in manual else
+                                (EXTRA, "the manual side returned it, the reference has no such quantity"))
+                shape = np.shape((reference if key in reference else manual)[key])
+                out.append(structure_row(label, quantity, kind, detail, shape if t is None else shape[:1] + shape[2:]))
+                continue
             kw = {}
             if evidence is not None:
                 kw = {"truth": None if evidence.truth is None else _at(evidence.truth, key, t),
                       "errors": [_at(e, key, t) for e in evidence.errors if key in e]}
             out.append(judge(label, quantity, _at(manual, key, t), _at(reference, key, t), tol,
-                             verdict=verdict, eps=eps, **kw))
+                             rule=verdict, eps=eps, **kw))
         return out
 
-    if verdict == "error-model":
+    if verdict is Rule.ERROR_MODEL:
         return run(evidence_fn())
     judged = run(None)
-    if verdict == "conditioning" and any(not r.ok for r in judged):
+    if verdict is Rule.CONDITIONING and any(not r.ok and r.rule is not Rule.STRUCTURE for r in judged):
         judged = run(evidence_fn())
     return judged
+
+
+def _batch(x) -> int | None:
+    leaves = [v for v in jax.tree_util.tree_leaves(x) if np.ndim(v)]
+    return int(np.shape(leaves[0])[0]) if leaves else None
+
+
+def diagnoser(model, params, x, rows, judged, manual: dict, reference: dict):
+    """``i -> Diagnosis`` of row i of a comparison (``forensics``): named by the layer's sizes, fitted against the
+    report's other quantities of the same shape (a missing path is one of them) and the layer's named terms."""
+    layers = {path: (layer, p) for path, layer, p in walk(model, params)}
+    batch, devices = _batch(x), jax.device_count()
+    names = {k: f"{lab} {q}" for lab, q, k, s in rows if s is None}
+
+    def path_of(key):
+        return key[1] if key[0] == "param" else key[1].split("|")[0] if len(key) > 1 else ""
+
+    def terms(path, key):
+        """A dL/dx row of a layer that names its backward's terms: them, at the reference's input and dL/dy."""
+        layer, p = layers.get(path, (None, None))
+        inputs = ("y", f"{path}|in"), ("tap", f"{path}|out")
+        if key != ("tap", f"{path}|in") or not hasattr(layer, "backward_terms") or not all(k in reference for k in inputs):
+            return {}
+        return {n: np.asarray(v) for n, v in layer.backward_terms(p, *(reference[k] for k in inputs)).items()}
+
+    def values_of(i):  # a per-step row is diagnosed over every step: where in time the error sits is half the answer
+        key = rows[i][2]
+        return manual[key], reference[key]
+
+    def context_of(i):
+        key = rows[i][2]
+        shape = np.shape(reference[key])
+        others = {name: reference[k] for k, name in names.items()
+                  if k != key and k in reference and np.shape(reference[k]) == shape}
+        path = path_of(key)
+        out = reference.get(("y", f"{path}|out"))
+        return context_for(layers.get(path, (model,))[0], shape, batch=batch, is_param=key[0] == "param",
+                           others=others, terms=terms(path, key), devices=devices,
+                           output_shape=None if out is None else np.shape(out))
+
+    return forensics.diagnoser(judged, values_of, context_of)
 
 
 def _record(model, head, params, x, y, mask):
     """One manual pass, recorded (``trace.record``), without the layers' inputs."""
     loss, grads, store = record(model, head, params, x, y, mask)
+    return loss, grads, _without_inputs(store)
+
+
+def _without_inputs(store):
+    """The record without the layers' inputs, a recurrent layer's per-step kinds numbered in its order."""
     out = {}
     for path, entry in store.items():
         out[path] = {k: v for k, v in entry.items() if k not in ("x", "extras")}
         if "extras" in entry:  # jit returns a dict's keys sorted: number the kinds to keep the layer's order
             out[path]["extras"] = {f"{i:02d} {kind}": v for i, (kind, v) in enumerate(entry["extras"].items())}
-    return loss, grads, out
+    return out
 
 
-_record_jit = partial(jax.jit, static_argnums=(0, 1))(_record)  # compiled once per (model, head, shapes)
+# compiled once per (model, head, the code they run: ``Keyed``) and shapes
+_record_jit = partial(jax.jit, static_argnums=0)(lambda key, *args: _record(*key.value, *args))
 
 
 @full_precision
@@ -111,7 +177,10 @@ def compare(model, head, params, x, y, mask=None, *, jit: bool = True, title: st
     tol = tolerance(dtype)
     verdict = resolve_verdict(verdict, dtype)
 
-    m_loss, m_grads, store = (_record_jit if jit else _record)(model, head, params, x, y, mask)
+    if jit:
+        m_loss, m_grads, store = _record_jit(Keyed(model, head), params, x, y, mask)
+    else:
+        m_loss, m_grads, store = _record(model, head, params, x, y, mask)
     m_values = manual_values(model, store, m_grads, m_loss)
     r_values = reference_values(model, ref.trace(model, head, params, x, y, mask))
 
@@ -121,12 +190,19 @@ def compare(model, head, params, x, y, mask=None, *, jit: bool = True, title: st
 
         return measure(evaluate, (params, x, y, mask), 2, dtype, samples=ERROR_MODEL.samples, same_pieces=choices(model))
 
-    rows = row_order(model, head, m_values)
+    rows = row_order(model, head, union(m_values, r_values))
     report = Report(title or f"manualbp vs jax.grad: {name_of(model)} + {name_of(head)}", dtype.name, tol,
                     verdict=verdict)
-    report.rows.extend(judge_all(rows, m_values, r_values, tol, verdict, dtype, evidence))
+    trees = tree_mismatches(model, params, m_grads)
+
+    def why(key):
+        detail = missing_detail(key)
+        return detail + (f" ({trees[key[1]]})" if key[0] == "param" and key[1] in trees else "")
+
+    report.rows.extend(judge_all(rows, m_values, r_values, tol, verdict, dtype, evidence, why))
+    report.set_diagnoser(diagnoser(model, params, x, rows, report.rows, m_values, r_values))
     for label, quantity, key, t in rows:
-        if t == 0:  # a recurrent layer's per-step gradients: ||dL/dh_t|| for plots
+        if t == 0 and key in m_values:  # a recurrent layer's per-step gradients: ||dL/dh_t|| for plots
             val = np.asarray(m_values[key], np.float64)
             axes = tuple(i for i in range(val.ndim) if i != 1)
             report.timestep_norms[f"{label} {quantity.split('[')[0]}"] = np.sqrt(np.sum(val**2, axis=axes))

@@ -33,6 +33,7 @@ import numpy as np
 
 from manualbp.layers.activations import ReLU, Sigmoid, Tanh
 from manualbp.layers.base import as_array, children_of, name_of
+from manualbp.layers.code_key import Keyed
 from manualbp.verify.trace import label, record, walk
 
 SATURATION_THRESHOLD = 0.01
@@ -160,9 +161,9 @@ class GradientFlow:
 
 
 @lru_cache(maxsize=32)
-def _jitted_record(model, head):
-    """One compiled recorder per (model, head), reused across calls (a sweep over weights compiles once)."""
-    return jax.jit(partial(record, model, head))
+def _jitted_record(key: Keyed):
+    """One compiled recorder per (model, head, the code they run), reused across calls (a sweep over weights compiles once)."""
+    return jax.jit(partial(record, *key.value))
 
 
 def gradient_flow(model, head, params, x, y, mask=None, *, lr: float = 1e-2, jit: bool = True) -> GradientFlow:
@@ -180,7 +181,7 @@ def gradient_flow(model, head, params, x, y, mask=None, *, lr: float = 1e-2, jit
       ``.flagged`` (rows holding NaN/Inf), ``str()`` a table, ``to_dict()``.
     """
     x, y = as_array(x), as_array(y)
-    run = _jitted_record(model, head) if jit else partial(record, model, head)
+    run = _jitted_record(Keyed(model, head)) if jit else partial(record, model, head)
     loss, grads, store = run(params, x, y, mask)
     flow = GradientFlow(f"gradient flow: {name_of(model)} + {name_of(head)}", float(loss), float(lr))
     for (path, layer, p), (_, _, g) in zip(walk(model, params), walk(model, grads), strict=True):

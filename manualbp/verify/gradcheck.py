@@ -38,21 +38,23 @@ from jax.flatten_util import ravel_pytree
 
 from manualbp.backprop import loss_and_grads
 from manualbp.layers.base import as_array, as_arrays, check_finite, children_of, name_of
-from manualbp.verify.finite_differences import CENTRAL, KINDS, NONE, STEPS, SUBGRADIENT, estimate
+from manualbp.layers.walk import gradient_mismatches, param_name
+from manualbp.verify import forensics
+from manualbp.verify.finite_differences import CENTRAL, KINDS, NONE, STEPS, estimate
+from manualbp.verify.forensics import context_for
 from manualbp.verify.precision import full_precision
-from manualbp.verify.quantities import param_name
 from manualbp.verify.report import Report
 from manualbp.verify.rounding import cast, move
-from manualbp.verify.tolerances import FINITE_DIFFERENCE, FINITE_DIFFERENCE_MODEL
+from manualbp.verify.tolerances import FINITE_DIFFERENCE, FINITE_DIFFERENCE_MODEL, FINITE_DIFFERENCE_REFINE, Rule
 from manualbp.verify.trace import label, walk
-from manualbp.verify.verdict import judge
+from manualbp.verify.verdict import MISSING, FiniteDifference, judge, structure_row
 
 _U = float(np.finfo(np.float64).eps) / 2  # unit roundoff of float64
 _KINDS = np.asarray(KINDS)
 
 
 def _pattern(model, cache):
-    if not hasattr(model, "kink_pattern"):
+    if not getattr(model, "kink_pattern", None):
         return ()
     return tuple(jnp.ravel(leaf) for leaf in jax.tree_util.tree_leaves(model.kink_pattern(cache)))
 
@@ -84,7 +86,7 @@ def _along(model, head, y, mask, p0):
     return line
 
 
-def _noise(f, c0, params, x, samples=4):
+def _noise(f, c0, params, x, samples=FINITE_DIFFERENCE_MODEL.samples):
     """The rounding noise of the loss: its spread over points one rounding step away (at least 2u |C|)."""
     spread = [abs(float(f(*move((params, x), seed, 2 * _U))) - c0) for seed in range(samples)]
     return max([2 * _U * abs(c0), *spread])
@@ -149,30 +151,70 @@ def gradcheck(model, head, params, x, y, mask=None, *, mode: str = "directions",
         check_finite(name_of(model), "input x", x)
         check_finite(name_of(model), "params", params)
         _, grads, dx, _ = jax.jit(lambda p, x: loss_and_grads(model, head, p, x, y, mask))(params, x)
+        structure = [structure_row(*row) for row in gradient_mismatches(model, params, grads)]
+        grads = _aligned(params, grads)
+        if _has_floats(x) and _missing(dx, x):
+            structure.append(structure_row("model " + name_of(model), "dL/dx", MISSING,
+                                           "the backward returned no dL/dx (None) for a floating input"))
+        dx = _aligned(x, dx)
         f = jax.jit(lambda p, x: _loss_and_pattern(model, head, p, x, y, mask))
         f0, p0 = f(params, x)
         sigma = _noise(lambda p, x: f(p, x)[0], float(f0), params, x)
         title = f"manualbp vs finite differences ({mode}, h={eps:g}, h/2, h/4): {name_of(model)} + {name_of(head)}"
-        report = Report(title, "float64", FINITE_DIFFERENCE, verdict="finite differences", error_model=FINITE_DIFFERENCE_MODEL)
+        report = Report(title, "float64", FINITE_DIFFERENCE, verdict=Rule.FINITE_DIFFERENCE,
+                        error_model=FINITE_DIFFERENCE_MODEL, reference="the finite difference")
+        report.rows.extend(structure)
         line = _along(model, head, y, mask, p0)
+        values, layers = {}, {}  # row index -> (manual, the finite difference's estimate), the row's layer
         if mode == "directions":
-            _directions(report, model, line, params, x, grads, dx, k, eps, float(f0), sigma, key)
+            _directions(report, values, model, line, params, x, grads, dx, k, eps, float(f0), sigma, key)
         else:
-            _exhaustive(report, model, line, params, x, grads, eps, float(f0), sigma, max_params)
+            _exhaustive(report, values, layers, model, line, params, x, grads, eps, float(f0), sigma, max_params)
+    batch = next((int(v.shape[0]) for v in jax.tree_util.tree_leaves(x) if np.ndim(v)), None)
+    report.set_diagnoser(forensics.diagnoser(
+        report.rows, lambda i: values.get(i, (np.nan, np.nan)),
+        lambda i: context_for(layers.get(i, model), np.shape(values.get(i, (0, 0))[1]), batch=batch, is_param=True)))
     return report
 
 
 def _judge(layer, quantity, manual, manual_abs, value, error, lo, hi, kind, note=""):
-    """One row: the manual value against the estimate (or the nearest end of the subgradient interval)."""
-    manual, kind = np.asarray(manual, np.float64), np.asarray(kind)
-    ref = np.where(kind == SUBGRADIENT, np.clip(manual, lo, hi), np.where(kind == NONE, manual, value))
-    error = error + 4 * _U * np.asarray(manual_abs, np.float64)  # the float64 dot product's own rounding
-    row = judge(layer, quantity, manual, ref, FINITE_DIFFERENCE, verdict="conditioning", errors=[error],
-                model=FINITE_DIFFERENCE_MODEL, note=note)
-    row.compared = bool(np.any(kind != NONE))
-    row.ok = row.ok or not row.compared
-    row.rule = "finite difference"
-    return row
+    """One row: the manual value against the finite difference's estimate (``Rule.FINITE_DIFFERENCE``).
+
+    The estimate's error grows by the float64 rounding of the analytic dot product <grad, v> itself.
+    """
+    error = error + 4 * _U * np.asarray(manual_abs, np.float64)
+    return judge(layer, quantity, np.asarray(manual, np.float64), FiniteDifference(value, error, lo, hi, kind),
+                 FINITE_DIFFERENCE, rule=Rule.FINITE_DIFFERENCE, note=note)
+
+
+def _is_none(v) -> bool:
+    return v is None
+
+
+def _by_path(tree) -> dict:
+    return {jax.tree_util.keystr(kp): v for kp, v in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)[0]}
+
+
+def _aligned(like, tree):
+    """``tree`` as a tree of ``like``'s structure: its leaf where it has one of the right shape, zeros elsewhere.
+
+    A gradient the backward left out (reported as a "missing" row) then adds nothing to <grad, v>.
+    """
+    got = _by_path(tree)
+
+    def leaf(kp, v):
+        g = got.get(jax.tree_util.keystr(kp))
+        ok = g is not None and np.shape(g) == np.shape(v)
+        return g if ok else jax.device_put(np.zeros(np.shape(v), v.dtype))
+
+    return jax.tree_util.tree_map_with_path(leaf, like)
+
+
+def _missing(dx, x) -> bool:
+    """Whether a floating leaf of ``x`` has no gradient (None, or absent) in ``dx``."""
+    got = _by_path(dx)
+    return any(got.get(jax.tree_util.keystr(kp)) is None
+               for kp, v in jax.tree_util.tree_leaves_with_path(x) if jnp.issubdtype(v.dtype, jnp.floating))
 
 
 def _refined(run, n, f0, h, sigma):
@@ -183,7 +225,7 @@ def _refined(run, n, f0, h, sigma):
     error estimate shrinks and no kink enters: the step is chosen from the error estimate.
     """
     value, error, lo, hi, kind = estimate(f0, *run(h, np.arange(n)), h, sigma)
-    target = FINITE_DIFFERENCE.norm / 10
+    target = FINITE_DIFFERENCE.norm * FINITE_DIFFERENCE_REFINE
     todo = (kind == CENTRAL) & (error > target * np.abs(value))
     for m in (10, 100, 1000):
         idx = np.flatnonzero(todo)
@@ -198,13 +240,13 @@ def _refined(run, n, f0, h, sigma):
     return value, error, lo, hi, kind
 
 
-def _directions(report, model, line, params, x, grads, dx, k, h, f0, sigma, key):
+def _directions(report, values, model, line, params, x, grads, dx, k, h, f0, sigma, key):
+    """k directions in parameter space and k over the floating leaves of x (a tuple input's too: (x, lengths))."""
     line = jax.jit(line)
-    x_float = all(jnp.issubdtype(leaf.dtype, jnp.floating) for leaf in jax.tree_util.tree_leaves(x))
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
     for i in range(k):
         cases = [("params", _unit(rng, params), _zeros(x), grads)] if _has_floats(params) else []
-        if x_float and dx is not None and _has_floats(x):
+        if _has_floats(x):
             vx = _unit(rng, x)
             cases.append(("x", _zeros(params), vx, dx))
         for what, vp, vx, g in cases:
@@ -214,15 +256,16 @@ def _directions(report, model, line, params, x, grads, dx, k, h, f0, sigma, key)
                 return np.asarray(vals)[:, None], *(np.asarray(f)[None] for f in flags)
 
             value, error, lo, hi, kind = (a[0] for a in _refined(run, 1, f0, h, sigma))
-            analytic, analytic_abs = _dot(g, vp if what == "params" else vx)
+            analytic, analytic_abs = _dot(vp if what == "params" else vx, g)
             kind_s = str(kind)
             note = "" if kind_s == "central" else f"kink: {kind_s}" + (
                 " (kinks crossed on both sides; try mode='exhaustive')" if kind_s == NONE else "")
             report.rows.append(_judge("model " + name_of(model), f"dL/d{what} . v{i}", analytic, analytic_abs,
                                       value, error, lo, hi, kind, note))
+            values[len(report.rows) - 1] = (analytic, value)
 
 
-def _exhaustive(report, model, line, params, x, grads, h, f0, sigma, max_params):
+def _exhaustive(report, values, layers, model, line, params, x, grads, h, f0, sigma, max_params):
     theta, unravel = ravel_pytree(params)
     n = theta.size
     if n > max_params:
@@ -256,3 +299,5 @@ def _exhaustive(report, model, line, params, x, grads, h, f0, sigma, max_params)
             m = np.asarray(m)
             report.rows.append(_judge(label(path, layer), param_name(kp), m, np.abs(m), np.asarray(v), np.asarray(e),
                                       np.asarray(lo_), np.asarray(hi_), kinds, note))
+            values[len(report.rows) - 1] = (m, np.asarray(v))
+            layers[len(report.rows) - 1] = layer

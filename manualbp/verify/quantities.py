@@ -25,7 +25,9 @@ from __future__ import annotations
 import jax
 
 from manualbp.layers.base import children_of, name_of
+from manualbp.layers.walk import param_name
 from manualbp.verify.trace import label, walk
+from manualbp.verify.vjp_inputs import describe_tree
 
 
 def by_kind(kind: str, value) -> dict:
@@ -36,11 +38,6 @@ def by_kind(kind: str, value) -> dict:
             out.update(by_kind(f"{kind}.{i}", v))
         return out
     return {} if value is None else {kind: value}
-
-
-def param_name(key_path) -> str:
-    """'dW' for a params leaf at ['W'] (nested keys are joined: 'dcell.W')."""
-    return "d" + ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path)
 
 
 def _params(model, grads) -> dict:
@@ -67,6 +64,40 @@ def reference_values(model, trace) -> dict:
     out.update({("y", k): v for k, v in trace["outputs"].items()})
     out.update({("tap", k): v for k, v in trace["taps"].items()})
     return out
+
+
+def union(manual: dict, reference: dict) -> dict:
+    """Every quantity of either side, by key: manual's in its order, then those only the reference has.
+
+    Rows are listed from this union, so a quantity the manual side leaves out (a parameter's gradient
+    not returned, a dL/dx returned as None) is a row of its own (a failing "missing" row), never a
+    row skipped; one only the manual side has is an "extra" row.
+    """
+    return {**manual, **{k: v for k, v in reference.items() if k not in manual}}
+
+
+def tree_mismatches(model, params, grads) -> dict:
+    """{layer path: why} for every leaf layer whose manual dparams is not a tree of params' structure."""
+    out = {}
+    for (path, layer, p), (_, _, g) in zip(walk(model, params), walk(model, grads)):
+        if children_of(layer):
+            continue
+        if jax.tree_util.tree_structure(g) != jax.tree_util.tree_structure(p):
+            out[path] = f"its backward returned dparams {describe_tree(g)}, its params are {describe_tree(p)}"
+    return out
+
+
+def missing_detail(key) -> str:
+    """Why a quantity only the reference has is missing on the manual side, in the user's terms."""
+    if key[0] == "param":
+        return f"the backward returned no gradient for parameter {key[2][1:]}"
+    if key[0] == "tap" and "|in" in key[1]:
+        return "the backward returned no dL/dx (None) for a floating input"
+    if key[0] == "tap" and "|out" in key[1]:
+        return "no gradient reached this layer's output"
+    if key[0] == "y":
+        return "the forward returned no such output"
+    return "the manual pass has no value for it"
 
 
 def _of(values, kind, path, prefix):

@@ -8,10 +8,13 @@ comparisons would claim what was never checked). ``ok`` is True only for "PASS".
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from manualbp.verify.tolerances import ERROR_MODEL, ErrorModel, Tolerance
-from manualbp.verify.verdict import Row, compare_arrays  # noqa: F401  (re-exported: the row and its fixed verdict)
+from manualbp.verify.tolerances import ERROR_MODEL, ErrorModel, Rule, Tolerance
+from manualbp.verify.verdict import Row
+
+__all__ = ["Report", "Row"]
 
 
 def _fmt(v) -> str:
@@ -29,17 +32,19 @@ def _status(row: Row) -> str:
         return "--"
     if not row.ok:
         return "FAIL"
-    return {"conditioning": "ok (cond)", "error model": "ok (err model)"}.get(row.rule, "ok")
+    return {Rule.CONDITIONING: "ok (cond)", Rule.ERROR_MODEL: "ok (err model)", Rule.ONE_SIDED: "ok (one-sided)",
+            Rule.SUBGRADIENT: "ok (subgradient)"}.get(row.rule, "ok")
 
 
-def _rule_text(verdict: str, tol: Tolerance, model: ErrorModel) -> str:
+def rule_text(rule: Rule, tol: Tolerance, model: ErrorModel, reference: str = "jax.grad") -> str:
+    """What a report's rule allows, in words (the header of the table)."""
     fixed = f"norm rel <= {tol.norm:.0e}, max rel <= {tol.elem:.0e}"
-    if verdict == "conditioning":
-        return f"{fixed}, or within {model.conditioning:g}x jax.grad's own error where that exceeds {tol.norm:.0e}/" \
-               f"{model.conditioning:g}"
-    if verdict == "error-model":
-        return f"manual's error vs float64 truth <= {model.k:g}x jax.grad's own + {model.rounding:g} eps |truth|"
-    if verdict == "finite differences":
+    if rule is Rule.CONDITIONING:
+        return f"{fixed}, or within {model.conditioning:g}x {reference}'s own error where that exceeds " \
+               f"{tol.norm:.0e}/{model.conditioning:g}"
+    if rule is Rule.ERROR_MODEL:
+        return f"error vs float64 truth <= {model.k:g}x {reference}'s own + {model.rounding:g} eps |truth|"
+    if rule is Rule.FINITE_DIFFERENCE:
         return f"{fixed}, or within {model.conditioning:g}x the finite difference's estimated error"
     return fixed
 
@@ -48,8 +53,9 @@ def _rule_text(verdict: str, tol: Tolerance, model: ErrorModel) -> str:
 class Report:
     """Rows of a comparison, their ``status`` ("PASS" | "FAIL" | "INCONCLUSIVE") and the first failure.
 
-    ``verdict`` names how rows were judged ("fixed", "conditioning", "error-model"; gradcheck:
-    "finite differences"), ``error_model`` the constants it used. ``timestep_norms`` maps a recurrent layer's label to ||dL/dh_t|| per
+    ``verdict`` is the ``Rule`` rows were judged by (``FIXED``, ``CONDITIONING``, ``ERROR_MODEL``;
+    gradcheck: ``FINITE_DIFFERENCE``), ``error_model`` the constants it used; ``reference`` how the
+    header and messages name the reference side. ``timestep_norms`` maps a recurrent layer's label to ||dL/dh_t|| per
     step (manual), for plotting vanishing/exploding gradients through time.
     """
 
@@ -58,8 +64,29 @@ class Report:
     tolerance: Tolerance
     rows: list[Row] = field(default_factory=list)
     timestep_norms: dict = field(default_factory=dict)
-    verdict: str = "fixed"
+    verdict: Rule = Rule.FIXED
     error_model: ErrorModel = ERROR_MODEL
+    reference: str = "jax.grad"
+    diagnoser: Callable | None = field(default=None, repr=False, compare=False)
+
+    def set_diagnoser(self, diagnoser: Callable) -> None:
+        """``diagnoser(i) -> Diagnosis`` for failing row i; the first failure is diagnosed now, the rest on
+        ``diagnose()`` (a report that passes costs nothing, one that fails one diagnosis)."""
+        self.diagnoser = diagnoser
+        fail = self.first_failure
+        if fail is not None and fail.diagnosis is None:
+            fail.diagnosis = diagnoser(self.rows.index(fail))
+
+    def diagnose(self) -> list:
+        """The diagnosis of every failing row, in row order (``manualbp.verify.forensics.Diagnosis``)."""
+        out = []
+        for i, row in enumerate(self.rows):
+            if row.compared and not row.ok:
+                if row.diagnosis is None and self.diagnoser is not None:
+                    row.diagnosis = self.diagnoser(i)
+                if row.diagnosis is not None:
+                    out.append(row.diagnosis)
+        return out
 
     @property
     def status(self) -> str:
@@ -85,17 +112,19 @@ class Report:
     def _why(self, row: Row) -> str:
         if row.note and not math.isfinite(row.norm_rel):
             return row.note
-        if row.rule == "error model":
-            return (f"manual's error {_fmt(row.err_manual)} vs jax.grad's {_fmt(row.err_ref)} "
+        if row.rule is Rule.ERROR_MODEL:
+            return (f"manual's error {_fmt(row.err_manual)} vs {self.reference}'s {_fmt(row.err_ref)} "
                     f"(allowed {self.error_model.k:g}x + rounding)")
-        if row.rule == "conditioning":
-            return (f"norm rel {_fmt(row.norm_rel)}, more than {self.error_model.conditioning:g}x jax.grad's own error "
-                    f"{_fmt(row.err_ref)}")
-        if row.rule == "finite difference":
+        if row.rule is Rule.CONDITIONING:
+            return (f"norm rel {_fmt(row.norm_rel)}, more than {self.error_model.conditioning:g}x {self.reference}'s "
+                    f"own error {_fmt(row.err_ref)}")
+        if row.rule in (Rule.FINITE_DIFFERENCE, Rule.ONE_SIDED, Rule.SUBGRADIENT):
             return (f"norm rel {_fmt(row.norm_rel)} (tol {self.tolerance.norm:.0e}), more than "
                     f"{self.error_model.conditioning:g}x the estimated error {_fmt(row.err_ref)}"
                     + (f"; {row.note}" if row.note else ""))
-        if row.rule == "fixed":
+        if row.rule is Rule.EXACT:
+            return f"max|diff| {_fmt(row.max_abs)}" + (f"; {row.note}" if row.note else "")
+        if row.rule is Rule.FIXED:
             truth = ("" if row.err_manual is None else
                      f"; vs the high-precision truth: manual {_fmt(row.err_manual)}, jax.grad {_fmt(row.err_ref)}")
             return (f"norm rel {_fmt(row.norm_rel)} (tol {self.tolerance.norm:.0e}), "
@@ -113,13 +142,15 @@ class Report:
         if status == "PASS":
             exact = sum(r.exact for r in compared)
             text = f"PASS: all {len(compared)} compared rows within tolerance ({exact} bitwise equal)"
-            cond = sum(r.rule == "conditioning" for r in compared)
+            cond = sum(r.rule is Rule.CONDITIONING for r in compared)
             if cond:
-                text += f"; {cond} ill-conditioned, within {self.error_model.conditioning:g}x jax.grad's own error"
+                text += f"; {cond} ill-conditioned, within {self.error_model.conditioning:g}x {self.reference}'s own error"
             return text + (f"; {not_compared}" if not_compared else "")
         fail = self.first_failure
         nfail = sum(not r.ok for r in compared)
-        return f"FAIL: {nfail} of {n} rows; first failing row: {fail.layer} {fail.quantity}: {self._why(fail)}"
+        diagnosis = "" if fail.diagnosis is None or fail.rule is Rule.STRUCTURE else f"; diagnosis: {fail.diagnosis}"
+        return (f"FAIL: {nfail} of {n} rows; first failing row: {fail.layer} {fail.quantity}: {self._why(fail)}"
+                f"{diagnosis}")
 
     def _skip_reasons(self) -> str:
         reasons = sorted({r.note.split(":")[0] or "not compared" for r in self.rows if not r.compared})
@@ -136,13 +167,24 @@ class Report:
             for r in self.rows
         ]
         widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
-        lines = [f"{self.title}  [{self.dtype}; {self.verdict}: {_rule_text(self.verdict, self.tolerance, self.error_model)}]"]
+        rule = rule_text(self.verdict, self.tolerance, self.error_model, self.reference)
+        lines = [f"{self.title}  [{self.dtype}; {self.verdict}: {rule}]"]
+        fail = self.first_failure
         for i, cells in enumerate([head, *body]):
             lines.append("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip())
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths))
+            elif self.rows[i - 1] is fail and fail.diagnosis is not None and fail.rule is not Rule.STRUCTURE:
+                lines.append(f"  ^ diagnosis: {fail.diagnosis}")
         lines.append(self.summary())
         return "\n".join(lines)
+
+    @staticmethod
+    def _row_dict(r: Row) -> dict:
+        out = {k: _json_float(v) if not isinstance(v, tuple) else list(v) for k, v in asdict(r).items()
+               if k != "diagnosis"}
+        out["diagnosis"] = None if r.diagnosis is None else r.diagnosis.to_dict()
+        return out
 
     def to_dict(self) -> dict:
         """JSON-ready (non-finite floats become strings)."""
@@ -157,8 +199,9 @@ class Report:
             "error_model": self.error_model._asdict(),
             "summary": self.summary(),
             "rows_compared": sum(r.compared for r in self.rows),
-            "first_failure": None if fail is None else {"layer": fail.layer, "quantity": fail.quantity},
-            "rows": [{k: _json_float(v) if not isinstance(v, tuple) else list(v) for k, v in asdict(r).items()}
-                     for r in self.rows],
+            "first_failure": None if fail is None else {
+                "layer": fail.layer, "quantity": fail.quantity,
+                "diagnosis": None if fail.diagnosis is None else fail.diagnosis.to_dict()},
+            "rows": [self._row_dict(r) for r in self.rows],
             "timestep_norms": {k: [_json_float(float(v)) for v in vals] for k, vals in self.timestep_norms.items()},
         }

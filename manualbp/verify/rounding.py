@@ -25,44 +25,25 @@ on each quantity. ``measure`` gets that from the reference alone, at the compare
 Each extra evaluation reuses the reference's compiled function (same shapes); the float64 truth
 (or the float32 shadow) is one more compile. ``compare`` asks for these only when a verdict needs
 them.
+
+Inside a compiled training step (the twin verdict), the same measurements run on the device:
+``rounding_neighbour`` moves every parameter by one rounding unit with hashed signs, ``batch_orders``
+gives other orders of a batch (other rounding of its sums), ``widen`` casts to float64 for a truth.
 """
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
-from manualbp.layers import (
-    GELU,
-    GRU,
-    LSTM,
-    RNN,
-    Add,
-    AvgPool2D,
-    BatchNorm,
-    Conv1D,
-    Conv2D,
-    ConvTranspose2D,
-    Dense,
-    Dropout,
-    Embedding,
-    Flatten,
-    GlobalAvgPool2D,
-    Identity,
-    LayerNorm,
-    MultiHeadAttention,
-    Multiply,
-    PositionalEmbedding,
-    Sigmoid,
-    Softmax,
-    Softplus,
-    Tanh,
-)
-from manualbp.layers.base import children_of
+from manualbp.layers.code_key import Keyed
+from manualbp.layers.walk import choices_declared
 
 _F32 = np.finfo(np.float32)
 _SCALE_64_FROM_32 = float(np.finfo(np.float64).eps / _F32.eps)
@@ -161,30 +142,58 @@ def _equal(a, b) -> bool:
                for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True))
 
 
-# manualbp's own layers whose forward makes no discrete choice (exact types: a subclass may add one)
-_SMOOTH = frozenset({Identity, Sigmoid, Tanh, Softplus, GELU, Dense, Conv1D, Conv2D, ConvTranspose2D, AvgPool2D,
-                     GlobalAvgPool2D, Flatten, Embedding, LayerNorm, BatchNorm, Add, Multiply, LSTM, GRU, Softmax,
-                     Dropout, PositionalEmbedding, MultiHeadAttention})  # Dropout: its mask is the key's, fixed
+def choices(model):
+    """``(params, x) -> the manual forward's discrete choices`` (jitted) if the model declares all of them, else None.
 
-
-def _visible(layer) -> bool:
-    """Every discrete choice of ``layer``'s forward is exposed by its ``kink_pattern`` (or it makes none)."""
-    kids = children_of(layer)
-    if kids:
-        return hasattr(layer, "kink_pattern") and all(_visible(child) for _, child in kids)
-    if type(layer) is RNN:
-        return type(layer.activation) in _SMOOTH
-    return hasattr(layer, "kink_pattern") or type(layer) in _SMOOTH
+    Whether a forward makes discrete choices is each layer's own declaration (``kink_pattern``,
+    composed by containers: ``manualbp.layers.walk.choices_declared``).
+    """
+    return _choices(Keyed(model)) if choices_declared(model) else None
 
 
 @lru_cache(maxsize=32)
-def choices(model):
-    """``(params, x) -> the manual forward's discrete choices`` (jitted) if all are visible, else None."""
-    if not _visible(model):
-        return None
-    if not hasattr(model, "kink_pattern"):
-        return lambda params, x: ()
+def _choices(key: Keyed):
+    (model,) = key.value
     return jax.jit(lambda params, x: model.kink_pattern(model.forward(params, x)[1]))
+
+
+def batch_orders(n: int, count: int) -> list:
+    """``count`` fixed random orders of a batch of n examples (the same on every call).
+
+    Random, not structured: a reversal or a rotation by half keeps every pair of a pairwise (tree) reduction
+    together, and addition is commutative, so such orders can reproduce the very same rounding.
+    """
+    rng = np.random.default_rng(0)
+    return [rng.permutation(n) for _ in range(count)]
+
+
+def _signs(shape, seed: int, dtype):
+    """+-1 per entry, pseudo-random: bit 0 of a 32-bit integer hash (murmur3's finalizer) of (entry index, seed).
+
+    A few integer ops per entry, where jax.random's threefry, once per leaf and neighbour, would be most of
+    a compiled twin step's compile time.
+    """
+    h = lax.iota(jnp.uint32, math.prod(shape)) + jnp.uint32((seed * 0x9E3779B9) & 0xFFFFFFFF)
+    for shift, mul in ((16, 0x85EBCA6B), (13, 0xC2B2AE35), (16, None)):
+        h = h ^ (h >> shift)
+        if mul is not None:
+            h = h * jnp.uint32(mul)
+    return (1 - 2 * (h & 1).astype(dtype)).reshape(shape)
+
+
+def rounding_neighbour(params, i: int):
+    """``params`` with every entry moved by one rounding unit, p (1 + eps s), s = +-1 pseudo-random (seed ``i``).
+
+    ``move``'s counterpart inside a compiled function (traceable; no host round trip).
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    return jax.tree_util.tree_unflatten(treedef, [p * (1 + jnp.finfo(p.dtype).eps * _signs(p.shape, 1000 * i + j, p.dtype))
+                                                  for j, p in enumerate(leaves)])
+
+
+def widen(tree):
+    """Every floating array of ``tree`` in float64 (integers, e.g. token ids, stay as they are); traceable."""
+    return jax.tree_util.tree_map(lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
 def _representable_in_float32(a) -> bool:

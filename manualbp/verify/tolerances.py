@@ -1,29 +1,53 @@
-"""Tolerances and verdict constants: the one place a test, a report or a verdict gets a threshold.
+"""Every rule a verdict can apply, and every constant of every rule, with the reason for its value.
 
-Fixed tolerances (``tolerance(dtype)``), manual vs jax.grad in the same precision. On a
-prototype of the MLP, CNN and RNN (5 seeds) float32 agreed to normwise relative error <= 5e-7
-and elementwise relative error <= 3e-4 on entries above 1e-3 x max|ref|; float64 to <= 1e-14
-normwise. The thresholds keep a 10-20x margin over those figures. They are right for
-well-conditioned rows in float32 and float64, and wrong in two places, which the verdicts of
-``ErrorModel`` handle (``manualbp.verify.verdict``):
+A row of a report is decided by ``verdict.judge`` under one ``Rule``; the rule and this table are the
+only places a threshold comes from (tests and scripts read them here too).
+
+Fixed tolerances (``tolerance(dtype)``), manual vs jax.grad in the same precision. On a prototype of
+the MLP, CNN and RNN (5 seeds) float32 agreed to normwise relative error <= 5e-7 and elementwise
+relative error <= 3e-4 on entries above 1e-3 x max|ref|; float64 to <= 1e-14 normwise. The
+thresholds keep a 10-20x margin over those figures. They are right for well-conditioned rows in
+float32 and float64, and wrong in two places, which the rules that measure jax.grad's own error
+handle:
 
 * low precision (bfloat16, float16): rounding errors of a few percent are normal, and no fixed
-  number separates them from a wrong rule; the verdict compares manual's error against a
-  float64 truth with jax.grad's own error against it ("error-model");
+  number separates them from a wrong rule; ``Rule.ERROR_MODEL`` compares manual's error against a
+  float64 truth with jax.grad's own error against it;
 * ill-conditioned rows in float32/float64 (an exactly-zero gradient that both sides compute as
-  rounding noise, a gradient that is a small difference of large terms): there the verdict
-  allows a multiple of jax.grad's own rounding error, measured ("conditioning").
+  rounding noise, a gradient that is a small difference of large terms): ``Rule.CONDITIONING``
+  allows a multiple of jax.grad's own rounding error, measured.
 
-Finite differences (``FINITE_DIFFERENCE``) carry their own error estimate (truncation from two
-step sizes, rounding from the noise of the loss): see ``manualbp.verify.gradcheck``.
+Finite differences carry their own error estimate (truncation from two step sizes, rounding from
+the noise of the loss): ``Rule.FINITE_DIFFERENCE`` and its kink variants (``manualbp.verify.gradcheck``).
 """
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
+
+
+class Rule(str, Enum):
+    """How one row (or a whole report, for the rules a caller can ask for) was judged.
+
+    The value is the one spelling used in rows, report headers, JSON and the ``verdict=`` argument.
+    """
+
+    FIXED = "fixed"  # normwise and elementwise relative error within the dtype's Tolerance
+    CONDITIONING = "conditioning"  # fixed; or within K x jax.grad's own error where that makes fixed unreachable
+    ERROR_MODEL = "error-model"  # manual's error vs a float64 truth within k x jax.grad's own + rounding
+    FINITE_DIFFERENCE = "finite-difference"  # vs a central finite difference, within its estimated error
+    ONE_SIDED = "one-sided"  # at a kink: vs the derivative from the side whose discrete choices are those at w
+    SUBGRADIENT = "subgradient"  # a kink crossed on both sides: manual between the left and right derivatives
+    TWIN_STEP = "twin-step"  # a training step's gradient vs the reference at the same parameters and batch
+    EXACT = "exact"  # bitwise equal (or within an absolute allowance given by the caller)
+    STRUCTURE = "structure"  # a quantity missing, extra, or of another shape/dtype/tree: always a FAIL
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class Tolerance(NamedTuple):
@@ -39,36 +63,27 @@ class Tolerance(NamedTuple):
 
 
 class ErrorModel(NamedTuple):
-    """The constants of the verdicts that measure jax.grad's own error (``manualbp.verify.verdict``).
+    """The constants of the rules that measure the reference's own error.
 
-    error model (FlashAttention's test criterion: Dao et al., tests/test_flash_attn.py): with a
-    float64 truth t of the same quantity at the same point, manual m and jax.grad's r pass when
+    ``Rule.ERROR_MODEL`` (FlashAttention's test criterion: Dao et al., tests/test_flash_attn.py): with
+    a float64 truth t of the same quantity at the same point, manual m and jax.grad's r pass when
 
     .. math::
         \\|m - t\\| \\le k \\|r - t\\| + \\rho\\, \\epsilon \\|t\\| \\quad\\text{and}\\quad
         \\max|m - t| \\le k \\max|r - t| + \\rho\\, \\epsilon \\max|t|,
 
-    epsilon the dtype's machine epsilon (``jnp.finfo(dtype).eps``). Measured on every built-in
-    model x {bfloat16, float16, float32} x 20 seeds (``scripts/verdict_matrix.py``): no correct
-    row used more than 0.8 of this allowance.
+    epsilon the dtype's machine epsilon.
 
-    conditioning: a row whose fixed tolerance cannot hold because jax.grad itself is off by more
-    than ``tol.norm / K`` (relative) passes when ||m - r|| <= K ||r - t|| and
-    max|m - r| <= K max|r - t|. ``K`` is set by the worst correct-but-cancelling backward
-    measured (BatchNorm over a batch of 2: 29x jax.grad's error in float32, 11x in float64).
-
-    samples: jax.grad's error is sampled at this many points besides the given one (each
-    float input and parameter moved by one rounding step, each compared with the truth at the
-    moved point), and the largest is used: one sample of a random error can be small by chance.
+    ``Rule.CONDITIONING``: a row whose fixed tolerance cannot hold because the reference itself is
+    off by more than ``tol.norm / conditioning`` (relative) passes when ||m - r|| <= K ||r - t|| and
+    max|m - r| <= K max|r - t|, K = ``conditioning``.
     """
 
-    k: float = 2.0
-    rounding: float = 2.0
-    conditioning: float = 64.0
-    samples: int = 4
+    k: float
+    rounding: float
+    conditioning: float
+    samples: int
 
-
-ERROR_MODEL = ErrorModel()
 
 _BY_DTYPE = {
     np.dtype(jnp.bfloat16): Tolerance(norm=3e-2, elem=2e-1),
@@ -77,19 +92,47 @@ _BY_DTYPE = {
     np.dtype(jnp.float64): Tolerance(norm=1e-12, elem=1e-9),
 }
 
-FINITE_DIFFERENCE = Tolerance(norm=1e-6, elem=1e-4)
-# a finite difference's error estimate is a bound (truncation from two steps + measured rounding), not one random
-# sample: a row of gradcheck passes within this multiple of it where the fixed tolerance is out of reach
-FINITE_DIFFERENCE_MODEL = ErrorModel(conditioning=4.0)
+# ---- the table: every constant of every rule, and why it has its value ---------------------------------------------
 
-# how a row is judged: "fixed" tolerances only; "conditioning": fixed, or within K x jax.grad's own
-# error where that error makes the fixed tolerance unreachable; "error-model": manual's error vs a
-# float64 truth against k x jax.grad's own (needs a precision above the compared one: not float64)
-VERDICTS = ("fixed", "conditioning", "error-model")
+ERROR_MODEL = ErrorModel(
+    # k = 2: manual may be twice as far from the truth as jax.grad. Measured on every built-in model x {bfloat16,
+    # float16, float32} x 20 seeds (scripts/verdict_matrix.py): no correct row used more than 0.8 of the allowance.
+    k=2.0,
+    # rho = 2: two roundings of |truth| in the compared dtype (the truth itself must be stored in it to compare)
+    rounding=2.0,
+    # K = 64: set by the worst correct-but-cancelling backward measured, BatchNorm over a batch of 2 (29x jax.grad's
+    # error in float32, 11x in float64), with a 2x margin
+    conditioning=64.0,
+    # 4 nearby points besides the given one: one sample of a random error can be small by chance; the largest counts
+    samples=4,
+)
+
+FINITE_DIFFERENCE = Tolerance(norm=1e-6, elem=1e-4)  # float64 central differences, extrapolated: ~1e-8 when smooth
+FINITE_DIFFERENCE_MODEL = ErrorModel(
+    k=ERROR_MODEL.k, rounding=ERROR_MODEL.rounding,
+    # K = 4: a finite difference's error estimate is a bound (truncation from two steps + measured rounding), not one
+    # random sample of an error, so a small multiple of it suffices where the fixed tolerance is out of reach
+    conditioning=4.0,
+    # 4 points one float64 rounding step away measure the noise of the loss
+    samples=4,
+)
+# a central estimate whose error exceeds this fraction of FINITE_DIFFERENCE.norm (relative) is retried with steps 10x,
+# 100x, 1000x larger while its error estimate shrinks: a tiny directional derivative is rounding-dominated at h
+FINITE_DIFFERENCE_REFINE = 0.1
+
+TWIN_STEP_MODEL = ErrorModel(
+    k=ERROR_MODEL.k, rounding=ERROR_MODEL.rounding,
+    # K = 10: the twin's own-error figure is the largest of 6-7 samples (3 batch orders, 3 rounding neighbours and,
+    # with x64 on, the float64 truth) of a whole leaf's normwise error; 1000-step GPT/GRU runs of correct code on
+    # {1, 2, 4} devices used at most 4.0 of it (docs: the twin matrix), and a 1% wrong bias exceeds it at step 1
+    conditioning=10.0,
+    # three other orders of the same batch and three rounding neighbours of the parameters
+    samples=3,
+)
 
 
 def tolerance(dtype) -> Tolerance:
-    """The manual-vs-autodiff tolerance for arrays of ``dtype``."""
+    """The fixed manual-vs-autodiff tolerance for arrays of ``dtype``."""
     try:
         return _BY_DTYPE[np.dtype(dtype)]
     except KeyError:
@@ -98,20 +141,28 @@ def tolerance(dtype) -> Tolerance:
         ) from None
 
 
-def default_verdict(dtype) -> str:
-    """"error-model" below float32 (no fixed tolerance separates rounding from a wrong rule), else "conditioning"."""
-    return "error-model" if np.dtype(dtype).itemsize < 4 else "conditioning"
+# the rules a caller may ask a whole comparison to use (``verdict=``)
+VERDICTS = (Rule.FIXED, Rule.CONDITIONING, Rule.ERROR_MODEL)
 
 
-def resolve_verdict(verdict: str, dtype) -> str:
-    """The verdict to use for ``dtype``: ``verdict`` itself, or the dtype's default for "auto"; ValueError if unusable."""
+def default_verdict(dtype) -> Rule:
+    """``Rule.ERROR_MODEL`` below float32 (no fixed tolerance separates rounding from a wrong rule), else CONDITIONING."""
+    return Rule.ERROR_MODEL if np.dtype(dtype).itemsize < 4 else Rule.CONDITIONING
+
+
+def resolve_verdict(verdict, dtype) -> Rule:
+    """The ``Rule`` to judge ``dtype`` by: ``verdict`` itself, or the dtype's default for "auto"; ValueError if unusable."""
     if verdict == "auto":
         return default_verdict(dtype)
-    if verdict not in VERDICTS:
-        raise ValueError(f"verdict must be 'auto' or one of {list(VERDICTS)}, got {verdict!r}")
-    if verdict == "error-model" and np.dtype(dtype) == np.dtype(np.float64):
+    try:
+        rule = Rule(verdict)
+    except ValueError:
+        rule = None
+    if rule not in VERDICTS:
+        raise ValueError(f"verdict must be 'auto' or one of {[str(v) for v in VERDICTS]}, got {verdict!r}")
+    if rule is Rule.ERROR_MODEL and np.dtype(dtype) == np.dtype(np.float64):
         raise ValueError(
             "verdict 'error-model' needs a truth in a higher precision than the compared one, and float64 has none; "
             "use 'conditioning' (or 'auto') for float64"
         )
-    return verdict
+    return rule

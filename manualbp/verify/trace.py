@@ -9,8 +9,31 @@ they are, over the wrapped children, so the record is of the real pass.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
+import numpy as np
+
 from manualbp.backprop import loss_and_grads
 from manualbp.layers.base import children_of, name_of
+from manualbp.layers.walk import label, walk
+
+__all__ = ["label", "record", "walk", "wrap"]
+
+
+def _zeros_for_missing(dx, x):
+    """``dx`` with every None that stands for a floating input (leaf) of ``x`` replaced by zeros.
+
+    A backward that leaves dL/dx out (returns None) is a failing "missing" row of the report (the record
+    keeps the None), and the layers before it still get a gradient to run their own backward on.
+    """
+    if isinstance(x, (tuple, list)):
+        if dx is None:
+            dx = (None,) * len(x)
+        if isinstance(dx, (tuple, list)) and len(dx) == len(x):
+            return type(dx)(_zeros_for_missing(d, v) for d, v in zip(dx, x))
+        return dx
+    if dx is None and hasattr(x, "dtype") and np.issubdtype(np.dtype(x.dtype), np.floating):
+        return jnp.zeros_like(x)
+    return dx
 
 
 class _Recorder:
@@ -31,20 +54,7 @@ class _Recorder:
         else:
             grads, dx = self.layer.backward(params, cache, dy)
         entry.update(dy=dy, dx=dx)
-        return grads, dx
-
-
-def walk(layer, params, path=""):
-    """Yield (path, layer, params) for ``layer`` and every layer inside it, depth first."""
-    yield path, layer, params
-    if children_of(layer):
-        for (name, child), p in zip(children_of(layer), layer.split_params(params)):
-            yield from walk(child, p, f"{path}/{name}" if path else name)
-
-
-def label(path: str, layer) -> str:
-    """How reports name a layer: "<path> <name>", the whole model as "model <name>"."""
-    return f"{path} {name_of(layer)}" if path else f"model {name_of(layer)}"
+        return grads, _zeros_for_missing(dx, entry.get("x"))
 
 
 def wrap(layer, store, path=""):

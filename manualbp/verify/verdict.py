@@ -1,31 +1,43 @@
-"""One row's verdict: manual vs reference, with jax.grad's own error where it was measured.
+"""One row's verdict: the one place a quantity is decided, under one ``Rule`` (``tolerances``).
 
-``judge`` is the one function that turns (manual, reference[, truth, error samples]) into a
-``Row``; ``compare``, ``check_layer`` and ``gradcheck`` all use it. The three verdicts
-(``tolerances.VERDICTS``; constants in ``tolerances.ErrorModel``):
+``judge`` turns (manual, reference[, truth, error samples, a finite difference's estimate]) into a
+``Row``; ``structure_row`` is the row of a quantity that could not be compared because one side
+does not have it in the right form. ``compare``, ``check_layer``, ``gradcheck`` and ``check_vjp``
+build every row with these two and never edit a row afterwards; the twin verdict applies
+``within_own_error``, the conditioning rule on normwise figures. The rules:
 
-* "fixed": normwise and elementwise relative error within the dtype's ``Tolerance``.
-* "conditioning": fixed; or, where jax.grad's own error e_r (measured) exceeds ``tol.norm / K``
+* ``FIXED``: normwise and elementwise relative error within the dtype's ``Tolerance``.
+* ``CONDITIONING``: fixed; or, where jax.grad's own error e_r (measured) exceeds ``tol.norm / K``
   relative, so that no correct implementation could be expected to meet the fixed tolerance,
   ||m - r|| <= K ||e_r|| and max|m - r| <= K max|e_r|. A well-conditioned row (e_r below that) is
   judged by the fixed tolerance alone: nothing is loosened there.
-* "error-model": ||m - t|| <= k ||r - t|| + rho eps ||t|| and the same with max|.|: manual must be
+* ``ERROR_MODEL``: ||m - t|| <= k ||r - t|| + rho eps ||t|| and the same with max|.|: manual must be
   about as accurate as jax.grad against a float64 truth t (FlashAttention's test criterion).
+* ``FINITE_DIFFERENCE`` (and ``ONE_SIDED``, ``SUBGRADIENT`` at kinks): the conditioning rule against a
+  finite difference, its estimated error as the error sample (``FiniteDifference``).
+* ``EXACT``: max |m - r| <= an absolute allowance (0: bitwise equal).
+* ``STRUCTURE``: missing, extra, or another shape/dtype/tree: a FAIL, whatever the values.
 
 An error sample is an array shaped like the reference: jax.grad's value minus a higher-precision
 value of the same quantity at the same point (r - t), or at a nearby point, or (float64, no
-higher precision) a float32 evaluation's error scaled by eps(float64)/eps(float32); gradcheck's
-rows pass the finite difference's estimated error.
+higher precision) a float32 evaluation's error scaled by eps(float64)/eps(float32).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
-from manualbp.verify.tolerances import ERROR_MODEL, ErrorModel, Tolerance
+from manualbp.verify.finite_differences import LEFT, NONE, RIGHT, SUBGRADIENT
+from manualbp.verify.tolerances import ERROR_MODEL, FINITE_DIFFERENCE_MODEL, ErrorModel, Rule, Tolerance
+
+__all__ = ["FiniteDifference", "Row", "Rule", "judge", "structure_row", "within_own_error"]
+
+# the kinds of a structure row (its note starts with one)
+MISSING, EXTRA, WRONG_STRUCTURE, NOT_COMPUTED = "missing", "extra", "wrong structure", "not computed"
 
 
 @dataclass
@@ -34,13 +46,14 @@ class Row:
 
     ``norm_rel`` = ||m - r|| / max(||m||, ||r||); ``max_rel`` = max |m - r| / |r|
     over entries with |r| > floor x max|r|; ``exact`` = bitwise equal.
-    ``note`` explains a row that is not a plain comparison (e.g. a kink).
-    ``rule`` is the test that decided ``ok`` ("fixed", "conditioning", "error model",
-    or gradcheck's "finite difference", "one-sided", "subgradient"); ``err_manual`` and
-    ``err_ref`` are manual's and the reference's errors against a truth (or the reference's
-    estimated error), normwise relative to max(||m||, ||r||), None where not measured;
-    ``compared`` is False for a row that could not be compared (it neither passes nor fails);
-    ``used`` is the fraction of its verdict's allowance the row used (<= 1 passes), for the figures.
+    ``note`` explains a row that is not a plain comparison (e.g. a kink, a missing quantity).
+    ``rule`` is the ``Rule`` that decided ``ok``; ``err_manual`` and ``err_ref`` are manual's and the
+    reference's errors against a truth (or the reference's estimated error), normwise relative to
+    max(||m||, ||r||), None where not measured; ``compared`` is False for a row that could not be
+    compared (it neither passes nor fails); ``used`` is the fraction of its rule's allowance the row
+    used (<= 1 passes), for the figures; ``allowed`` the normwise relative difference the rule allowed
+    it (what a diagnosis must explain the difference to within); ``diagnosis`` what a failing row's
+    difference is (``manualbp.verify.forensics``; None on passing rows).
     """
 
     layer: str
@@ -52,11 +65,28 @@ class Row:
     exact: bool
     ok: bool
     note: str = ""
-    rule: str = "fixed"
+    rule: Rule = Rule.FIXED
     err_manual: float | None = None
     err_ref: float | None = None
     compared: bool = True
     used: float | None = None
+    allowed: float | None = None
+    diagnosis: object = None
+
+
+class FiniteDifference(NamedTuple):
+    """A finite difference's estimate of the quantity, entry by entry (``finite_differences.estimate``).
+
+    ``value`` and ``error``: the estimate and its estimated error; ``lo``/``hi``: the one-sided
+    derivatives where a kink was crossed on both sides; ``kind``: CENTRAL, RIGHT, LEFT, SUBGRADIENT or
+    NONE (several kinks: not comparable).
+    """
+
+    value: object
+    error: object
+    lo: object
+    hi: object
+    kind: object
 
 
 def _norm(a) -> float:
@@ -75,69 +105,132 @@ def _f64(a):
     return np.asarray(a, dtype=np.float64)
 
 
-def judge(layer: str, quantity: str, manual, ref, tol: Tolerance, *, verdict: str = "fixed", truth=None,
-          errors=(), eps: float | None = None, model: ErrorModel = ERROR_MODEL, note: str = "") -> Row:
-    """The ``Row`` for one quantity, judged by ``verdict`` (see the module docstring).
+def _dtype(a):
+    return np.asarray(a).dtype if not hasattr(a, "dtype") else np.dtype(a.dtype)
+
+
+def within_own_error(err, own, fixed: float, k: float):
+    """The conditioning rule on normwise figures: err <= fixed, or err <= k x own (the reference's own error).
+
+    Works on floats and on arrays of figures alike (the twin verdict judges every step and leaf at once);
+    NaN never passes.
+    """
+    return (err <= fixed) | (err <= k * own)
+
+
+def structure_row(layer: str, quantity: str, kind: str, detail: str, shape=()) -> Row:
+    """The failing row of a quantity one side does not have in a comparable form.
+
+    ``kind``: ``MISSING`` (the reference has it, the manual side returned nothing or None), ``EXTRA``
+    (the manual side returned a quantity the reference does not differentiate), ``WRONG_STRUCTURE``
+    (another shape, dtype or tree), ``NOT_COMPUTED`` (computing it raised: ``detail`` says what).
+    """
+    return Row(layer, quantity, tuple(shape), math.inf, math.inf, math.inf, False, False, f"{kind}: {detail}",
+               rule=Rule.STRUCTURE)
+
+
+def _with_note(note: str, more: str) -> str:
+    return "; ".join(filter(None, [note, more]))
+
+
+def judge(layer: str, quantity: str, manual, ref, tol: Tolerance, *, rule: Rule = Rule.FIXED, truth=None,
+          errors=(), eps: float | None = None, model: ErrorModel | None = None, allowed: float = 0.0,
+          note: str = "", why: str = "") -> Row:
+    """The ``Row`` for one quantity, judged by ``rule`` (see the module docstring).
 
     Args:
       layer, quantity: how the report names the row.
-      manual, ref: the two arrays (any float dtype; compared in float64 on the host).
+      manual: the value under test (any float dtype; compared in float64 on the host).
+      ref: the reference value; for ``Rule.FINITE_DIFFERENCE`` a ``FiniteDifference`` estimate.
       tol: the fixed tolerance of the compared precision.
-      verdict: "fixed", "conditioning" or "error-model".
+      rule: ``FIXED``, ``CONDITIONING``, ``ERROR_MODEL``, ``FINITE_DIFFERENCE`` or ``EXACT``.
       truth: the same quantity in a higher precision at the same point (float64); gives the error
         sample ``ref - truth`` and the manual error ``manual - truth``.
-      errors: further samples of jax.grad's own error on this quantity (arrays shaped like ref).
+      errors: further samples of the reference's own error on this quantity (arrays shaped like ref).
       eps: the compared dtype's machine epsilon (the error model's rounding allowance).
+      model: the constants of the rule (default: ``ERROR_MODEL``; ``FINITE_DIFFERENCE_MODEL`` for
+        finite differences).
+      allowed: ``Rule.EXACT``'s allowance on max |manual - ref| (0: bitwise equal).
       note: shown with the row.
+      why: added to the note if the row fails (what a failure of this quantity means).
 
     Returns:
-      A ``Row``; ``rule`` says which test decided it, ``err_manual``/``err_ref`` are manual's and
-      jax.grad's errors (normwise, relative to max(||manual||, ||ref||)) where measured.
+      A ``Row``; ``rule`` says which test decided it (the conditioning rule applies only where the
+      fixed tolerance fails and the reference's own error makes it unreachable; a finite difference's
+      row is named by the kinds of its entries), ``err_manual``/``err_ref`` are manual's and jax.grad's
+      errors (normwise, relative to max(||manual||, ||ref||)) where measured.
     """
+    row = _decide(layer, quantity, manual, ref, tol, Rule(rule), truth, errors, eps, model, allowed, note)
+    if why and not row.ok:
+        row.note = _with_note(row.note, why)
+    return row
+
+
+def _decide(layer, quantity, manual, ref, tol, rule, truth, errors, eps, model, allowed, note) -> Row:
+    compared, decided = True, rule
+    if rule is Rule.FINITE_DIFFERENCE:
+        fd = ref
+        kind, m = np.asarray(fd.kind), _f64(manual)
+        # the subgradient check: the nearest end of [lo, hi]; entries with several kinks are not compared
+        ref = np.where(kind == SUBGRADIENT, np.clip(m, fd.lo, fd.hi), np.where(kind == NONE, m, fd.value))
+        errors = [*errors, fd.error]
+        compared = bool(np.any(kind != NONE))
+        decided = (Rule.SUBGRADIENT if np.any(kind == SUBGRADIENT) else Rule.ONE_SIDED if np.any((kind == LEFT) | (kind == RIGHT))
+                   else Rule.FINITE_DIFFERENCE)
+        model = model or FINITE_DIFFERENCE_MODEL
+    model = model or ERROR_MODEL
+    if np.shape(manual) != np.shape(ref):
+        return structure_row(layer, quantity, WRONG_STRUCTURE,
+                             f"manual has shape {tuple(np.shape(manual))}, the reference {tuple(np.shape(ref))}",
+                             np.shape(ref))
+    if rule is not Rule.FINITE_DIFFERENCE and _dtype(manual) != _dtype(ref):
+        return structure_row(layer, quantity, WRONG_STRUCTURE,
+                             f"manual has dtype {_dtype(manual).name}, the reference {_dtype(ref).name}", np.shape(ref))
     m, r = _f64(manual), _f64(ref)
-    if m.shape != r.shape:
-        return Row(layer, quantity, tuple(r.shape), math.inf, math.inf, math.inf, False, False,
-                   f"shape mismatch: manual {m.shape} vs reference {r.shape}")
     if not (np.all(np.isfinite(m)) and np.all(np.isfinite(r))):
         which = "manual" if not np.all(np.isfinite(m)) else "reference"
         return Row(layer, quantity, m.shape, math.nan, math.nan, math.nan, False, False,
-                   f"non-finite values in {which} (exploding gradients?)")
+                   _with_note(note, f"non-finite values in {which}"), rule=decided)
     diff = np.abs(m - r)
     max_abs = _amax(diff)
     scale = max(_norm(m), _norm(r))
     norm_rel = _norm(diff) / scale if scale > 0 else 0.0
     big = np.abs(r) > tol.floor * _amax(r)
     max_rel = float((diff[big] / np.abs(r[big])).max()) if big.any() else 0.0
+    exact = bool(np.array_equal(m, r))
+    if rule is Rule.EXACT:
+        return Row(layer, quantity, m.shape, max_abs, max_rel, norm_rel, exact, exact or max_abs <= allowed, note,
+                   rule=rule, used=_ratio(max_abs, allowed), allowed=allowed / scale if scale > 0 else 0.0)
     fixed_ok = norm_rel <= tol.norm and max_rel <= tol.elem
-    row = Row(layer, quantity, m.shape, max_abs, max_rel, norm_rel, bool(np.array_equal(m, r)), fixed_ok, note,
-              used=max(_ratio(norm_rel, tol.norm), _ratio(max_rel, tol.elem)))
+    row = Row(layer, quantity, m.shape, max_abs, max_rel, norm_rel, exact, fixed_ok or not compared, note,
+              rule=Rule.FIXED if rule in (Rule.CONDITIONING, Rule.ERROR_MODEL) else decided, compared=compared,
+              used=max(_ratio(norm_rel, tol.norm), _ratio(max_rel, tol.elem)), allowed=tol.norm)
 
     t = None if truth is None else _f64(truth)
     samples = [e for e in ([] if t is None else [r - t]) + [_f64(e) for e in errors]
                if e.shape == r.shape and np.all(np.isfinite(e))]
     if not samples:
-        if verdict == "error-model":
-            row.ok, row.rule = False, "error model"
-            row.note = (note + "; " if note else "") + "no measurement of jax.grad's error (truth not finite)"
+        if rule is Rule.ERROR_MODEL:
+            row.ok, row.rule = False, rule
+            row.note = _with_note(note, "no measurement of jax.grad's error (truth not finite)")
         return row
     e_r, e_r_max = max(_norm(e) for e in samples), max(_amax(e) for e in samples)
     unit = scale if scale > 0 else 1.0
     row.err_ref = e_r / unit
     if t is not None:
         row.err_manual = _norm(m - t) / unit
-    if verdict == "error-model":
+    if rule is Rule.ERROR_MODEL:
         if t is None:
-            raise ValueError("judge: verdict 'error-model' needs a truth")
+            raise ValueError("judge: rule 'error-model' needs a truth")
         allow = model.rounding * (eps or 0.0)
         row.used = max(_ratio(_norm(m - t), model.k * e_r + allow * _norm(t)),
                        _ratio(_amax(m - t), model.k * e_r_max + allow * _amax(t)))
-        row.ok, row.rule = row.used <= 1, "error model"
-    elif verdict == "conditioning" and not fixed_ok and e_r > tol.norm / model.conditioning * unit:
+        row.ok, row.rule = row.used <= 1, rule
+        row.allowed = ((1 + model.k) * e_r + allow * _norm(t)) / unit  # ||m - r|| <= ||m - t|| + ||t - r||
+    elif rule is not Rule.FIXED and not fixed_ok and e_r > tol.norm / model.conditioning * unit:
         row.used = max(_ratio(_norm(diff), model.conditioning * e_r), _ratio(max_abs, model.conditioning * e_r_max))
-        row.ok, row.rule = row.used <= 1, "conditioning"
+        row.ok = row.used <= 1 or not compared
+        row.allowed = max(tol.norm, model.conditioning * e_r / unit)
+        if rule is Rule.CONDITIONING:
+            row.rule = rule
     return row
-
-
-def compare_arrays(layer: str, quantity: str, manual, ref, tol: Tolerance, note: str = "") -> Row:
-    """A ``Row`` for one pair of arrays judged by the fixed tolerance alone."""
-    return judge(layer, quantity, manual, ref, tol, note=note)

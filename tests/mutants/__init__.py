@@ -107,6 +107,11 @@ def run_compare(c: Case) -> mbp.Report:
     return mbp.compare(c.model, c.head, c.params, c.x, c.y, c.mask)
 
 
+def diagnosis_of(report: mbp.Report):
+    """The first failing row's diagnosis, computed afresh (``report.diagnoser``)."""
+    return report.diagnoser(report.rows.index(report.first_failure))
+
+
 class Verdict(NamedTuple):
     caught: bool  # compare FAILed
     first: tuple | None  # (layer, quantity) of the first failing row
@@ -136,5 +141,5 @@ def clean_cases():
     return out
 
 
-__all__ = ["CATALOG", "CONTROLS", "Case", "Mutant", "Verdict", "build", "case", "clean_cases", "judge", "locate",
-           "draw_params", "run_compare"]
+__all__ = ["CATALOG", "CONTROLS", "Case", "Mutant", "Verdict", "build", "case", "clean_cases", "diagnosis_of", "judge",
+           "locate", "draw_params", "run_compare"]

@@ -53,10 +53,12 @@ CATALOG: list[Mutant] = [
     # dense.py
     _entry(s.dense_chain, mbp.Dense(6), m.DenseDxNoTranspose(6), DX),
     _entry(s.dense_chain, mbp.Dense(4), m.DenseDbMean(4), "db"),
+    _entry(s.dense_chain, mbp.Dense(4), m.DenseForgetsDb(4), "db"),
     _entry(s.dense_chain, mbp.Dense(4), m.DenseDWReshapeNotTranspose(4), "dW"),
     _entry(s.time_distributed, mbp.Dense(4), m.DenseTimeMajorRows(4), "dW"),
     # activations.py
     _entry(s.activation, mbp.Tanh(), m.TanhOneMinusY(), DX),
+    _entry(s.activation, mbp.Tanh(), m.TanhReturnsNoDx(), DX),
     _entry(s.activation, mbp.Sigmoid(), m.SigmoidOfOutput(), DX),
     _entry(s.blob_relu, mbp.ReLU(), m.ReLUPrimeZeroIsOne(), DX),
     _entry(s.activation, mbp.LeakyReLU(0.1), m.LeakyReLUSlopeDropped(0.1), DX),
@@ -105,6 +107,8 @@ CATALOG: list[Mutant] = [
     _entry(s.variable_last, mbp.GRU(5, return_sequences=False, variable_length=True),
            q.GRUPaddedStepsUpdate(5, return_sequences=False, variable_length=True), r"dL/dh\[t=4\]"),
     _entry(s.sequence, mbp.Bidirectional(mbp.RNN(5)), q.BidirectionalDxNotReversed(mbp.RNN(5)), DX),
+    _entry(s.variable_rnn, mbp.Bidirectional(mbp.RNN(5, variable_length=True)),
+           q.BidirectionalPaddingReversed(mbp.RNN(5, variable_length=True)), DX + ".0"),
     # embedding.py, positional.py
     _entry(s.positional, mbp.PositionalEmbedding(8, 4), q.PositionalMeanOverBatch(8, 4), "dP"),
     _entry(s.token_embedding, mbp.Embedding(10, 4), m.EmbeddingSetNotAdd(10, 4), "dE"),
@@ -138,8 +142,46 @@ CATALOG: list[Mutant] = [
     _entry(lambda slot: s.softmax_head(slot, mask=True), mbp.SoftmaxCrossEntropy(), h.SoftmaxCEMaskIgnored(), HEAD),
     _entry(s.sigmoid_head, mbp.SigmoidBinaryCrossEntropy(), h.SigmoidBCESquashedTwice(), HEAD),
     _entry(s.squared_head, mbp.MeanSquaredError(), h.MSEFactorTwo(), HEAD),
+    _entry(s.squared_head, mbp.MeanSquaredError(), h.MSEResidualReversed(), HEAD),
     _entry(lambda slot: s.squared_head(slot, mask=True), mbp.MeanSquaredError(), h.MSEMaskMeanOverAll(), HEAD),
 ]
+
+# What each bug IS, as a failing row's diagnosis names it (manualbp.verify.forensics), decided from the bug alone:
+# a scale, a sign, a rearrangement, a missing path, a term of a named sum, a quantity left out (structure), an error
+# on a named set (localised), or a wrong formula ("no simple pattern": then that is the right diagnosis, and any
+# structured one a misattribution). Where the bug's cause is a rearrangement of something OTHER than the compared
+# quantity (a kernel not flipped inside a convolution, dx = dy W for dy W^T), the quantity's difference is a formula.
+KIND = {
+    "DenseDxNoTranspose": "no simple pattern", "DenseDbMean": "scale", "DenseForgetsDb": "structure",
+    "DenseDWReshapeNotTranspose": "rearranged", "DenseTimeMajorRows": "no simple pattern",
+    "TanhOneMinusY": "no simple pattern", "TanhReturnsNoDx": "structure", "SigmoidOfOutput": "no simple pattern",
+    "ReLUPrimeZeroIsOne": "localised", "LeakyReLUSlopeDropped": "localised", "SoftplusSignFlip": "no simple pattern",
+    "GELUTanhCubeRule": "no simple pattern", "GELUErfProductRule": "no simple pattern",
+    "GELUTanhForwardErfBackward": "no simple pattern", "ElementwiseSwishProductRule": "no simple pattern",
+    "ConvKernelNotFlipped": "no simple pattern", "ConvPadSidesSwapped": "rearranged",
+    "ConvDWDilationIgnored": "no simple pattern", "ConvDbMeanOverPositions": "scale",
+    "MaxPoolTiesSplit": "localised", "MaxPoolTiesDuplicated": "localised", "AvgPoolNoDivide": "scale",
+    "AvgPoolCountExcludesPad": "localised", "Conv1DdWDilationIgnored": "no simple pattern",
+    "ConvTransposeKernelNotFlipped": "no simple pattern", "GlobalMaxPoolTiesSplit": "localised",
+    "GlobalAvgPoolNoDivide": "scale",
+    "RNNTruncatedBPTT": "localised", "RNNCarryNoTranspose": "localised", "RNNdWhFromCurrentState": "no simple pattern",
+    "RNNInitialStateNoGradient": "zero", "RNNPaddedStepsKeepDy": "localised",
+    "LSTMForgetFromCurrentCell": "localised", "LSTMCarryWithoutForget": "localised",
+    "LSTMNoTanhPrime": "no simple pattern", "GRUNoDirectPath": "localised", "GRUResetWithoutBhn": "localised",
+    "GRUPaddedStepsUpdate": "localised", "BidirectionalDxNotReversed": "rearranged",
+    "BidirectionalPaddingReversed": "localised", "PositionalMeanOverBatch": "scale",
+    "EmbeddingSetNotAdd": "localised", "EmbeddingMeanOverUses": "localised",
+    "LayerNormNoMeanTerm": "term", "LayerNormEpsOutsideRoot": "no simple pattern",
+    "LayerNormDgammaFromX": "no simple pattern", "BatchNormNoVarianceTerm": "term", "BatchNormCountsBatchOnly": "term",
+    "ResidualNoIdentity": "missing path", "AddSplitsGradient": "scale", "MultiplyOwnInput": "no simple pattern",
+    "ParallelLastBranchOnly": "missing path", "FlattenChannelsFirst": "rearranged",
+    "SoftmaxNoRowsum": "no simple pattern", "DropoutNoScale": "scale",
+    "AttentionCausalMaskNotReapplied": "no simple pattern", "FlashNoRowsumTerm": "no simple pattern",
+    "FlashDKUnscaled": "scale", "BlockFirstResidualNoIdentity": "missing path",
+    "BlockSecondResidualNoIdentity": "missing path",
+    "SoftmaxCEForgotMean": "scale", "SoftmaxCEMaskIgnored": "localised", "SigmoidBCESquashedTwice": "no simple pattern",
+    "MSEFactorTwo": "scale", "MSEResidualReversed": "sign", "MSEMaskMeanOverAll": "scale",
+}
 
 # clean models beyond the catalog's own: the LSTM written out in mutants.recurrent, with no bug, must pass
 CONTROLS = [("LSTMTextbook", s.lstm, r.LSTMTextbook(5, return_sequences=False)),

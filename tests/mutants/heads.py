@@ -59,6 +59,15 @@ class MSEFactorTwo(HeadSeesIO, mbp.MeanSquaredError):
 
 
 @head_mutant_of(mbp.MeanSquaredError)
+class MSEResidualReversed(HeadSeesIO, mbp.MeanSquaredError):
+    """da = (y - a) / N: the residual written target minus output, the derivative of (y - a)^2 taken in y."""
+
+    def backward(self, cache):
+        _, a, y, _ = cache
+        return (y - a) / _n(a)  # right: (a - y) / N
+
+
+@head_mutant_of(mbp.MeanSquaredError)
 class MSEMaskMeanOverAll(HeadSeesIO, mbp.MeanSquaredError):
     """da = m (a - y) / N: padding zeroed, but divided by every position N instead of sum(m)."""
 

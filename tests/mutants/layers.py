@@ -37,6 +37,15 @@ class DenseDbMean(mbp.Dense):
 
 
 @mutant_of(mbp.Dense)
+class DenseForgetsDb(mbp.Dense):
+    """An omission: the backward returns dW and forgets db (the params tree has both)."""
+
+    def backward(self, params, cache, dy):
+        grads, dx = super().backward(params, cache, dy)
+        return {"W": grads["W"]}, dx  # right: {"W": ..., "b": ...}
+
+
+@mutant_of(mbp.Dense)
 class DenseDWReshapeNotTranspose(SeesIO, mbp.Dense):
     """dW = (dy^T x).reshape(W.shape): a missing transpose that a reshape hides (the shapes still agree)."""
 
@@ -67,6 +76,14 @@ class TanhOneMinusY(SeesIO, mbp.Tanh):
 
     def backward(self, params, cache, dy):
         return {}, dy * (1 - cache[2])  # right: 1 - y * y
+
+
+@mutant_of(mbp.Tanh)
+class TanhReturnsNoDx(mbp.Tanh):
+    """An omission: the backward returns dx = None (as if its input needed no gradient)."""
+
+    def backward(self, params, cache, dy):
+        return {}, None  # right: dy * (1 - y) * (1 + y)
 
 
 @mutant_of(mbp.Sigmoid)

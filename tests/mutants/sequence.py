@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from jax import lax
 
 import manualbp as mbp
+from manualbp.layers.bidirectional import _reverse_time
 from mutants.base import SeesIO, mutant_of, rows
 
 
@@ -98,6 +99,23 @@ class BidirectionalDxNotReversed(mbp.Bidirectional):
         _, dxf = self.layer.backward(pf, cf, dyf)
         _, dxb = self.backward_layer.backward(pb, cb, dyb)
         return grads, dxf + dxb  # right: dxf + jnp.flip(dxb, axis=1)
+
+    def replace_children(self, layers):
+        return type(self)(*layers, variable_length=self.variable_length)
+
+
+@mutant_of(mbp.Bidirectional)
+class BidirectionalPaddingReversed(mbp.Bidirectional):
+    """Variable lengths: the backward direction's dx flipped over all T steps, padding included, not over each
+    sequence's own steps (only dx changes: a bug gradcheck must see through a tuple input (x, lengths))."""
+
+    def backward(self, params, cache, dy):
+        grads, (dx, _) = super().backward(params, cache, dy)
+        cf, cb, split, lengths = cache
+        pf, pb = self.split_params(params)
+        _, dxf = self.layer.backward(pf, cf, dy[..., :split])
+        _, dxb = self.backward_layer.backward(pb, cb, _reverse_time(dy[..., split:], lengths))
+        return grads, (dxf[0] + jnp.flip(dxb[0], axis=1), None)  # right: _reverse_time(dxb[0], lengths)
 
     def replace_children(self, layers):
         return type(self)(*layers, variable_length=self.variable_length)
