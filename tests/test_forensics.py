@@ -173,3 +173,16 @@ def test_check_vjp_and_gradcheck_carry_diagnoses():
     report = mbp.gradcheck(model, mbp.SoftmaxCrossEntropy(), params, x, y, mode="exhaustive")
     assert (report.first_failure.layer, report.first_failure.quantity) == ("0 DoubledDb", "db")
     assert report.first_failure.diagnosis.kind == fx.SCALE and report.first_failure.diagnosis.params["fraction"] == "2"
+
+
+def test_a_diverged_twin_run_diagnoses_its_first_diverging_gradient():
+    from mutants import twin
+
+    case = next(c for c in twin.TWIN_CASES if c.name == "DenseDbMean")
+    divergence = twin.run(case, mutated=True, steps=2)
+    assert divergence.first_failure["step"] == 1 and divergence.first_failure["parameter"] == "0/b"
+    d = divergence.diagnosis
+    assert d.kind == fx.SCALE and d.params["fraction"] == "1/32" and "the batch size N" in d.text
+    assert "diagnosis: manual = 1/32 x reference" in divergence.summary()
+    assert divergence.to_dict()["diagnosis"]["kind"] == "scale"
+    assert twin.run(case, mutated=False, steps=2).diagnosis is None

@@ -21,6 +21,7 @@ CALLS_REFERENCE = {
     "manualbp/verify/compare.py",
     "manualbp/verify/register.py",
     "manualbp/training/step.py",
+    "manualbp/training/twin_diagnosis.py",  # a DIVERGED twin step replayed: the reference gradient at that point
     "manualbp/cli/benchmarks/contenders.py",  # every benchmark's jax.grad contender
 }
 

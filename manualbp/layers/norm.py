@@ -100,12 +100,13 @@ def _terms(params, x, dy, axes, eps) -> dict:
     _, xhat, rstd, _, _ = _normalize(params, x, axes, eps)
     n = math.prod(x.shape[a] for a in axes)
     dxhat = dy * _per_feature(params["gamma"], dy.ndim)
-    return {
+    terms = {
         "direct (rstd dxhat)": rstd * dxhat,
         "mean (-rstd/N sum dxhat: the path through mu)": -(rstd / n) * jnp.sum(dxhat, axis=axes, keepdims=True),
         "variance (-rstd/N xhat sum dxhat xhat: the path through var)":
             -(rstd / n) * xhat * jnp.sum(dxhat * xhat, axis=axes, keepdims=True),
     }
+    return {name: jnp.broadcast_to(t, x.shape) for name, t in terms.items()}
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from manualbp.training.data import Dataset, as_inputs
 from manualbp.training.run_dir import RunDir
 from manualbp.training.step import GRADS, check_twin_optimizers, evaluate, metric_name, param_names
 from manualbp.training.twin import Divergence
+from manualbp.training.twin_diagnosis import diagnose_first_failure
 from manualbp.verify.precision import full_precision
 
 
@@ -199,4 +200,8 @@ def train_twin(model, head, params, data: Dataset, *, optimizer: optax.GradientT
                    expect=_expect(model, head, data, batch_size, params, GRADS, settings), devices=devices)
     dtype = np.dtype(jax.tree_util.tree_leaves(params)[0].dtype).name
     divergence = Divergence.from_history(param_names(params), out.history, dtype)
+    if not divergence.ok:  # what the first diverging gradient IS: the run replayed to that step, the two fitted
+        divergence.diagnosis = diagnose_first_failure(model, head, params, data, train=train, optimizer=optimizer,
+                                                      batch_size=batch_size, key=key, divergence=divergence,
+                                                      names=divergence.names)
     return TwinResult(_result(model, data, "manual", out), _result(model, data, "reference", out), divergence)

@@ -112,13 +112,13 @@ def diagnoser(model, params, x, rows, judged, manual: dict, reference: dict):
             return {}
         return {n: np.asarray(v) for n, v in layer.backward_terms(p, *(reference[k] for k in inputs)).items()}
 
-    def values_of(i):  # a per-step row is diagnosed over every step: where in time the error sits is half the answer
-        key = rows[i][2]
-        return manual[key], reference[key]
+    def values_of(i, whole=True):  # a per-step row over every step first: where in time the error sits is half the answer
+        _, _, key, t = rows[i]
+        return (manual[key], reference[key]) if whole else (_at(manual, key, t), _at(reference, key, t))
 
-    def context_of(i):
+    def context_of(i, whole=True):
         key = rows[i][2]
-        shape = np.shape(reference[key])
+        shape = np.shape(values_of(i, whole)[1])
         others = {name: reference[k] for k, name in names.items()
                   if k != key and k in reference and np.shape(reference[k]) == shape}
         path = path_of(key)
@@ -127,7 +127,16 @@ def diagnoser(model, params, x, rows, judged, manual: dict, reference: dict):
                            others=others, terms=terms(path, key), devices=devices,
                            output_shape=None if out is None else np.shape(out))
 
-    return forensics.diagnoser(judged, values_of, context_of)
+    over_time = forensics.diagnoser(judged, values_of, context_of)
+    at_step = forensics.diagnoser(judged, lambda i: values_of(i, False), lambda i: context_of(i, False))
+
+    def run(i):
+        found = over_time(i)
+        if rows[i][3] is None or found.kind != forensics.NONE:
+            return found
+        return at_step(i)  # nothing over every step: the row's own step alone (a padded step given a gradient)
+
+    return run
 
 
 def _record(model, head, params, x, y, mask):

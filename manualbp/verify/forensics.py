@@ -257,7 +257,7 @@ def _paths(fit: _Fit, ctx: Context):
                         {"quantity": name, "flip": a}, res)
         c = float(np.sum(d * q)) / float(np.sum(q * q))
         for sign, kind, verb in ((1, MISSING_PATH, "is missing"), (-1, EXTRA_PATH, "is added once too often")):
-            if abs(c - sign) <= 10 * fit.allowed:
+            if abs(c - sign) <= 0.5:  # the residual below decides; this only skips the other sign
                 res = fit.holds(fit.r - sign * q)
                 if res is not None and (best is None or res < best[3]):
                     best = (kind, f"reference - manual = {'' if sign > 0 else '-'}{name}: the path through "
@@ -265,24 +265,34 @@ def _paths(fit: _Fit, ctx: Context):
     return best
 
 
+def _simple(c: float) -> float:
+    """A fitted coefficient as the simple number it stands for (0, 1, 1/2, 2, -1, ...)."""
+    return float(Fraction(c).limit_denominator(16)) if math.isfinite(c) else c
+
+
 def _terms(fit: _Fit, ctx: Context):
-    """m = sum a_i t_i over the backward's named terms: one coefficient off, the others 1 (least squares)."""
+    """m = sum a_i t_i over the backward's named terms, the a_i simple numbers, some of them not 1.
+
+    The coefficients are fitted by least squares, rounded to the simple numbers they stand for, and the
+    rounded sum must explain m within the tolerance (a least-squares coefficient itself carries the
+    conditioning of the terms, far above the tolerance of a float64 row).
+    """
     names = list(ctx.terms)
     ts = [np.asarray(ctx.terms[n], np.float64) for n in names]
     if len(ts) < 2 or any(t.shape != fit.r.shape for t in ts):
         return None
     A = np.stack([t.ravel() for t in ts], axis=1)
-    coef, *_ = np.linalg.lstsq(A, fit.m.ravel(), rcond=None)
-    res = fit.holds((A @ coef).reshape(fit.r.shape))
-    off = [i for i, c in enumerate(coef) if abs(c - 1) > 10 * fit.allowed]
+    coef = [_simple(float(c)) for c in np.linalg.lstsq(A, fit.m.ravel(), rcond=None)[0]]
+    res = fit.holds((A @ np.asarray(coef)).reshape(fit.r.shape))
+    off = [i for i, c in enumerate(coef) if c != 1]
     if res is None or not off or len(off) == len(names):
         return None
 
     def how(c):
-        return "missing" if abs(c) <= 10 * fit.allowed else f"scaled by {_fraction(c, 1e-6) or f'{c:.4g}'}"
+        return "missing" if c == 0 else f"scaled by {_fraction(c, 1e-9) or f'{c:.4g}'}"
 
-    said = "; ".join(f"the {names[i]} term is {how(float(coef[i]))}" for i in off)
-    return TERM, f"{said} (the other terms agree)", {"terms": {names[i]: float(coef[i]) for i in off}}, res
+    said = "; ".join(f"the {names[i]} term is {how(coef[i])}" for i in off)
+    return TERM, f"{said} (the other terms agree)", {"terms": {names[i]: coef[i] for i in off}}, res
 
 
 def _listed(indices, n) -> str:
