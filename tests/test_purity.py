@@ -42,7 +42,7 @@ MAY_IMPORT = {
     "cli": {"layers", "backprop.py", "models.py", "verify", "training", "reference"},
 }
 # the layer support files that have no reference twin: the protocol, the window geometry, the attention kernel
-LAYER_SUPPORT = {"__init__", "base", "window", "flash", "sequence"}
+LAYER_SUPPORT = {"__init__", "base", "window", "flash"}
 # the reference's own modules: dispatch + taps, and the jax.grad entry points
 REFERENCE_SUPPORT = {"__init__", "dispatch", "grad"}
 

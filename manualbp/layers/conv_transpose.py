@@ -159,10 +159,8 @@ class ConvTranspose2D(Layer):
         its kernel copy was painted on, h s + top - i. dW sums over every input
         pixel and example (each pixel paints every weight): a correlation of dy
         with x used as the kernel, dilated by the stride (so no multiply ever
-        meets an inserted zero; correlating the zero-filled x-hat with dy
-        instead measured 1.3x slower at stride 1 and 4-13x at stride 2 on
-        XLA CPU), the batch axis contracted
-        like a channel. With ``transpose_kernel`` the gradient of the stored W
+        meets an inserted zero, which correlating the zero-filled x-hat with dy
+        would do: slower, BENCHMARKS.md), the batch axis contracted like a channel. With ``transpose_kernel`` the gradient of the stored W
         is dW flipped and swapped back.
         """
         x = cache
