@@ -43,3 +43,13 @@ def test_pyproject_lists_every_package_of_the_tree():
     tree = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "manualbp").rglob("__init__.py")}
     assert set(config["packages"]) == tree | {"manualbp.reference"}
     assert config["package-dir"] == {"manualbp.reference": "reference"}
+
+
+def test_the_public_names_are_sorted():
+    """``__all__`` in alphabetical order, so a reader finds a name and a new one has one place to go."""
+    import manualbp as mbp
+    import manualbp.layers
+
+    for module in (mbp, manualbp.layers):
+        assert module.__all__ == sorted(module.__all__), module.__name__
+        assert all(hasattr(module, name) for name in module.__all__)
