@@ -56,3 +56,5 @@ def test_dense_params_mismatch():
         layer.forward({"W": params["W"]}, jnp.ones((2, 4)))
     with pytest.raises(ValueError, match="Dense: features must be a positive int"):
         mbp.Dense(0)
+    with pytest.raises(ValueError, match="Dense: features must be a positive int, got True"):
+        mbp.Dense(True)  # a bool is an int to Python, not a width

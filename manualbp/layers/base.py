@@ -187,6 +187,13 @@ def check_array(layer, x, *, what: str = "x", min_ndim: int = 1, ndim: int | Non
         raise ValueError(f"{name}: expected {what} of rank >= {min_ndim}, got shape {tuple(x.shape)}")
 
 
+def check_positive_int(layer: str, field: str, value) -> int:
+    """Raise a ValueError naming ``layer`` unless the hyperparameter ``field`` is an int >= 1 (a bool is not)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{layer}: {field} must be a positive int, got {value!r}")
+    return value
+
+
 def check_dtype_match(layer, x, w, *, what: str = "x", wname: str = "W"):
     """Raise a TypeError unless ``x`` and parameter ``w`` share a dtype (nothing is silently promoted)."""
     if x.dtype != w.dtype:

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from manualbp.layers.base import Layer, check_array, check_input_width, check_param, check_params
+from manualbp.layers.base import Layer, check_array, check_input_width, check_param, check_params, check_positive_int
 from manualbp.layers.window import check_padding, effective, output_size, pair, resolve_padding
 
 # im2col + one matmul beats XLA CPU's weight-gradient convolution when a patch row is short (BENCHMARKS.md)
@@ -49,8 +49,7 @@ class Conv2D(Layer):
     use_bias: bool = True
 
     def __post_init__(self):
-        if not isinstance(self.features, int) or isinstance(self.features, bool) or self.features <= 0:
-            raise ValueError(f"Conv2D: features must be a positive int, got {self.features!r}")
+        check_positive_int("Conv2D", "features", self.features)
         pair(self.name, "kernel_size", self.kernel_size)
         pair(self.name, "stride", self.stride)
         pair(self.name, "dilation", self.dilation)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from manualbp.layers.base import Layer, check_array, check_param, check_params
+from manualbp.layers.base import Layer, check_array, check_param, check_params, check_positive_int
 from manualbp.layers.window import check_padding, crop_negative_pads, pair
 
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -78,8 +78,7 @@ class ConvTranspose2D(Layer):
     transpose_kernel: bool = False
 
     def __post_init__(self):
-        if not isinstance(self.features, int) or isinstance(self.features, bool) or self.features <= 0:
-            raise ValueError(f"ConvTranspose2D: features must be a positive int, got {self.features!r}")
+        check_positive_int("ConvTranspose2D", "features", self.features)
         pair(self.name, "kernel_size", self.kernel_size)
         pair(self.name, "stride", self.stride)
         check_padding(self.name, self.padding)

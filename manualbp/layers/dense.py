@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from manualbp.layers.base import Layer, check_array, check_input_width, check_param, check_params
+from manualbp.layers.base import Layer, check_array, check_input_width, check_param, check_params, check_positive_int
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,7 @@ class Dense(Layer):
     use_bias: bool = True
 
     def __post_init__(self):
-        if not isinstance(self.features, int) or self.features <= 0:
-            raise ValueError(f"Dense: features must be a positive int, got {self.features!r}")
+        check_positive_int("Dense", "features", self.features)
 
     def _keys(self):
         return ("W", "b") if self.use_bias else ("W",)

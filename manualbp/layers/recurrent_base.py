@@ -29,7 +29,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from manualbp.layers.base import Layer, check_array, check_dtype_match, check_input_width, check_param, describe, is_concrete
+from manualbp.layers.base import (
+    Layer,
+    check_array,
+    check_dtype_match,
+    check_input_width,
+    check_param,
+    check_positive_int,
+    describe,
+    is_concrete,
+)
 
 _INITIAL_STATES = ("zeros", "given")
 
@@ -73,8 +82,7 @@ class RecurrentBase(Layer):
         }
 
     def _check_hyperparameters(self):
-        if not isinstance(self.hidden, int) or isinstance(self.hidden, bool) or self.hidden <= 0:
-            raise ValueError(f"{self.name}: hidden must be a positive int, got {self.hidden!r}")
+        check_positive_int(self.name, "hidden", self.hidden)
         for flag in ("return_sequences", "variable_length"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{self.name}: {flag} must be a bool, got {getattr(self, flag)!r}")
