@@ -64,17 +64,12 @@ from manualbp.verify.report import Report, Row
 from manualbp.verify.tolerances import Tolerance, tolerance
 
 __all__ = [
-    "GELU", "Add", "Dense", "Elementwise", "Identity", "Layer", "LeakyReLU", "MeanSquaredError",
-    "Multiply", "Parallel", "ReLU", "Report", "Row", "Sequential", "Sigmoid", "SigmoidBinaryCrossEntropy",
-    "Softplus", "SoftmaxCrossEntropy", "Tanh", "Tolerance", "check_layer", "compare", "gradcheck", "tolerance",
-    "value_and_grad",
-    "BatchNorm", "GradientFlow", "LayerNorm", "Residual", "gradient_flow",
-    "Embedding", "LSTM", "RNN",
-    "AvgPool2D", "Conv2D", "Flatten", "MaxPool2D",
-    "clip_by_global_norm", "data", "train", "train_twin",
-    "GRU", "Bidirectional", "Conv1D", "ConvTranspose2D", "GlobalAvgPool2D", "GlobalMaxPool2D",
-    "as_function", "check_vjp", "checkify_values",
-    "register_reference",
-    "Dropout", "MultiHeadAttention", "PositionalEmbedding", "Softmax", "TransformerBlock", "with_dropout_key",
-    "without_dropout",
+    "Add", "AvgPool2D", "BatchNorm", "Bidirectional", "Conv1D", "Conv2D", "ConvTranspose2D", "Dense", "Dropout",
+    "Elementwise", "Embedding", "Flatten", "GELU", "GRU", "GlobalAvgPool2D", "GlobalMaxPool2D", "GradientFlow",
+    "Identity", "LSTM", "Layer", "LayerNorm", "LeakyReLU", "MaxPool2D", "MeanSquaredError", "MultiHeadAttention",
+    "Multiply", "Parallel", "PositionalEmbedding", "RNN", "ReLU", "Report", "Residual", "Row", "Sequential", "Sigmoid",
+    "SigmoidBinaryCrossEntropy", "Softmax", "SoftmaxCrossEntropy", "Softplus", "Tanh", "Tolerance", "TransformerBlock",
+    "as_function", "check_layer", "check_vjp", "checkify_values", "clip_by_global_norm", "compare", "data", "gradcheck",
+    "gradient_flow", "register_reference", "tolerance", "train", "train_twin", "value_and_grad", "with_dropout_key",
+    "without_dropout"
 ]

@@ -15,6 +15,11 @@ def host(a, dtype=None):
     return jax.device_put(np.asarray(a, dtype))
 
 
+def normal(seed, shape, dtype=np.float64):
+    """Standard normal values of ``shape`` from NumPy's generator seeded by ``seed``, made on the host."""
+    return host(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
 # A layer's check compiled in both precisions, and run eagerly (op by op, no fusion) in float32 only: float32's
 # rounding differs between the two runs, float64's agrees with the compiled run to far below every tolerance, so an
 # eager float64 run repeats the compiled one. Pass to ``pytest.mark.parametrize("dtype, jit", RUNS, ids=RUN_IDS)``.

@@ -43,7 +43,7 @@ MAY_IMPORT = {
     "cli": {"layers", "backprop.py", "models.py", "verify", "training", "reference"},
 }
 # the layer support files that have no reference twin: the protocol, the window geometry, the attention kernel
-LAYER_SUPPORT = {"__init__", "base", "window", "flash", "sequence", "walk", "code_key"}
+LAYER_SUPPORT = {"__init__", "base", "window", "flash", "walk", "code_key"}
 # the reference's own modules: dispatch + taps, and the jax.grad entry points
 REFERENCE_SUPPORT = {"__init__", "dispatch", "grad"}
 
@@ -171,3 +171,12 @@ def test_reference_mirrors_the_layers_file_for_file():
     layers = {p.stem for p in (ROOT / "manualbp" / "layers").glob("*.py")} - LAYER_SUPPORT
     ref = {p.stem for p in (ROOT / "reference").glob("*.py")} - REFERENCE_SUPPORT
     assert layers == ref, f"only in manualbp/layers: {sorted(layers - ref)}; only in reference: {sorted(ref - layers)}"
+
+
+def test_every_layer_file_has_its_twin_and_its_tests():
+    """Adding a layer (CONTRIBUTING.md): manualbp/layers/X.py, reference/X.py and tests/test_X.py, all three."""
+    for path in sorted((ROOT / "manualbp" / "layers").glob("*.py")):
+        if path.stem in LAYER_SUPPORT:
+            continue
+        assert (ROOT / "reference" / path.name).is_file(), f"{_rel(path)} has no reference/{path.name}"
+        assert (ROOT / "tests" / f"test_{path.name}").is_file(), f"{_rel(path)} has no tests/test_{path.name}"

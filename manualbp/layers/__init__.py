@@ -23,18 +23,17 @@ from manualbp.layers.nodes import Add, Multiply
 from manualbp.layers.norm import BatchNorm, LayerNorm
 from manualbp.layers.pool import AvgPool2D, MaxPool2D
 from manualbp.layers.positional import PositionalEmbedding
-from manualbp.layers.recurrent import RNN
 from manualbp.layers.reshape import Flatten
 from manualbp.layers.residual import Residual
+from manualbp.layers.rnn import RNN
 from manualbp.layers.sequential import Parallel, Sequential
 from manualbp.layers.softmax import Softmax
 from manualbp.layers.transformer import TransformerBlock
 
 __all__ = [
-    "GELU", "LSTM", "RNN", "Add", "AvgPool2D", "BatchNorm", "Conv2D", "Dense", "Elementwise", "Embedding", "Flatten",
-    "Identity", "Layer", "LayerNorm", "LeakyReLU", "MaxPool2D", "MeanSquaredError", "Multiply", "Parallel", "ReLU",
-    "Residual", "Sequential", "Sigmoid", "SigmoidBinaryCrossEntropy", "Softplus", "SoftmaxCrossEntropy", "Tanh",
-    "GRU", "Bidirectional", "Conv1D", "ConvTranspose2D", "GlobalAvgPool2D", "GlobalMaxPool2D",
-    "Dropout", "MultiHeadAttention", "PositionalEmbedding", "Softmax", "TransformerBlock", "with_dropout_key",
-    "without_dropout",
+    "Add", "AvgPool2D", "BatchNorm", "Bidirectional", "Conv1D", "Conv2D", "ConvTranspose2D", "Dense", "Dropout",
+    "Elementwise", "Embedding", "Flatten", "GELU", "GRU", "GlobalAvgPool2D", "GlobalMaxPool2D", "Identity", "LSTM",
+    "Layer", "LayerNorm", "LeakyReLU", "MaxPool2D", "MeanSquaredError", "MultiHeadAttention", "Multiply", "Parallel",
+    "PositionalEmbedding", "RNN", "ReLU", "Residual", "Sequential", "Sigmoid", "SigmoidBinaryCrossEntropy", "Softmax",
+    "SoftmaxCrossEntropy", "Softplus", "Tanh", "TransformerBlock", "with_dropout_key", "without_dropout"
 ]

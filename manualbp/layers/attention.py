@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from manualbp.layers.base import Layer, check_array, check_dtype_match, check_param, check_params, describe
+from manualbp.layers.base import Layer, check_array, check_dtype_match, check_param, check_params, check_positive_int, describe
 from manualbp.layers.flash import attend, attend_backward, rows_per_block
 
 
@@ -91,9 +91,8 @@ class MultiHeadAttention(Layer):
 
     def __post_init__(self):
         for field in ("num_heads", "head_dim", "block_size"):
-            v = getattr(self, field)
-            if (v is not None or field == "num_heads") and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
-                raise ValueError(f"MultiHeadAttention: {field} must be a positive int, got {v!r}")
+            if getattr(self, field) is not None or field == "num_heads":
+                check_positive_int("MultiHeadAttention", field, getattr(self, field))
         for field in ("causal", "use_bias", "cross", "key_mask"):
             if not isinstance(getattr(self, field), bool):
                 raise ValueError(f"MultiHeadAttention: {field} must be a bool, got {getattr(self, field)!r}")

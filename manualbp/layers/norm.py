@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 from jax import lax
 
-from manualbp.layers.base import Layer, check_array, check_param, check_params
+from manualbp.layers.base import Layer, check_array, check_input_width, check_param, check_params
 
 _KEYS = ("gamma", "beta")
 
@@ -54,12 +54,7 @@ def _init(layer, input_shape, dtype):
 def _check_input(layer, params, x, min_ndim):
     check_params(layer, params, _KEYS)
     check_array(layer, x, min_ndim=min_ndim)
-    shape = tuple(getattr(params["gamma"], "shape", ()))
-    if len(shape) == 1 and x.shape[-1] != shape[0]:
-        raise ValueError(
-            f"{layer.name}: expected x with last axis {shape[0]} (gamma has shape {shape}), "
-            f"got x of shape {tuple(x.shape)}"
-        )
+    check_input_width(layer, params, "gamma", x, (None,))
     for key in _KEYS:
         check_param(layer, params, key, (x.shape[-1],), like=x, why="(x's last axis,)")
 

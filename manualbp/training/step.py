@@ -118,7 +118,7 @@ def _make_step(key: Keyed, optimizers: tuple, task: str, twin: bool):
             m = state["manual"]
             ref_def = jax.tree_util.tree_structure(jax.eval_shape(optimizers["reference"].init, m.params))
             ref_state = jax.tree_util.tree_unflatten(ref_def, jax.tree_util.tree_leaves(m.opt_state))
-            _, grads_m, updates_m = seen["manual"]
+            grads_m = seen["manual"][1]
             # the reference optimizer on the manual gradient, from the same state: checks the manual optimizer alone
             updates_ref, _ = optimizers["reference"].update(grads_m, ref_state, m.params)
 

@@ -21,7 +21,7 @@ the right line in a comment, and decorate the class with ``@mutant_of(RealLayer)
 ``catalog.CATALOG`` entry with a scene where the bug shows and the regex of the quantity it corrupts first.
 
 ``scripts/mutation_matrix.py`` runs the whole matrix (every mutant in both precisions, finite differences,
-twin training, clean models x seeds) and prints the figures quoted in the README.
+twin training, clean models x seeds) and prints the figures in docs/evidence.md.
 
 Where a bug shows is part of the catalog. A rule that is wrong only at a kink shows only on inputs that sit
 exactly on it, and a rule that coincides with the right one on some shapes shows only on others; elsewhere

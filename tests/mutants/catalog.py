@@ -86,15 +86,15 @@ CATALOG: list[Mutant] = [
     _entry(s.conv_transpose, mbp.ConvTranspose2D(2, 3, stride=2), i.ConvTransposeKernelNotFlipped(2, 3, stride=2), DX),
     _entry(s.global_pool, mbp.GlobalMaxPool2D(), i.GlobalMaxPoolTiesSplit(), DX),
     _entry(s.global_pool, mbp.GlobalAvgPool2D(), i.GlobalAvgPoolNoDivide(), DX),
-    # recurrent.py
+    # rnn.py
     _entry(s.token_rnn, mbp.RNN(5), r.RNNTruncatedBPTT(5), STEP_T2),
     _entry(s.token_rnn, mbp.RNN(5), r.RNNCarryNoTranspose(5), STEP_T2),
     _entry(s.token_rnn, mbp.RNN(5), r.RNNdWhFromCurrentState(5), "dWh"),
     _entry(s.rnn_given_state, mbp.RNN(5, initial_state="given"), r.RNNInitialStateNoGradient(5, initial_state="given"),
            DX + ".1"),
-    # sequence.py (what every recurrent layer shares: here the padded steps of variable lengths)
+    # recurrent_base.py (what every recurrent layer shares: here the padded steps of variable lengths)
     _entry(s.variable_rnn, mbp.RNN(5, variable_length=True), r.RNNPaddedStepsKeepDy(5, variable_length=True),
-           r"dL/dh\[t=5\]", family="sequence.py"),
+           r"dL/dh\[t=5\]", family="recurrent_base.py"),
     # lstm.py
     _entry(s.lstm, mbp.LSTM(5, return_sequences=False), r.LSTMForgetFromCurrentCell(5, return_sequences=False),
            r"dL/d[hc]\[t=4\]"),

@@ -19,7 +19,7 @@ from manualbp.layers.dense import Dense
 from manualbp.layers.gru import GRU
 from manualbp.layers.heads import SoftmaxCrossEntropy
 from manualbp.layers.lstm import LSTM
-from manualbp.layers.recurrent import RNN
+from manualbp.layers.rnn import RNN
 from manualbp.layers.sequential import Sequential
 
 D, H, T, BATCH, CLASSES = 64, 256, 64, 64, 10

@@ -1,4 +1,4 @@
-"""The README's "Beyond the built-ins" examples run as written and show what they claim."""
+"""The custom_vjp examples (README's log-sum-exp, docs/extending.md's equinox module) show what they claim."""
 
 import pathlib
 import re
@@ -10,9 +10,11 @@ import pytest
 import manualbp as mbp
 from manualbp.verify.verdict import judge
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-SECTION = README.read_text().split("## Beyond the built-ins", 1)[1].split("\n## ", 1)[0]
-CODE = re.findall(r"```python\n(.*?)```", SECTION, re.S)
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SECTION = (ROOT / "README.md").read_text().split("## Checking your own `custom_vjp`", 1)[1].split("\n## ", 1)[0]
+EXTENDING = (ROOT / "docs" / "extending.md").read_text()
+CODE = [re.findall(r"```python\n(.*?)```", SECTION, re.S)[0],
+        next(c for c in re.findall(r"```python\n(.*?)```", EXTENDING, re.S) if "import equinox" in c)]
 SHOWN = re.findall(r"```\n(check_vjp:.*?)```", SECTION, re.S)[0]
 
 
@@ -30,7 +32,7 @@ def test_the_equinox_example_gives_the_twins_gradients():
     pytest.importorskip("equinox")
     ns = {}
     with jax.enable_x64(False):
-        exec(compile(CODE[1], "README.md", "exec"), ns)
+        exec(compile(CODE[1], "docs/extending.md", "exec"), ns)
         _, want = mbp.reference.value_and_grad(ns["model"], mbp.SoftmaxCrossEntropy())(ns["net"].params, ns["x"], ns["y"])
     got = ns["grads"].params
     assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
