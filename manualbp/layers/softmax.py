@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import jax.numpy as jnp
 
-from manualbp.layers.base import Layer, check_array, check_no_params
+from manualbp.layers.base import Layer, check_array, check_dy, check_no_params
 
 
 @dataclass(frozen=True)
@@ -52,4 +52,5 @@ class Softmax(Layer):
         """
         del params
         y = cache
+        check_dy(self, dy, y.shape, y.dtype)
         return {}, y * (dy - jnp.sum(dy * y, axis=self.axis, keepdims=True))
