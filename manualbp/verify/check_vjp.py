@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from manualbp.layers.arguments import check_callable, check_count
 from manualbp.verify import forensics
 from manualbp.verify.precision import full_precision
 from manualbp.verify.report import Report, Row
@@ -82,6 +83,9 @@ def check_vjp(fn, reference, *args, argnums=None, k: int = 3, seed: int = 0, jit
       integer argument in ``argnums``; a backward returning the wrong number,
       structure, shapes or dtypes of cotangents; NaN/Inf in the inputs.
     """
+    check_callable("check_vjp", "fn", fn, "(the one whose VJP was written by hand)")
+    check_callable("check_vjp", "reference", reference, "(the same computation left to autodiff)")
+    check_count("check_vjp", "seed", seed, minimum=0)
     name, ref_name = _name(fn), _name(reference)
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"check_vjp: k must be a positive int (the number of random cotangents), got {k!r}")
@@ -101,7 +105,7 @@ def check_vjp(fn, reference, *args, argnums=None, k: int = 3, seed: int = 0, jit
 
     dtype = _lowest_precision([*inputs.diff, *jax.tree_util.tree_leaves(y_fn)])
     tol = tolerance(dtype)
-    judged_by = resolve_verdict(verdict, dtype)
+    judged_by = resolve_verdict(verdict, dtype, "check_vjp")
     if judged_by is Rule.ERROR_MODEL and truth is None:
         raise ValueError(f"check_vjp: verdict 'error-model' needs {ref_name} in a higher precision than {dtype.name}, "
                          f"and it could not be run there")
