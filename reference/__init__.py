@@ -32,12 +32,14 @@ else:
         dense,
         dropout,
         embedding,
+        fsdp,
         global_pool,
         gru,
         heads,
         lstm,
         nodes,
         norm,
+        parallel_attention,
         pool,
         positional,
         recurrent,
@@ -45,6 +47,7 @@ else:
         residual,
         sequential,
         softmax,
+        tensor_parallel,
         transformer,
     )
     from .dispatch import NoTaps, Taps, apply, forward, forward_eval, head_forward

@@ -6,20 +6,26 @@ finite differences, twin training, clean models x seeds) is ``scripts/mutation_m
 
 import pathlib
 
+import jax
 import jax.numpy as jnp
 import mutants
 import numpy as np
 import pytest
+from jax.sharding import Mesh
 from mutants import twin
-from mutants.catalog import CATALOG, CONTROLS
+from mutants.catalog import CATALOG, CONTROLS, parallel_catalog
 from mutants.twin import TWIN_CASES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_the_catalog_has_a_bug_in_every_layer_family():
-    families = {p.name for p in (ROOT / "manualbp" / "layers").glob("*.py")} - {"__init__.py", "base.py", "window.py"}
-    covered = {m.family for m in CATALOG}
+    """Every layer file has a mutant: in CATALOG, or, for the collectives of the tensor-parallel layers (which show
+    only on several devices, tests/test_tensor_parallel.py), in ``parallel_catalog``."""
+    families = {p.name for p in (ROOT / "manualbp" / "layers").glob("*.py")} - {"__init__.py", "base.py", "window.py",
+                                                                                 "collectives.py"}
+    one_device = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("batch", "model"))
+    covered = {m.family for m in CATALOG + parallel_catalog(one_device)}
     assert families - covered == set(), f"layer files with no mutant: {sorted(families - covered)}"
     assert len(CATALOG) >= 30
     assert len({m.name for m in CATALOG}) == len(CATALOG)

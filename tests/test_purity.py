@@ -41,8 +41,9 @@ MAY_IMPORT = {
     "training": {"layers", "backprop.py", "verify", "reference"},
     "cli": {"layers", "backprop.py", "models.py", "verify", "training", "reference"},
 }
-# the layer support files that have no reference twin: the protocol, the window geometry, the attention kernel
-LAYER_SUPPORT = {"__init__", "base", "window", "flash", "sequence"}
+# the layer support files that have no reference twin: the protocol, the window geometry, the attention kernel, the
+# collective pairs of the tensor-parallel layers
+LAYER_SUPPORT = {"__init__", "base", "window", "flash", "sequence", "collectives"}
 # the reference's own modules: dispatch + taps, and the jax.grad entry points
 REFERENCE_SUPPORT = {"__init__", "dispatch", "grad"}
 

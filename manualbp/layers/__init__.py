@@ -15,12 +15,14 @@ from manualbp.layers.conv_transpose import ConvTranspose2D
 from manualbp.layers.dense import Dense
 from manualbp.layers.dropout import Dropout, with_dropout_key, without_dropout
 from manualbp.layers.embedding import Embedding
+from manualbp.layers.fsdp import FSDPDense
 from manualbp.layers.global_pool import GlobalAvgPool2D, GlobalMaxPool2D
 from manualbp.layers.gru import GRU
 from manualbp.layers.heads import MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
 from manualbp.layers.lstm import LSTM
 from manualbp.layers.nodes import Add, Multiply
 from manualbp.layers.norm import BatchNorm, LayerNorm
+from manualbp.layers.parallel_attention import ParallelAttention, parallel_block
 from manualbp.layers.pool import AvgPool2D, MaxPool2D
 from manualbp.layers.positional import PositionalEmbedding
 from manualbp.layers.recurrent import RNN
@@ -28,6 +30,7 @@ from manualbp.layers.reshape import Flatten
 from manualbp.layers.residual import Residual
 from manualbp.layers.sequential import Parallel, Sequential
 from manualbp.layers.softmax import Softmax
+from manualbp.layers.tensor_parallel import ColumnParallelDense, RowParallelDense, parallel_mlp
 from manualbp.layers.transformer import TransformerBlock
 
 __all__ = [
@@ -37,4 +40,5 @@ __all__ = [
     "GRU", "Bidirectional", "Conv1D", "ConvTranspose2D", "GlobalAvgPool2D", "GlobalMaxPool2D",
     "Dropout", "MultiHeadAttention", "PositionalEmbedding", "Softmax", "TransformerBlock", "with_dropout_key",
     "without_dropout",
+    "ColumnParallelDense", "FSDPDense", "ParallelAttention", "RowParallelDense", "parallel_block", "parallel_mlp",
 ]

@@ -25,6 +25,7 @@ import optax
 from manualbp.layers.base import as_array
 from manualbp.reference.dispatch import forward_eval as reference_forward_eval
 from manualbp.reference.grad import loss_grads_outputs_stats
+from manualbp.training import parallel
 from manualbp.training.data import Dataset, as_inputs
 from manualbp.training.twin import twin_figures
 
@@ -144,6 +145,6 @@ _PREDICT = jax.jit(predict, static_argnums=(0, 4))
 def evaluate(model, params, stats, data: Dataset, grad: str = "manual") -> float:
     """Test accuracy (classification) or test MSE (regression), in evaluation mode (running statistics)."""
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
-    x = as_array(as_inputs(data.x_test, dtype))  # token ids stay integers
-    y = as_array(data.y_test if data.task == "classification" else data.y_test.astype(dtype))
+    x = parallel.beside(params, as_array(as_inputs(data.x_test, dtype)))  # token ids stay integers
+    y = parallel.beside(params, as_array(data.y_test if data.task == "classification" else data.y_test.astype(dtype)))
     return float(_metric(data.task, _PREDICT(model, params, stats, x, grad), y))
