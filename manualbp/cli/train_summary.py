@@ -19,7 +19,7 @@ def summary(args, task, data, paths: dict, twin, wall_s: float) -> dict:
         "optimizer": args.optimizer or task.optimizer, "lr": args.lr or task.lr, "clip": args.clip, "dtype": args.dtype,
         "seed": args.seed, "devices": args.devices or 1, "model_parallel": args.model_parallel or 1,
         "processes": args.num_processes or 1, "wall_s": wall_s, "metric": metric,
-        "test": {name: {metric: r.test[metric], **zoo.extra_metrics(task, r.params, data)}  # e.g. sort: lists sorted
+        "test": {name: {metric: r.test[metric], **zoo.extra_metrics(task, r.params, data, r.stats)}  # e.g. sort: lists sorted
                  for name, r in paths.items()},
         "final_loss": {name: float(r.history["loss"][-1]) if len(r.history["loss"]) else None
                        for name, r in paths.items()},

@@ -106,7 +106,10 @@ def training_mesh(model, devices):
 
 
 class PeerLost(RuntimeError):
-    """A collective between processes failed: another process of the run has died (or its connection did)."""
+    """A collective between processes failed: another process of the run has died (or its connection did).
+
+    ``step`` is the step this process was running (dispatching, or waiting on) when the failure reached it.
+    """
 
     def __init__(self, step: int, saved: int, error: Exception):
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
@@ -139,7 +142,7 @@ def run(model, head, params, data, *, optimizers: dict, twin: bool, steps: int, 
                                                                parallel.param_shardings(mesh, model, params)))
     else:
         state = jax.device_put(state)
-    logs, saved, done = [], 0, start  # saved: how many of ``logs`` the checkpoint holds
+    logs, saved, done, current = [], 0, start, start  # saved: how many of ``logs`` the checkpoint holds
 
     def save():
         nonlocal saved
@@ -153,10 +156,11 @@ def run(model, head, params, data, *, optimizers: dict, twin: bool, steps: int, 
         return bad
 
     def train_steps(interrupted):
-        nonlocal state, done
+        nonlocal state, done, current
         for s in range(start, steps):
             if interrupted["set"]:
                 return None
+            current = s + 1
             idx = batches.next()
             x, y = x_all[idx], y_all[idx]
             x, y = parallel.shard_batch(mesh, (x, y)) if mesh is not None else (x, y)
@@ -184,7 +188,7 @@ def run(model, head, params, data, *, optimizers: dict, twin: bool, steps: int, 
         except jax.errors.JaxRuntimeError as e:
             if jax.process_count() == 1:
                 raise
-            raise PeerLost(done + 1, run_dir.committed if run_dir is not None else 0, e) from e
+            raise PeerLost(current, run_dir.committed if run_dir is not None else 0, e) from e
     if nonfinite is None:
         nonfinite = first_nonfinite(history)
     return LoopOutput(state, history, start, time.perf_counter() - t0, nonfinite)

@@ -139,7 +139,7 @@ def predict(model, params, stats, x, grad: str = "manual"):
     return model.forward(params, x)[0]
 
 
-_PREDICT = jax.jit(predict, static_argnums=(0, 4))
+PREDICT = jax.jit(predict, static_argnums=(0, 4))
 
 
 def evaluate(model, params, stats, data: Dataset, grad: str = "manual") -> float:
@@ -147,4 +147,4 @@ def evaluate(model, params, stats, data: Dataset, grad: str = "manual") -> float
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
     x = parallel.beside(params, as_array(as_inputs(data.x_test, dtype)))  # token ids stay integers
     y = parallel.beside(params, as_array(data.y_test if data.task == "classification" else data.y_test.astype(dtype)))
-    return float(_metric(data.task, _PREDICT(model, params, stats, x, grad), y))
+    return float(_metric(data.task, PREDICT(model, params, stats, x, grad), y))

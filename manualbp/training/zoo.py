@@ -23,10 +23,10 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from manualbp.layers.activations import ReLU, Tanh
+from manualbp.layers.base import as_array
 from manualbp.layers.conv import Conv2D
 from manualbp.layers.dense import Dense
 from manualbp.layers.embedding import Embedding
@@ -43,6 +43,7 @@ from manualbp.layers.sequential import Sequential
 from manualbp.layers.transformer import TransformerBlock
 from manualbp.training import data as datasets
 from manualbp.training import parallel
+from manualbp.training.step import PREDICT
 
 MODEL_NAMES = ("mlp", "cnn", "rnn", "lstm", "gru", "gpt")
 DATA_NAMES = ("digits", "spirals", "adding", "sort")
@@ -155,13 +156,14 @@ def task(model: str, data: str, mesh=None) -> Task:
     return TASKS[(model, data)](mesh)
 
 
-def extra_metrics(task: Task, params, data) -> dict:
-    """The task's own test figures (e.g. sort: the fraction of test lists sorted exactly), from the manual forward."""
+def extra_metrics(task: Task, params, data, stats=None) -> dict:
+    """The task's own test figures (e.g. sort: the fraction of test lists sorted exactly), from the manual forward
+    in evaluation mode (``stats``: the running statistics training kept; the program ``evaluate`` compiled)."""
     if task.extra is None:
         return {}
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
-    x = parallel.beside(params, jnp.asarray(datasets.as_inputs(data.x_test, dtype)))
-    logits = jax.jit(lambda p, x: task.model.forward(p, x)[0])(params, x)
+    x = parallel.beside(params, as_array(datasets.as_inputs(data.x_test, dtype)))
+    logits = PREDICT(task.model, params, {} if stats is None else stats, x, "manual")
     return task.extra(parallel.to_host(logits), data.y_test)
 
 
