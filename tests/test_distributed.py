@@ -1,4 +1,4 @@
-"""Training across devices and processes: the tensor-parallel GPT on a 2-D mesh, and a real run of 2 processes.
+"""A real run of 2 processes: the tensor-parallel GPT on a 2-D mesh across processes, a death, a resume.
 
 Two processes on this machine (``manualbp train --num-processes 2 --coordinator 127.0.0.1:<port>``, CPU
 collectives over gloo), each with 2 simulated devices, train the tensor-parallel GPT on the global 2 x 2
@@ -14,7 +14,6 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
@@ -105,56 +104,3 @@ def test_two_processes_survive_a_death_and_end_bitwise_as_one_process(tmp_path):
     step, reference = state(one)
     assert step == 20 and state(two)[0] == 20
     assert_bitwise_equal(reference, state(two)[1])
-
-
-TWIN = textwrap.dedent("""
-    import json
-    import jax
-    jax.config.update("jax_enable_x64", True)
-    jax.config.update("jax_numpy_rank_promotion", "raise")
-    import jax.numpy as jnp, optax
-    import manualbp as mbp
-    from manualbp.training import data, parallel
-
-    def gpt(mesh):
-        return mbp.Sequential(mbp.Embedding(10, 16), mbp.PositionalEmbedding(11, 16),
-                              mbp.parallel_block(16, 4, mesh, hidden=64, causal=True), mbp.LayerNorm(), mbp.Dense(11))
-
-    d = data.sort_digits(6, 10)
-    out = {"memory": {}}
-    for m in (1, 2, 4):  # the parameters' bytes on each device, laid out for training
-        model = gpt(parallel.make_mesh(4, model=m))
-        params = model.init(jax.random.key(0), d.input_shape, jnp.float32)[0]
-        placed = parallel.place(params, parallel.param_shardings(parallel.mesh_of(model), model, params))
-        out["memory"][m] = sorted(set(parallel.bytes_per_device(placed).values()))
-        out["memory"][f"{m}/block"] = sorted(set(parallel.bytes_per_device(placed[2]).values()))
-    model = gpt(parallel.make_mesh(4, model=2))
-    params = model.init(jax.random.key(0), d.input_shape, jnp.float32)[0]
-    run = mbp.train_twin(model, mbp.SoftmaxCrossEntropy(), params, d, optimizer=optax.adam(1e-2), steps=30, batch_size=8,
-                         key=jax.random.key(1))
-    out["twin"] = run.divergence.summary()
-    out["specs"] = [str(leaf.sharding.spec) for leaf in jax.tree_util.tree_leaves(run.manual.params[2]["fc1"])]
-    try:
-        mbp.train(model, mbp.SoftmaxCrossEntropy(), params, d, steps=1, batch_size=8, key=jax.random.key(1), devices=2)
-    except ValueError as e:
-        out["devices"] = str(e)
-    print(json.dumps(out))
-""")
-
-
-@pytest.mark.slow
-def test_twin_training_on_a_2d_mesh_and_parameter_memory_per_device():
-    proc = subprocess.run([sys.executable, "-c", TWIN], env=environment(4), capture_output=True, text=True,
-                          timeout=TIMEOUT_S)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["twin"].startswith("twin PASS: at every one of 30 steps"), out["twin"]
-    assert out["specs"] == ["P(None, 'model')", "P('model',)"]  # fc1's W and b, still split after training
-    # the block's parameters fall as 1 / m on every device; the whole model's nearly so (embeddings, head replicated)
-    block = [out["memory"][f"{m}/block"] for m in ("1", "2", "4")]
-    assert all(len(b) == 1 for b in block)
-    whole = block[0][0]
-    replicated = 4 * (2 * 16 + 2 * 16 + 16 + 16)  # float32 LayerNorms' gamma, beta; the attention's bo, fc2's b
-    assert [b[0] for b in block] == [whole, (whole - replicated) // 2 + replicated, (whole - replicated) // 4 + replicated]
-    assert out["devices"] == ("train: devices = 2, but Sequential's tensor-parallel layers run on a mesh of 4 devices "
-                              "{'batch': 2, 'model': 2}; leave devices out (the model's mesh is used)")

@@ -36,6 +36,7 @@ SCRIPT = textwrap.dedent("""
     import mutants
     from mutants.catalog import parallel_catalog
     from manualbp.training import parallel
+    from manualbp.training.loop import training_mesh
 
     assert jax.device_count() == 8, jax.devices()
     rng = np.random.default_rng(0)
@@ -80,6 +81,17 @@ SCRIPT = textwrap.dedent("""
             make()
         except ValueError as e:
             out["errors"][what] = str(e)
+    # the parameters' bytes on each device, laid out as training lays them out, for model axes of 1, 2, 4
+    out["memory"] = {}
+    for m in (1, 2, 4):
+        net = gpt(parallel.make_mesh(4, model=m))
+        params = net.init(jax.random.key(0), (6,), jnp.float32)[0]
+        placed = parallel.place(params, parallel.param_shardings(parallel.mesh_of(net), net, params))
+        out["memory"][m] = sorted(set(parallel.bytes_per_device(placed[2]).values()))
+    try:
+        training_mesh(gpt(mesh), 2)  # what train(..., devices=2) asks first
+    except ValueError as e:
+        out["errors"]["devices"] = str(e)
     print(json.dumps(out))
 """)
 
@@ -137,6 +149,19 @@ def test_sizes_that_do_not_split_are_refused(on_eight_devices):
     assert errors["batch"] == "RowParallelDense: batch = 3 is not divisible by the 2 devices of the mesh's 'batch' axis"
     assert errors["rows"] == ("RowParallelDense: in (the input's last axis) = 6 is not divisible by the 4 devices of "
                               "the mesh's 'model' axis")
+
+
+@pytest.mark.slow
+def test_parameter_memory_per_device_falls_as_one_over_the_model_axis(on_eight_devices):
+    # a block's parameters per device, float32: the split weights (attention: 4 (16 x 16) + bq, bv; MLP: 2 (16 x 32)
+    # + fc1's b) fall as 1 / m; the LayerNorms' gamma and beta, bo and fc2's b stay whole on every device
+    split = 4 * (4 * 16 * 16 + 2 * 16 + 2 * 16 * 32 + 32)
+    whole = 4 * (4 * 16 + 16 + 16)
+    memory = on_eight_devices["memory"]
+    assert [memory[m] for m in ("1", "2", "4")] == [[split + whole], [split // 2 + whole], [split // 4 + whole]]
+    assert on_eight_devices["errors"]["devices"] == (
+        "train: devices = 2, but Sequential's tensor-parallel layers run on a mesh of 4 devices {'batch': 2, 'model': 2}; "
+        "leave devices out (the model's mesh is used)")
 
 
 def one_device_mesh():

@@ -124,6 +124,9 @@ def run(model, head, params, data, *, optimizers: dict, twin: bool, steps: int, 
         log_every: int, on_log, run_dir, checkpoint_every: int, expect: dict, devices) -> LoopOutput:
     """Train from ``params`` (or from ``run_dir``'s checkpoint when it resumes) up to ``steps`` steps."""
     t0 = time.perf_counter()
+    mesh = training_mesh(model, devices)
+    if mesh is not None:
+        parallel.check_batch_size(mesh, batch_size)
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
     x_all = as_inputs(data.x_train, dtype)  # token ids stay integers
     y_all = np.asarray(data.y_train) if data.task == "classification" else np.asarray(data.y_train, dtype)
@@ -135,9 +138,7 @@ def run(model, head, params, data, *, optimizers: dict, twin: bool, steps: int, 
     if run_dir is not None and run_dir.resuming:
         state, start, position, past = run_dir.restore(state, key, layout, steps, expect)
     batches = Batches(len(x_all), batch_size, key, position)
-    mesh = training_mesh(model, devices)
     if mesh is not None:
-        parallel.check_batch_size(mesh, batch_size)
         state = parallel.place(state, parallel.state_shardings(mesh, state, params,
                                                                parallel.param_shardings(mesh, model, params)))
     else:
