@@ -12,6 +12,7 @@ interrupts at once.
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import threading
 import time
@@ -105,6 +106,11 @@ def training_mesh(model, devices):
     return mesh
 
 
+# how a collective's failure reads when a peer process is gone: gloo's closed or reset connection, the coordination
+# service's missed heartbeats (any other runtime error, e.g. out of memory, is raised as it is)
+PEER_GONE = re.compile(r"gloo|connection (closed|reset|refused)|heartbeat|unavailable", re.IGNORECASE)
+
+
 class PeerLost(RuntimeError):
     """A collective between processes failed: another process of the run has died (or its connection did).
 
@@ -187,7 +193,7 @@ def run(model, head, params, data, *, optimizers: dict, twin: bool, steps: int, 
                 raise TrainingInterrupted(done, saved_now)
             history = {name: np.concatenate([past[name], v]) for name, v in _stack(logs, layout).items()}
         except jax.errors.JaxRuntimeError as e:
-            if jax.process_count() == 1:
+            if jax.process_count() == 1 or not PEER_GONE.search(str(e)):
                 raise
             raise PeerLost(current, run_dir.committed if run_dir is not None else 0, e) from e
     if nonfinite is None:
