@@ -17,6 +17,7 @@ from manualbp.layers import (
     AvgPool2D,
     BatchNorm,
     Bidirectional,
+    ColumnParallelDense,
     Conv1D,
     Conv2D,
     ConvTranspose2D,
@@ -25,6 +26,7 @@ from manualbp.layers import (
     Elementwise,
     Embedding,
     Flatten,
+    FSDPDense,
     GlobalAvgPool2D,
     GlobalMaxPool2D,
     Identity,
@@ -36,9 +38,11 @@ from manualbp.layers import (
     MultiHeadAttention,
     Multiply,
     Parallel,
+    ParallelAttention,
     PositionalEmbedding,
     ReLU,
     Residual,
+    RowParallelDense,
     Sequential,
     Sigmoid,
     SigmoidBinaryCrossEntropy,
@@ -47,6 +51,8 @@ from manualbp.layers import (
     Softplus,
     Tanh,
     TransformerBlock,
+    parallel_block,
+    parallel_mlp,
     with_dropout_key,
     without_dropout,
 )
@@ -64,12 +70,13 @@ from manualbp.verify.report import Report, Row
 from manualbp.verify.tolerances import Tolerance, tolerance
 
 __all__ = [
-    "Add", "AvgPool2D", "BatchNorm", "Bidirectional", "Conv1D", "Conv2D", "ConvTranspose2D", "Dense", "Dropout",
-    "Elementwise", "Embedding", "Flatten", "GELU", "GRU", "GlobalAvgPool2D", "GlobalMaxPool2D", "GradientFlow",
-    "Identity", "LSTM", "Layer", "LayerNorm", "LeakyReLU", "MaxPool2D", "MeanSquaredError", "MultiHeadAttention",
-    "Multiply", "Parallel", "PositionalEmbedding", "RNN", "ReLU", "Report", "Residual", "Row", "Sequential", "Sigmoid",
-    "SigmoidBinaryCrossEntropy", "Softmax", "SoftmaxCrossEntropy", "Softplus", "Tanh", "Tolerance", "TransformerBlock",
-    "as_function", "check_layer", "check_vjp", "checkify_values", "clip_by_global_norm", "compare", "data", "gradcheck",
-    "gradient_flow", "register_reference", "tolerance", "train", "train_twin", "value_and_grad", "with_dropout_key",
-    "without_dropout"
+    "Add", "AvgPool2D", "BatchNorm", "Bidirectional", "ColumnParallelDense", "Conv1D", "Conv2D", "ConvTranspose2D",
+    "Dense", "Dropout", "Elementwise", "Embedding", "FSDPDense", "Flatten", "GELU", "GRU", "GlobalAvgPool2D",
+    "GlobalMaxPool2D", "GradientFlow", "Identity", "LSTM", "Layer", "LayerNorm", "LeakyReLU", "MaxPool2D",
+    "MeanSquaredError", "MultiHeadAttention", "Multiply", "Parallel", "ParallelAttention", "PositionalEmbedding",
+    "RNN", "ReLU", "Report", "Residual", "Row", "RowParallelDense", "Sequential", "Sigmoid",
+    "SigmoidBinaryCrossEntropy", "Softmax", "SoftmaxCrossEntropy", "Softplus", "Tanh", "Tolerance",
+    "TransformerBlock", "as_function", "check_layer", "check_vjp", "checkify_values", "clip_by_global_norm",
+    "compare", "data", "gradcheck", "gradient_flow", "parallel_block", "parallel_mlp", "register_reference",
+    "tolerance", "train", "train_twin", "value_and_grad", "with_dropout_key", "without_dropout"
 ]

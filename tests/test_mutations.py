@@ -6,12 +6,14 @@ finite differences, twin training, clean models x seeds) is ``scripts/mutation_m
 
 import pathlib
 
+import jax
 import jax.numpy as jnp
 import mutants
 import numpy as np
 import pytest
+from jax.sharding import Mesh
 from mutants import twin
-from mutants.catalog import CATALOG, CONTROLS
+from mutants.catalog import CATALOG, CONTROLS, parallel_catalog
 from mutants.twin import TWIN_CASES
 
 import manualbp as mbp
@@ -20,9 +22,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_the_catalog_has_a_bug_in_every_layer_family():
-    support = {"__init__.py", "base.py", "window.py", "walk.py", "code_key.py"}  # no backward of their own to mutate
+    """Every layer file has a mutant: in CATALOG, or, for the collectives of the tensor-parallel layers (which show
+    only on several devices, tests/test_tensor_parallel.py), in ``parallel_catalog``."""
+    support = {"__init__.py", "base.py", "window.py", "walk.py", "code_key.py", "collectives.py"}  # no backward to mutate
     families = {p.name for p in (ROOT / "manualbp" / "layers").glob("*.py")} - support
-    covered = {m.family for m in CATALOG}
+    one_device = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("batch", "model"))
+    covered = {m.family for m in CATALOG + parallel_catalog(one_device)}
     assert families - covered == set(), f"layer files with no mutant: {sorted(families - covered)}"
     assert len(CATALOG) >= 30
     assert len({m.name for m in CATALOG}) == len(CATALOG)

@@ -27,6 +27,7 @@ from manualbp.layers.code_key import Keyed
 from manualbp.layers.walk import check_gradients
 from manualbp.reference.dispatch import forward_eval as reference_forward_eval
 from manualbp.reference.grad import loss_grads_outputs_stats
+from manualbp.training import parallel
 from manualbp.training.data import Dataset, as_inputs
 from manualbp.training.twin import twin_figures
 
@@ -145,9 +146,14 @@ def predict(model, params, stats, x, grad: str = "manual"):
 _PREDICT = jax.jit(lambda key, params, stats, x, grad: predict(key.value[0], params, stats, x, grad), static_argnums=(0, 4))
 
 
+def predict_compiled(model, params, stats, x, grad: str = "manual"):
+    """``predict`` compiled once per model (and the code it runs: ``Keyed``), shapes and path."""
+    return _PREDICT(Keyed(model), params, stats, x, grad)
+
+
 def evaluate(model, params, stats, data: Dataset, grad: str = "manual") -> float:
     """Test accuracy (classification) or test MSE (regression), in evaluation mode (running statistics)."""
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
-    x = as_array(as_inputs(data.x_test, dtype))  # token ids stay integers
-    y = as_array(data.y_test if data.task == "classification" else data.y_test.astype(dtype))
-    return float(_metric(data.task, _PREDICT(Keyed(model), params, stats, x, grad), y))
+    x = parallel.beside(params, as_array(as_inputs(data.x_test, dtype)))  # token ids stay integers
+    y = parallel.beside(params, as_array(data.y_test if data.task == "classification" else data.y_test.astype(dtype)))
+    return float(_metric(data.task, predict_compiled(model, params, stats, x, grad), y))
