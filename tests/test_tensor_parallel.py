@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from arrays import one_device_mesh
 from jax.sharding import Mesh
 
 import manualbp as mbp
@@ -164,10 +165,6 @@ def test_parameter_memory_per_device_falls_as_one_over_the_model_axis(on_eight_d
         "leave devices out (the model's mesh is used)")
 
 
-def one_device_mesh():
-    return Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("batch", "model"))
-
-
 def test_the_mesh_must_have_batch_and_model_axes():
     with pytest.raises(TypeError, match=r"ColumnParallelDense: mesh must be a jax.sharding.Mesh with axes "
                                         r"\('batch', 'model'\), got int"):
@@ -175,8 +172,6 @@ def test_the_mesh_must_have_batch_and_model_axes():
     with pytest.raises(ValueError, match=r"ParallelAttention: mesh must have the axes \('batch', 'model'\) \(batch, "
                                          r"then model\), got \('batch',\)"):
         mbp.ParallelAttention(2, parallel.make_mesh(1))
-    with pytest.raises(ValueError, match="FSDPDense: features must be a positive int, got 0"):
-        mbp.FSDPDense(0, one_device_mesh())
 
 
 def test_a_wrong_parameter_is_named_before_any_collective():
@@ -184,21 +179,6 @@ def test_a_wrong_parameter_is_named_before_any_collective():
     with pytest.raises(ValueError, match=r"ColumnParallelDense: expected parameter W of shape \(3, 4\) \(in, features\), "
                                          r"got \(4, 4\)"):
         layer.forward({"W": jnp.ones((4, 4), jnp.float32), "b": jnp.ones(4, jnp.float32)}, jnp.ones((2, 3), jnp.float32))
-    attn = mbp.ParallelAttention(2, one_device_mesh())
-    params, _ = attn.init(jax.random.key(0), (3, 4))
-    with pytest.raises(ValueError, match=r"ParallelAttention: expected parameter Wo of shape \(4, 4\)"):
-        attn.forward({**params, "Wo": jnp.ones((4, 5), jnp.float32)}, jnp.ones((2, 3, 4), jnp.float32))
-
-
-def test_one_device_and_the_whole_layer_agree():
-    """On a 1 x 1 mesh every collective is the identity: the layers compute what Dense and MultiHeadAttention do."""
-    mesh = one_device_mesh()
-    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 3, 4)), jnp.float32)
-    attn = mbp.ParallelAttention(2, mesh, causal=True)
-    params, _ = attn.init(jax.random.key(0), (3, 4))
-    y, _ = attn.forward(params, x)
-    want, _ = mbp.MultiHeadAttention(2, causal=True).forward(params, x)
-    np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
 
 
 def test_training_lays_out_each_parameter_as_its_layer_says():

@@ -119,9 +119,10 @@ def diagnoser(model, params, x, rows, judged, manual: dict, reference: dict):
     def context_of(i, whole=True):
         key = rows[i][2]
         shape = np.shape(values_of(i, whole)[1])
-        others = {name: reference[k] for k, name in names.items()
-                  if k != key and k in reference and np.shape(reference[k]) == shape}
         path = path_of(key)
+        same = sorted((k for k in names if k != key and k in reference and np.shape(reference[k]) == shape),
+                      key=lambda k: path_of(k) != path)  # the row's own layer first: equal arrays name it
+        others = {names[k]: reference[k] for k in same}
         out = reference.get(("y", f"{path}|out"))
         return context_for(layers.get(path, (model,))[0], shape, batch=batch, is_param=key[0] == "param",
                            others=others, terms=terms(path, key), devices=devices,
