@@ -41,8 +41,8 @@ MAY_IMPORT = {
     "training": {"layers", "backprop.py", "verify", "reference"},
     "cli": {"layers", "backprop.py", "models.py", "verify", "training", "reference"},
 }
-# the layer support files that have no reference twin: the protocol, the window geometry, the attention kernel
-LAYER_SUPPORT = {"__init__", "base", "window", "flash", "sequence"}
+# the layer support files that have no reference twin: the protocol, the window geometry, the attention kernels
+LAYER_SUPPORT = {"__init__", "base", "window", "flash", "flash_pallas", "sequence"}
 # the reference's own modules: dispatch + taps, and the jax.grad entry points
 REFERENCE_SUPPORT = {"__init__", "dispatch", "grad"}
 
