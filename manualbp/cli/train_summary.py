@@ -17,6 +17,7 @@ def summary(args, task, data, paths: dict, twin, wall_s: float) -> dict:
         "model": args.model, "data": data.name, "description": task.description, "grad": args.grad,
         "steps": primary.steps, "resumed_from": primary.resumed_from, "batch_size": args.batch_size or task.batch_size,
         "optimizer": args.optimizer or task.optimizer, "lr": args.lr or task.lr, "clip": args.clip, "dtype": args.dtype,
+        "compute_dtype": args.compute_dtype or args.dtype,
         "seed": args.seed, "devices": args.devices or 1, "wall_s": wall_s, "metric": metric,
         "test": {name: {metric: r.test[metric], **zoo.extra_metrics(task, r.params, data)}  # e.g. sort: lists sorted
                  for name, r in paths.items()},
@@ -43,7 +44,8 @@ def text(out: dict, divergence) -> str:
         lines.append(divergence.summary())
     done = out["steps"] - out["resumed_from"]
     resumed = f", resumed at step {out['resumed_from']}" if out["resumed_from"] else ""
-    lines.append(f"{done} steps in {out['wall_s']:.1f} s ({out['grad']}, {out['dtype']}, {out['devices']} device(s)"
+    dtype = out["dtype"] if out["compute_dtype"] == out["dtype"] else f"{out['compute_dtype']} compute, {out['dtype']} weights"
+    lines.append(f"{done} steps in {out['wall_s']:.1f} s ({out['grad']}, {dtype}, {out['devices']} device(s)"
                  f"{resumed})")
     if "plot" in out:
         lines.append(f"plot written to {out['plot']}")
