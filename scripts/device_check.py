@@ -113,8 +113,9 @@ class Run:
         (self.out / "device_check.json").write_text(json.dumps(self.data, indent=2, default=str))
         (self.out / "device_check.md").write_text(markdown(self.data, self.tables))
 
-    def step(self, name: str, limit: float, fn):
-        """Run ``fn() -> (result, table)`` within min(limit, time left); skip it if under a quarter of it is left."""
+    def step(self, name: str, limit: float, fn, partial=None):
+        """Run ``fn() -> (result, table)`` within min(limit, time left); skip it if under a quarter of it is left.
+        ``partial``: a dict ``fn`` fills as it goes, recorded if the step is cut."""
         budget = min(limit, self.left())
         if budget < 0.25 * limit:
             self.record(name, "skipped", 0.0, reason=f"{self.left():.0f} s left of the check's {TOTAL_S} s, the step "
@@ -125,7 +126,7 @@ class Run:
             with time_limit(budget):
                 result, table = fn()
         except StepTimeout as e:
-            self.record(name, "timed out", time.monotonic() - t0, reason=str(e))
+            self.record(name, "timed out", time.monotonic() - t0, reason=str(e), result=partial)
             return None
         except Exception as e:  # a failing step (out of memory, a lowering error) must not end the check
             self.record(name, "failed", time.monotonic() - t0, reason=f"{type(e).__name__}: {str(e)[:400]}",
@@ -166,9 +167,9 @@ def finish_checks(run: Run, procs: dict, limit: float):
                    result={"status": report["status"], "models": models, "first_failing_row": first})
 
 
-def _max_t(lengths, repeats):
+def _max_t(lengths, found: dict):
     """The largest T of ``lengths`` at which each contender's attention step compiles and runs (stops at the first
-    failure, e.g. out of memory)."""
+    failure, e.g. out of memory); ``found`` holds the figures so far (a step cut short keeps them)."""
     import jax
     import jax.numpy as jnp
 
@@ -179,10 +180,9 @@ def _max_t(lengths, repeats):
     from manualbp.layers.heads import MeanSquaredError
     from manualbp.layers.sequential import Sequential
 
-    del repeats
     model = Sequential(MultiHeadAttention(attention.HEADS, causal=True))
     head = MeanSquaredError()
-    largest, why = {"manual": None, "jax.grad": None}, {}
+    largest, why = found.setdefault("largest", {"manual": None, "jax.grad": None}), found.setdefault("failed", {})
     for T in lengths:
         params = jax.jit(lambda k, T=T: model.init(k, (T, attention.D), jnp.float32)[0])(jax.random.key(0))
         x = jax.random.normal(jax.random.key(1), (attention.B, T, attention.D), jnp.float32)
@@ -266,7 +266,8 @@ def main(argv=None) -> int:
     for dtype in ("float32", "bfloat16"):
         run.step(f"gpt {dtype}", cfg["gpt_s"], bench(gpt, dtype=dtype, **cfg["gpt"]))
         run.step(f"attention {dtype}", cfg["attention_s"], bench(attention, dtypes=(dtype,), **cfg["attention"]))
-    run.step("attention largest T", cfg["max_t_s"], lambda: _max_t(cfg["max_t"], reps))
+    found = {}
+    run.step("attention largest T", cfg["max_t_s"], lambda: _max_t(cfg["max_t"], found), partial=found)
     for name, module in (("mlp", mlp), ("cnn", cnn), ("recurrent", recurrent), ("conv_layers", conv_layers)):
         run.step(name, cfg["small_s"], bench(module, **cfg[name]))
     run.data["seconds"] = round(time.monotonic() - t_start, 1)

@@ -95,10 +95,14 @@ def test_no_kernel_keeps_a_probability_matrix(kernel):
         assert temp[3] - temp[2] <= probabilities / 2
 
 
-def test_auto_is_the_loop_on_a_cpu_and_batched_elsewhere(monkeypatch):
-    assert flash.kernel_for("auto") == "loop" and flash.kernel_for("pallas") == "pallas"
+def test_auto_is_batched_on_an_accelerator_and_what_measured_fastest_on_a_cpu(monkeypatch):
+    """A CPU: "batched" for causal attention from T = 256 (where its steps skipping masked keys measured faster),
+    else "loop"."""
+    assert [flash.kernel_for("auto", causal, T) for causal, T in ((True, 255), (True, 256), (False, 4096))] == \
+        ["loop", "batched", "loop"]
+    assert flash.kernel_for("pallas", True, 512) == "pallas" and flash.kernel_for("loop", True, 512) == "loop"
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert flash.kernel_for("auto") == "batched" and flash.kernel_for("loop") == "loop"
+    assert flash.kernel_for("auto", False, 16) == "batched" and flash.kernel_for("loop") == "loop"
 
 
 class _Device:

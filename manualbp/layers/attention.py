@@ -72,11 +72,13 @@ class MultiHeadAttention(Layer):
         With kernel="batched": rows per step; "pallas": the tile's query rows
         and keys.
       kernel: how the attention core runs (``flash``): "loop" (blocks of rows
-        in a loop, the CPU's fastest), "batched" (few large steps sized from
-        the device's memory, for accelerators), "pallas" (FlashAttention-2's
-        fused tiles as Pallas kernels, ``flash_pallas``; interpreted on a CPU,
-        slow there), or "auto" ("loop" on a CPU, "batched" elsewhere). The
-        same math and the same cache size; a report judges each alike.
+        in a loop), "batched" (few large steps sized from the device's memory,
+        a causal step skipping the keys after its rows), "pallas"
+        (FlashAttention-2's fused tiles as Pallas kernels, ``flash_pallas``;
+        interpreted on a CPU, slow there), or "auto" ("batched" on an
+        accelerator; on a CPU "batched" for causal attention of T >= 256,
+        where it measured faster, else "loop"). The same math and the same
+        cache; a report judges each alike.
 
     Input: x (B, T, D), or the tuple (x, [context], [mask]) as set by
     ``cross`` and ``key_mask``; output y (B, T, D). dx is x's structure:

@@ -59,19 +59,24 @@ the layer's ``kernel``):
 - "loop": the blocks above, one after another in a ``lax.fori_loop``, each
   small enough (4 MiB) to stay in a CPU's cache; a CPU runs them as fast as
   one big product.
-- "batched": few large steps (``rows_per_step``), each one product over all
-  the query rows of its blocks at once, sized from a per-device memory budget
-  (``memory_budget``): a GPU runs a loop of small products far below its peak
-  (measured on an H100 at T = 1024: 5.3 TFLOP/s against 12.7 for jax.grad's
-  one pass). The steps are unrolled, so each has its own static shapes, and a
-  causal step reads only the keys up to its last row (the keys after it are
-  masked for every row of the step): with n steps, (n + 1) / 2n of the
-  products. Each step runs the same ``_forward_block`` and ``_backward_block``
-  as the loop. What keeps XLA from recomputing P during the forward pass is
-  here an ``optimization_barrier`` that makes every step wait for dO.
+- "batched": few large steps (``rows_per_step``: T / 4 rows, fewer where one
+  (B, H, rows, S) temporary would pass the device's memory budget,
+  ``memory_budget``), each one product over all the query rows of its blocks
+  at once: a GPU runs a loop of small products far below its peak (measured
+  on an H100 at T = 1024: 5.3 TFLOP/s against 12.7 for jax.grad's one pass).
+  Each step is its own branch of a ``lax.switch`` inside the loop, so it has
+  static shapes and a causal step reads only the keys up to its last row
+  (the keys after it are masked for every row of the step): with n steps,
+  (n + 1) / 2n of the products. The loop keeps the steps one after another
+  and keeps XLA from scheduling them in the forward pass, as above (unrolled,
+  XLA's CPU scheduler ran the steps side by side and held all their
+  temporaries at once, ``optimization_barrier``s or not). Each step runs the
+  same ``_forward_block`` and ``_backward_block`` as the loop; more than
+  _MAX_STEPS steps run as "loop" with the budget's block size.
 - "pallas": ``flash_pallas``, FlashAttention-2's fused tiles as Pallas kernels.
 
-"auto" is "loop" on a CPU and "batched" on an accelerator (``kernel_for``).
+"auto" is "batched" on an accelerator; on a CPU, "batched" for causal
+attention of T >= 256 and "loop" otherwise (``kernel_for``, measured there).
 """
 
 from __future__ import annotations
@@ -214,13 +219,23 @@ def attend_backward(qs, kt, vt, do, causal, mask, rows):
 KERNELS = ("auto", "loop", "batched", "pallas")
 _STEPS = 4  # the batched kernel's steps where the memory budget allows (causal: (n + 1) / 2n of the products)
 _MAX_STEPS = 8  # steps with a branch each at most (compile time grows with them); beyond, ``attend``'s loop
+_CPU_BATCHED_T = 256  # a CPU's "auto" takes "batched" for causal attention from this T (its steps skip masked keys)
 
 
-def kernel_for(kernel: str) -> str:
-    """The kernel that ``kernel`` names: "auto" is "loop" on a CPU and "batched" on an accelerator."""
+def kernel_for(kernel: str, causal: bool = False, T: int = 0) -> str:
+    """The kernel that ``kernel`` names. "auto": "batched" on an accelerator; on a CPU, "batched" for causal
+    attention of T >= 256, else "loop".
+
+    Measured on the 2-core CPU (B = 8, D = 128, 4 heads, interleaved, ``manualbp bench --model attention``):
+    causal, batched against loop, 1.0x the time at T = 128, 0.56x at 256, 0.48-0.71x at 512 (its steps read
+    only the keys up to their last row), the same at 1024 (32 steps of the CPU's 4 MiB: run as the loop);
+    not causal, no product to skip, and 1.2x at T = 128. Its compile takes 2-3x the loop's (a branch per step).
+    """
     if kernel != "auto":
         return kernel
-    return "loop" if jax.default_backend() == "cpu" else "batched"
+    if jax.default_backend() != "cpu":
+        return "batched"
+    return "batched" if causal and T >= _CPU_BATCHED_T else "loop"
 
 
 def memory_budget() -> int:
@@ -329,8 +344,8 @@ def forward(kernel, qs, kt, vt, causal, mask, block_size):
     choice). The residuals are (qs, kt, vt), and the row log-sum-exp for
     "pallas".
     """
-    kernel = kernel_for(kernel)
     (B, T, H, _), S, itemsize = qs.shape, kt.shape[2], qs.dtype.itemsize
+    kernel = kernel_for(kernel, causal, T)
     if kernel == "pallas":
         from manualbp.layers import flash_pallas
 
@@ -345,9 +360,9 @@ def forward(kernel, qs, kt, vt, causal, mask, block_size):
 
 def backward(kernel, residuals, do, causal, mask, block_size):
     """(dQs (B, T, H, dh), dK^T, dV^T (B, H, S, dh)) from ``forward``'s residuals and dO, by the same kernel."""
-    kernel = kernel_for(kernel)
     qs, kt, vt = residuals[:3]
     (B, T, H, _), S, itemsize = qs.shape, kt.shape[2], qs.dtype.itemsize
+    kernel = kernel_for(kernel, causal, T)
     if kernel == "pallas":
         from manualbp.layers import flash_pallas
 

@@ -112,9 +112,14 @@ def _rowsum(p, dp):
     return jnp.sum(p * dp, axis=1)
 
 
+def _div(a, b: int):
+    """a // b for a grid index a >= 0 (``lax.div``: Triton's lowering takes no // of a program id)."""
+    return lax.div(a, jnp.asarray(b, a.dtype))
+
+
 def _key_tiles(i, bq, bk, n, causal):
     """How many key tiles query tile i reads: all n, or (causal) those up to its last row."""
-    return jnp.minimum(n, ((i + 1) * bq + bk - 1) // bk) if causal else n
+    return jnp.minimum(n, _div((i + 1) * bq + bk - 1, bk)) if causal else n
 
 
 def _forward_kernel(q_ref, k_ref, v_ref, keep_ref, o_ref, lse_ref, *, causal, bk, acc):
@@ -186,7 +191,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, keep_ref, do_ref, lse_ref, d_ref, dk_ref, d
         ds = p * (_dot(do, v.T, acc) - d_ref[queries][:, None])
         return dk + _dot(ds.T.astype(q.dtype), q, acc), dv + _dot(p.T.astype(do.dtype), do, acc)
 
-    first = (j * bk) // bq if causal else 0  # causal: the query tiles before it see none of its keys
+    first = _div(j * bk, bq) if causal else 0  # causal: the query tiles before it see none of its keys
     zeros = jnp.zeros((bk, dh), acc)
     dk, dv = lax.fori_loop(first, q_ref.shape[0] // bq, body, (zeros, zeros))
     dk_ref[...] = dk.astype(dk_ref.dtype)
