@@ -226,10 +226,11 @@ def kernel_for(kernel: str, causal: bool = False, T: int = 0) -> str:
     """The kernel that ``kernel`` names. "auto": "batched" on an accelerator; on a CPU, "batched" for causal
     attention of T >= 256, else "loop".
 
-    Measured on the 2-core CPU (B = 8, D = 128, 4 heads, interleaved, ``manualbp bench --model attention``):
-    causal, batched against loop, 1.0x the time at T = 128, 0.56x at 256, 0.48-0.71x at 512 (its steps read
-    only the keys up to their last row), the same at 1024 (32 steps of the CPU's 4 MiB: run as the loop);
-    not causal, no product to skip, and 1.2x at T = 128. Its compile takes 2-3x the loop's (a branch per step).
+    Measured on the 2-core CPU (B = 8, D = 128, 4 heads, float32, interleaved in one run, three runs at a load
+    average of 17 from other processes; ``manualbp bench --model attention --kernels loop,batched``), causal,
+    batched against loop: 0.91-1.01x the time at T = 128, 0.46-0.66x at 256, 0.48-0.79x at 512 (its steps read
+    only the keys up to their last row), 0.98-1.00x at 1024 (32 steps of the CPU's 4 MiB: run as the loop). Not
+    causal there is no product to skip (1.2x at T = 128). Its compile takes 2-4x the loop's (a branch per step).
     """
     if kernel != "auto":
         return kernel
