@@ -107,6 +107,7 @@ def test_bad_compute_dtypes(spirals, compute, params_dtype, match):
         train(model, head, params, spirals, steps=1, batch_size=8, key=jax.random.key(0), compute_dtype=compute)
 
 
+@pytest.mark.slow
 def test_the_cli_flag(capsys):
     code = main(["train", "--model", "mlp", "--data", "spirals", "--grad", "twin", "--steps", "20", "--batch-size",
                  "32", "--compute-dtype", "bfloat16", "--json"])

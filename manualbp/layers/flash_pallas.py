@@ -31,9 +31,10 @@ query tiles, reading D). A causal tile pair with no allowed pair is skipped
 (the loops' bounds). Masked pairs get S = -inf, so P = 0 and dS = 0; a row
 with no allowed key has l = 0: O = 0 and lse = 0.
 
-Shapes are padded to whole tiles (T, S to multiples of the tile, dh to a
-power of two, at least 16 on a GPU): padded keys are masked, padded query
-rows get dO = 0, zero columns add exact zeros to every product. Sums and
+Shapes are padded to whole tiles (T and S to multiples of the tile; on a
+GPU, tiles and dh to powers of two >= 16, Triton's): padded keys are
+masked, padded query rows get dO = 0, zero columns of dh add exact zeros to
+every product. Sums and
 the softmax statistics run in float32 (float64 for float64 inputs); products
 take the inputs' dtype, as jax's default matmul precision sets it (TF32 for
 float32 on a GPU unless a precision is set, like XLA's own products).
