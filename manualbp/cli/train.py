@@ -44,6 +44,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="clip gradients to global norm C (manual path: manualbp.training.clip; reference: optax's)")
     p.add_argument("--seq-len", type=positive_int, metavar="T", help="adding problem: sequence length (default 50)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--compute-dtype", choices=["bfloat16", "float16"],
+                   help="mixed precision: forward and backward in this dtype, parameters and optimizer in --dtype "
+                        "(master weights); default: all in --dtype")
     p.add_argument("--seed", type=seed, default=0, help="seed for parameters and batch order, in [0, 2**64) (default 0)")
     p.add_argument("--plot", metavar="OUT.png", help="write loss curves (and, in twin mode, the per-step check)")
     p.add_argument("--checkpoint", metavar="DIR", help="keep the run in DIR (checkpoint.npz + history.log)")
@@ -167,7 +170,8 @@ def run(args) -> int:
     progress = Progress(steps, "reference" if args.grad == "reference" else "manual")
     common = dict(steps=steps, batch_size=batch_size, key=data_key, log_every=max(1, steps // 100), on_log=progress,
                   devices=None if mesh is not None else args.devices, checkpoint=args.checkpoint,
-                  checkpoint_every=args.checkpoint_every or 0, resume=args.resume, overwrite=args.overwrite, settings=settings)
+                  checkpoint_every=args.checkpoint_every or 0, resume=args.resume, overwrite=args.overwrite, settings=settings,
+                  compute_dtype=args.compute_dtype)
     t0 = time.perf_counter()
     try:
         if args.grad == "twin":

@@ -17,6 +17,7 @@ def summary(args, task, data, paths: dict, twin, wall_s: float) -> dict:
         "model": args.model, "data": data.name, "description": task.description, "grad": args.grad,
         "steps": primary.steps, "resumed_from": primary.resumed_from, "batch_size": args.batch_size or task.batch_size,
         "optimizer": args.optimizer or task.optimizer, "lr": args.lr or task.lr, "clip": args.clip, "dtype": args.dtype,
+        "compute_dtype": args.compute_dtype or args.dtype,
         "seed": args.seed, "devices": args.devices or 1, "model_parallel": args.model_parallel or 1,
         "processes": args.num_processes or 1, "wall_s": wall_s, "metric": metric,
         "test": {name: {metric: r.test[metric], **zoo.extra_metrics(task, r.params, data, r.stats)}  # e.g. sort: lists sorted
@@ -49,7 +50,8 @@ def text(out: dict, divergence) -> str:
         where += f" as {out['devices'] // out['model_parallel']} (batch) x {out['model_parallel']} (model)"
     if out["processes"] > 1:
         where += f" in {out['processes']} processes"
-    lines.append(f"{done} steps in {out['wall_s']:.1f} s ({out['grad']}, {out['dtype']}, {where}{resumed})")
+    dtype = out["dtype"] if out["compute_dtype"] == out["dtype"] else f"{out['compute_dtype']} compute, {out['dtype']} weights"
+    lines.append(f"{done} steps in {out['wall_s']:.1f} s ({out['grad']}, {dtype}, {where}{resumed})")
     if "plot" in out:
         lines.append(f"plot written to {out['plot']}")
     return "\n".join(lines)

@@ -127,7 +127,8 @@ class PeerLost(RuntimeError):
 
 
 def run(model, head, params, data, *, optimizers: dict, twin: bool, steps: int, batch_size: int, key,
-        log_every: int, on_log, run_dir, checkpoint_every: int, expect: dict, devices) -> LoopOutput:
+        log_every: int, on_log, run_dir, checkpoint_every: int, expect: dict, devices,
+        compute_dtype=None) -> LoopOutput:
     """Train from ``params`` (or from ``run_dir``'s checkpoint when it resumes) up to ``steps`` steps."""
     t0 = time.perf_counter()
     mesh = training_mesh(model, devices)
@@ -138,7 +139,7 @@ def run(model, head, params, data, *, optimizers: dict, twin: bool, steps: int, 
     y_all = np.asarray(data.y_train) if data.task == "classification" else np.asarray(data.y_train, dtype)
     stats = init_running_stats(model, params)
     state = {path: PathState(params, jax.jit(opt.init)(params), stats) for path, opt in optimizers.items()}
-    step_fn = make_step(model, head, optimizers, data.task, twin)
+    step_fn = make_step(model, head, optimizers, data.task, twin, compute_dtype)
     layout = history_layout(step_fn, state, x_all[:batch_size], y_all[:batch_size])
     start, position, past = 0, (0, 0), _stack([], layout)
     if run_dir is not None and run_dir.resuming:
