@@ -59,6 +59,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
+from manualbp.layers.softmax import softmax_vjp
+
 _BLOCK_BYTES = 4 << 20  # one (B, heads, rows, S) temporary per block: well inside cache, far below glibc's mmap threshold
 
 
@@ -126,7 +128,7 @@ def _backward_block(q, kt, vt, do, start, causal, mask):
     pt = _softmax_t(_scores_t(q, kt, start, causal, mask))  # masked: exp(-inf) = 0
     dvt = jnp.einsum("bhkq,bqhd->bhkd", pt, do)  # dV = P^T dO
     dpt = jnp.einsum("bhkd,bqhd->bhkq", vt, do)  # dP^T = V dO^T
-    dst = pt * (dpt - jnp.sum(pt * dpt, axis=2, keepdims=True))  # dS = P (dP - D), D_i = sum_k P_ik dP_ik
+    dst = softmax_vjp(pt, dpt, 2)  # dS = P (dP - D), D_i = sum_k P_ik dP_ik: two passes, no cancellation
     return jnp.einsum("bhkq,bhkd->bqhd", dst, kt), jnp.einsum("bhkq,bqhd->bhkd", dst, q), dvt
 
 
