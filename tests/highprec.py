@@ -283,6 +283,18 @@ def _read(env, v):
     return v.val if hasattr(v, "val") and not hasattr(v, "count") else env[v]
 
 
+_BORN = {"exp", "exp2", "expm1", "logistic", "erfc", "tanh"}  # where magnitudes far from 1 are born (e^-290 = 1e-126)
+_RANGE = []  # [smallest, largest] binary exponent of a nonzero result of a _BORN primitive, while ``truth`` runs
+
+
+def _track(out):
+    if not _RANGE:
+        return
+    mags = [mpmath.mag(v) for v in out.ravel() if v != 0 and mpmath.isfinite(v)]
+    if mags:
+        _RANGE[0], _RANGE[1] = min(_RANGE[0], *mags), max(_RANGE[1], *mags)
+
+
 def eval_jaxpr(jaxpr, consts, *args):
     """The outputs of ``jaxpr`` at ``args``: mp arrays where a float depends on an mp input, plain arrays elsewhere."""
     env = {}
@@ -305,6 +317,8 @@ def eval_jaxpr(jaxpr, consts, *args):
             out = _moved(eqn.primitive, ins, eqn.params)
         elif name in _RULES:
             out = _RULES[name](*ins, **eqn.params)
+            if name in _BORN:
+                _track(out)
         else:
             raise NotImplementedError(f"highprec: no 50-digit rule for the primitive {name!r}")
         outs = out if eqn.primitive.multiple_results or name in ("scan",) or name in _CALLS else [out]
@@ -317,16 +331,22 @@ def _is_key(a) -> bool:
     return hasattr(a, "dtype") and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
 
 
-def truth(fn, *args, digits: int = DIGITS, max_digits: int = 3200):
+def truth(fn, *args, digits: int = DIGITS, max_digits: int = 6400):
     """``fn(*args)`` evaluated in high-precision arithmetic, every float leaf of the result rounded to float64.
 
     ``fn`` is traced with x64 on at the shapes of ``args`` (pytrees; float leaves are taken exactly, whatever
-    their dtype); integer and key leaves are passed as they are. The precision adapts: the jaxpr is
-    evaluated with ``digits`` and with twice as many significant digits, doubling until the two agree to
-    within 1e-6 of a float64 ulp on every entry. A fixed precision would not do: a softmax row whose
-    logits are 250 apart has probabilities of 1e-109, and the gradient of its dominant entry, of that size,
-    is a difference of numbers of size 1 that 50 digits would round to nothing, exactly as float64 does.
-    Raises ValueError if ``max_digits`` is not enough.
+    their dtype); integer and key leaves are passed as they are.
+
+    The precision adapts to the numbers met. A fixed one would not do: a softmax row whose logits are 290
+    apart has probabilities of 1e-126, and the gradient of its dominant entry, of that size, is
+    y_k (dy_k - sum_i dy_i y_i), a difference of numbers of size 1 that any precision below 126 digits
+    absorbs, EXACTLY as float64 does (1 - 1e-126 rounds to 1, dy_k - D to 0): two evaluations at 50 and
+    100 digits then agree on a wrong 0. So a first pass at ``digits`` records the range of magnitudes
+    that exponentials, sigmoids and erfc produce (where values far from 1 are born); the evaluation runs
+    again with that range's decimal width (capped at float64's range) plus ``digits``, and at twice that,
+    doubling until two
+    successive results agree to 1e-6 of a float64 ulp on every entry. Raises ValueError if ``max_digits``
+    is not enough.
     """
     with jax.enable_x64(True):
         leaves, treedef = jax.tree_util.tree_flatten(args)
@@ -340,6 +360,14 @@ def truth(fn, *args, digits: int = DIGITS, max_digits: int = 3200):
                 outs = eval_jaxpr(closed.jaxpr, closed.consts, *mp_args)
             return [to_float64(o) if _is_float(o) else np.asarray(o) for o in outs]
 
+        _RANGE[:] = [0, 0]
+        try:
+            run(digits)
+            # beyond float64's range (2^+-1075) a magnitude cannot reach a float64 result except as 0 or inf
+            width = int((min(_RANGE[1], 1075) - max(_RANGE[0], -1075)) * math.log10(2)) + 1
+        finally:
+            _RANGE.clear()
+        digits += width
         low = run(digits)
         while True:
             if 2 * digits > max_digits:

@@ -20,7 +20,7 @@ from manualbp import reference as ref
 from manualbp.layers.softmax import softmax_vjp
 
 
-def _softmax_vjp_exact(x, dy, dps=400):
+def _softmax_vjp_exact(x, dy, dps=600):
     """dx = y (dy - sum dy y), y = softmax(x), in ``dps``-digit arithmetic: the closed form, one slice."""
     with mpmath.workdps(dps):
         xs = [mpmath.mpf(float(v)) for v in x]
@@ -40,16 +40,21 @@ def _saturated_slices(n=40, seed=0):
     return [(s * rng.standard_normal(5), rng.standard_normal(5)) for s in np.linspace(5, 30, n)]
 
 
-def test_highprec_truth_is_the_closed_form_of_a_saturated_softmax():
-    """The 50+ digit evaluation of jax.vjp's jaxpr equals the closed form at 400 digits, where 50 would not do."""
+@pytest.mark.parametrize("x, dy", [
+    ([18.9, -52.3, -41.3, -244.1, 180.0], [1.14, -0.33, 0.77, 0.28, -0.55]),  # y: 1e-70, 1e-101, 1e-96, 1e-185, ~1
+    ([0.0, -290.0, -297.0], [0.3, -1.2, 0.4]),  # y_1 = 1e-126: 50 and 100 digits both absorb it (dx_0 = 0 at both)
+], ids=["gaps-to-424", "gap-290"])
+def test_highprec_truth_is_the_closed_form_of_a_saturated_softmax(x, dy):
+    """The adaptive-precision evaluation of jax.vjp's jaxpr equals the closed form at 600 digits, where a fixed 50 (or
+    a 50-vs-100 agreement) would keep float64's own cancellation of the dominant entry."""
     layer = mbp.Softmax()
     fn = lambda x, dy: jax.vjp(lambda v: ref.forward(layer, {}, v, ref.NoTaps()), x)[1](dy)[0]  # noqa: E731
-    x = np.array([18.9, -52.3, -41.3, -244.1, 180.0])  # y = (1e-70, 1e-101, 1e-96, 1e-185, 1 - 1e-70)
-    dy = np.array([1.14, -0.33, 0.77, 0.28, -0.55])
-    exact = _softmax_vjp_exact(x, dy)
-    assert exact[4] != 0 and abs(exact[4]) < 1e-60  # the dominant entry's gradient, of the size of the others'
+    x, dy = np.array(x), np.array(dy)
+    exact = _softmax_vjp_exact(x, dy, dps=600)
+    k = int(np.argmax(x))
+    assert exact[k] != 0 and abs(exact[k]) < 1e-60  # the dominant entry's gradient, of the size of the others'
     np.testing.assert_array_equal(highprec.truth(fn, x, dy), exact)
-    assert _softmax_vjp_exact(x, dy, dps=50)[4] != exact[4]  # a fixed 50 digits would lose it
+    assert _softmax_vjp_exact(x, dy, dps=50)[k] != exact[k]  # a fixed 50 digits would lose it
 
 
 def test_saturated_softmax_is_as_accurate_as_jax_grad():
