@@ -12,7 +12,8 @@ Writes docs/accuracy.md (the table, the command, the date, the machine, the jax 
 docs/img/accuracy_matrix.json (every ratio's quantiles, and each row's worst point).
 
 Run: .venv/bin/python scripts/accuracy_matrix.py [--seeds 8] [--cases Softmax,LSTM] [--md docs/accuracy.md]
-(about 1 s per point on a shared 2-core machine, most of it the 50+ digit truth: ~25 minutes for 8 seeds.)
+(about 1 s per point on a shared 2-core machine, most of it the 50+ digit truth: ~30 minutes for 8 seeds.)
+With --cases, only those rows are measured again and the others are kept from the last run's JSON.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def markdown(rows, args, meta) -> str:
         "and random labels, or the confident right answer (label = argmax; for the sigmoid head label = z > 0).",
         "",
         f"Command: `.venv/bin/python scripts/accuracy_matrix.py --seeds {args.seeds}`"
-        + (f" `--cases {args.cases}`" if args.cases else ""),
+        + (f" (then `--cases \"{args.cases}\"`, which measured those rows again and kept the others)" if args.cases
+           else ""),
         f"({meta['date']}; jax {meta['jax']}, {meta['backend']} {meta['device']}, {meta['cpu_count']} cores,"
         f" {meta['machine']}, Python {meta['python']}; {meta['wall_s']:.0f} s). Figures: docs/img/accuracy_matrix.json.",
         "",
@@ -103,12 +105,17 @@ def main(argv=None):
     cases = [c for c in accuracy.CASES if not names or c.name in names]
     t0 = time.time()
     rows = []
+    if names and Path(args.json).exists():  # a partial run updates its rows of the last full run's table
+        previous = json.loads(Path(args.json).read_text())["rows"]
+        rows = [r for r in previous if r["case"] not in names]
     for case in cases:
         for dtype in DTYPES:
             r = run_case(case, dtype, args.seeds)
             rows.append(r)
             print(f"{r['case']:42s} {dtype}  n={r['n']:4d}  p50 {r['p50']:.2f}  p90 {r['p90']:.2f}  p99 {r['p99']:.2f}  "
                   f"max {r['max']:.2f}  [{time.time() - t0:.0f}s]", flush=True)
+    order = {c.name: i for i, c in enumerate(accuracy.CASES)}
+    rows.sort(key=lambda r: (order.get(r["case"], len(order)), DTYPES.index(r["dtype"])))
     meta = {**machine(), "date": datetime.date.today().isoformat(), "wall_s": time.time() - t0,
             "platform": platform.platform()}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

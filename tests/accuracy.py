@@ -17,7 +17,8 @@ as eps, and two errors both at that floor give the ratio 1. A quantity whose tru
 
 Input scales: x = scale * N(0, 1) (scale 1, 5, 30: at 30 sigmoids, tanh and softmax saturate), and for
 layers whose forward makes discrete choices (ReLU's kink, max-pool's winner) also "ties": x on a grid of
-halves (exact zeros and tied windows). Parameters are drawn as the mutation scenes draw them (W ~ N(0,
+halves (exact zeros and tied windows); for the normalizations also "flat": x = 0.5 + 1e-3 N(0, 1), a
+variance far below epsilon. Parameters are drawn as the mutation scenes draw them (W ~ N(0,
 1/fan_in), vectors ~ N(0, 1/4): no unit gamma or zero bias), dy ~ N(0, 1). Heads take logits at the scale
 and, per case, random labels or the confident right answer (label = argmax, the saturated case).
 """
@@ -38,6 +39,7 @@ from manualbp.verify.rounding import cast
 
 SCALES = (1.0, 5.0, 30.0)
 TIES = "ties"
+FLAT = "flat"  # x = 0.5 + 1e-3 N(0, 1): a normalization's variance far below its epsilon
 B = 2  # examples per point: small, for the 50-digit truth
 
 
@@ -46,6 +48,7 @@ class Case(NamedTuple):
     layer: object
     input_shape: object  # per-example shape; a tuple of shapes for a tuple input; "ids" for integer ids
     kinks: bool = False  # the forward makes discrete choices: also measured at TIES
+    flat: bool = False  # a normalization: also measured at FLAT
     labels: str | None = None  # heads: "random" or "argmax" (the confident right answer)
 
 
@@ -65,8 +68,9 @@ CASES = [
     Case("LeakyReLU", mbp.LeakyReLU(0.1), (6,), kinks=True),
     Case("Softmax", mbp.Softmax(), (5,)),
     Case("Softmax (axis 1 of 3)", mbp.Softmax(axis=1), (5, 2)),
-    Case("LayerNorm", mbp.LayerNorm(), (5,)),
-    Case("BatchNorm", mbp.BatchNorm(), (3,)),
+    Case("LayerNorm", mbp.LayerNorm(), (5,), flat=True),
+    Case("BatchNorm (batch 2)", mbp.BatchNorm(), (3,), flat=True),
+    Case("BatchNorm (batch 2 x 3 x 3)", mbp.BatchNorm(), (3, 3, 2), flat=True),
     Case("Conv1D", mbp.Conv1D(3, 3), (5, 2)),
     Case("Conv2D", mbp.Conv2D(2, 3, stride=2), (4, 4, 2)),
     Case("ConvTranspose2D", mbp.ConvTranspose2D(2, 3, stride=2), (3, 3, 2)),
@@ -87,9 +91,10 @@ CASES = [
     Case("Bidirectional(GRU)", mbp.Bidirectional(mbp.GRU(3)), (4, 2)),
     Case("MultiHeadAttention", mbp.MultiHeadAttention(2), (4, 4)),
     Case("MultiHeadAttention (causal)", mbp.MultiHeadAttention(2, causal=True), (4, 4)),
+    Case("MultiHeadAttention (causal, head_dim 4)", mbp.MultiHeadAttention(2, causal=True), (4, 8)),
     Case("MultiHeadAttention (cross, key mask)", mbp.MultiHeadAttention(2, cross=True, key_mask=True),
          ((3, 4), (5, 2), _mask_shape(5))),
-    Case("TransformerBlock", mbp.TransformerBlock(4, 2, hidden=6), (3, 4)),
+    Case("TransformerBlock (1 head, head_dim 4)", mbp.TransformerBlock(4, 1, hidden=6), (3, 4)),
     Case("SoftmaxCrossEntropy (random labels)", mbp.SoftmaxCrossEntropy(), (5,), labels="random"),
     Case("SoftmaxCrossEntropy (label = argmax)", mbp.SoftmaxCrossEntropy(), (5,), labels="argmax"),
     Case("SigmoidBinaryCrossEntropy (random labels)", mbp.SigmoidBinaryCrossEntropy(), (5,), labels="random"),
@@ -116,7 +121,8 @@ def _draw_x(shape, scale, rng, dtype):
             lengths = rng.integers(1, s[1] + 1, (B,))
             return np.arange(s[1])[None, :] < lengths[:, None]
         z = rng.standard_normal((B, *s))
-        return (np.round(2 * z) / 2 if scale == TIES else scale * z).astype(dtype)
+        x = np.round(2 * z) / 2 if scale == TIES else 0.5 + 1e-3 * z if scale == FLAT else scale * z
+        return x.astype(dtype)
 
     if shape == "ids":
         return rng.integers(0, 7, (B, 4)).astype(np.int32)
@@ -223,7 +229,7 @@ def errors(case: Case, dtype, scale, seed: int) -> list[Errors]:
 
 
 def scales_of(case: Case):
-    return (*SCALES, TIES) if case.kinks else SCALES
+    return (*SCALES, *([TIES] if case.kinks else []), *([FLAT] if case.flat else []))
 
 
 def quantiles(ratios) -> dict:

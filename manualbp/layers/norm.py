@@ -103,6 +103,13 @@ def _backward(params, xhat, rstd, dy, axes, eps):
     """(dparams, dx): dx = rstd (P P dxhat + xhat (xhat . dxhat) eps rstd^2 / s2), sums over ``axes`` (module docstring)."""
     d = xhat.shape[-1]
     dxhat = dy * _per_feature(params["gamma"], dy.ndim)
+    grads = {
+        "gamma": jnp.sum((dy * xhat).reshape(-1, d), axis=0),  # dgamma = sum dy xhat
+        "beta": jnp.sum(dy.reshape(-1, d), axis=0),  # dbeta = sum dy
+    }
+    # recentered: the forward's x - mu carries mu's rounding as a common offset, large beside x - mu where the
+    # entries nearly agree (var << eps); sum xhat = 0 is what the derivation assumes
+    xhat = xhat - jnp.mean(xhat, axis=axes, keepdims=True)
     s2 = jnp.sum(xhat * xhat, axis=axes, keepdims=True)
 
     def project(g, g_xhat):  # P g = g - mean(g) - xhat (xhat . g) / s2, given xhat . g
@@ -112,10 +119,6 @@ def _backward(params, xhat, rstd, dy, axes, eps):
     h = project(dxhat, dxhat_xhat)
     h = project(h, jnp.sum(h * xhat, axis=axes, keepdims=True))  # the second pass: no cancellation left in the span
     dx = rstd * (h + xhat * (dxhat_xhat * (jnp.asarray(eps, rstd.dtype) * rstd * rstd / s2)))
-    grads = {
-        "gamma": jnp.sum((dy * xhat).reshape(-1, d), axis=0),  # dgamma = sum dy xhat
-        "beta": jnp.sum(dy.reshape(-1, d), axis=0),  # dbeta = sum dy
-    }
     return grads, dx
 
 
