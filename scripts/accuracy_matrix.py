@@ -11,7 +11,7 @@ The goal is p99 <= 2 (manual at most twice jax.grad's error); a row above it is 
 Writes docs/accuracy.md (the table, the command, the date, the machine, the jax version) and
 docs/img/accuracy_matrix.json (every ratio's quantiles, and each row's worst point).
 
-Run: .venv/bin/python scripts/accuracy_matrix.py [--seeds 8] [--cases Softmax,LSTM] [--md docs/accuracy.md]
+Run: .venv/bin/python scripts/accuracy_matrix.py [--seeds 8] [--cases "Softmax;LSTM"] [--md docs/accuracy.md]
 (about 1 s per point on a shared 2-core machine, most of it the 50+ digit truth: ~30 minutes for 8 seeds.)
 With --cases, only those rows are measured again and the others are kept from the last run's JSON.
 """
@@ -38,6 +38,17 @@ import accuracy  # noqa: E402
 from manualbp.cli.benchmarks.timing import machine  # noqa: E402
 
 DTYPES = ("float64", "float32")
+
+# why a row is above p99 = 2, where the cause is known (keyed by the start of the case's name)
+REASONS = {
+    "MultiHeadAttention": (
+        "head_dim 2: the layer scales Q by fl(1/sqrt(head_dim)) before the score product, the reference scales "
+        "the scores after it: one more rounding in every term of every score, which shows where a score's terms "
+        "cancel, and at input scale 30, where scores are in the hundreds and P's relative error is the scores' "
+        "absolute error. With head_dim 4 (an exact scale, 1/2) the same layer is within the bound (row "
+        "\"MultiHeadAttention (causal, head_dim 4)\"). Scaling S instead of Q is a change inside flash's blocks, "
+        "left to the rework of flash.py under way on another branch."),
+}
 
 
 def run_case(case, dtype, seeds):
@@ -91,23 +102,26 @@ def markdown(rows, args, meta) -> str:
                      f"{w['jax_error']:.1e} |")
     lines += ["", f"Rows above p99 = 2: {len(over)} of {len(rows)}"
               + (": " + ", ".join(f"{r['case']} {r['dtype']} ({r['p99']:.2f})" for r in over) if over else "") + "."]
+    for prefix, why in REASONS.items():
+        if any(r["case"].startswith(prefix) for r in over):
+            lines += ["", f"- {prefix}: {why}"]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=8)
-    parser.add_argument("--cases", default="", help="comma-separated case names (default: every case)")
+    parser.add_argument("--cases", default="", help="case names separated by semicolons (default: every case)")
     parser.add_argument("--md", default="docs/accuracy.md")
     parser.add_argument("--json", default="docs/img/accuracy_matrix.json")
     args = parser.parse_args(argv)
-    names = [n for n in args.cases.split(",") if n]
+    names = [n.strip() for n in args.cases.split(";") if n.strip()]
     cases = [c for c in accuracy.CASES if not names or c.name in names]
     t0 = time.time()
     rows = []
     if names and Path(args.json).exists():  # a partial run updates its rows of the last full run's table
         previous = json.loads(Path(args.json).read_text())["rows"]
-        rows = [r for r in previous if r["case"] not in names]
+        rows = [r for r in previous if r["case"] not in names and r["case"] in {c.name for c in accuracy.CASES}]
     for case in cases:
         for dtype in DTYPES:
             r = run_case(case, dtype, args.seeds)
