@@ -48,6 +48,9 @@ REASONS = {
         "absolute error. With head_dim 4 (an exact scale, 1/2) the same layer is within the bound (row "
         "\"MultiHeadAttention (causal, head_dim 4)\"). Scaling S instead of Q is a change inside flash's blocks, "
         "left to the rework of flash.py under way on another branch."),
+    "TransformerBlock": (
+        "p99 2.11 over 384 gradients in float64 (p90 1.20; float32: 1.89); the worst point is the attention's dbq at "
+        "input scale 5, 6.0e-16 against jax.grad's 1.4e-16 (a few ulps either way); not analysed further."),
 }
 
 
@@ -114,7 +117,13 @@ def main(argv=None):
     parser.add_argument("--cases", default="", help="case names separated by semicolons (default: every case)")
     parser.add_argument("--md", default="docs/accuracy.md")
     parser.add_argument("--json", default="docs/img/accuracy_matrix.json")
+    parser.add_argument("--md-only", action="store_true", help="rewrite the markdown from the JSON, measuring nothing")
     args = parser.parse_args(argv)
+    if args.md_only:
+        saved = json.loads(Path(args.json).read_text())
+        args.seeds, args.cases = saved["seeds"], saved.get("cases", "")
+        Path(args.md).write_text(markdown(saved["rows"], args, saved["meta"]))
+        return
     names = [n.strip() for n in args.cases.split(";") if n.strip()]
     cases = [c for c in accuracy.CASES if not names or c.name in names]
     t0 = time.time()
@@ -133,7 +142,8 @@ def main(argv=None):
     meta = {**machine(), "date": datetime.date.today().isoformat(), "wall_s": time.time() - t0,
             "platform": platform.platform()}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"seeds": args.seeds, "meta": meta, "rows": rows}, indent=1, default=str))
+    Path(args.json).write_text(json.dumps({"seeds": args.seeds, "cases": args.cases, "meta": meta, "rows": rows}, indent=1,
+                                          default=str))
     Path(args.md).write_text(markdown(rows, args, meta))
     over = [r for r in rows if r["p99"] > 2]
     print(f"rows above p99 = 2: {len(over)} of {len(rows)}")
