@@ -9,7 +9,8 @@ values V (S, dh), and a set of allowed pairs (i, j) (the masks):
 Backward, given dO (Dao et al., 2022, "FlashAttention", section 3.1 and appendix B.2):
 
     dV = P^T dO                     dP = dO V^T
-    dS_ij = P_ij (dP_ij - D_i),     D_i = sum_k P_ik dP_ik       (softmax's Jacobian, row by row)
+    dS_ij = P_ij (dP_ij - D_i),     D_i = sum_k P_ik dP_ik       (softmax's Jacobian, row by row;
+                                                                  two passes, ``softmax.softmax_vjp``)
     dQ = dS K / sqrt(dh)            dK = dS^T Q / sqrt(dh)
 
 Between forward and backward only Q, K and V are kept (and O, which the
@@ -26,7 +27,8 @@ With one allowed key in a row, P_i is the constant 1 and dS_i = 0: softmax
 (and jax.grad) give exactly 1 and 0, while exp(S - lse) with S recomputed
 by another product, and dP - dO.O, two dot products rounded apart, leave
 ~1e-9 (a false FAIL against jax.grad's exact 0 in dQ, dK and their
-weights). Here a one-key row gets P = exp(0) / 1 = 1 and D = dP exactly.
+weights). Here a one-key row gets P = exp(0) / 1 = 1 and D = dP exactly (and
+softmax_vjp's second pass sums only zeros there).
 
 Masks: a masked pair has S_ij = -inf, so P_ij = 0 exactly and dS_ij = 0:
 no gradient reaches its score. A row with no allowed key gets P_i = 0 and
