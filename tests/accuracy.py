@@ -181,8 +181,8 @@ def _quantities(dparams, dx) -> dict:
     for path, v in jax.tree_util.tree_leaves_with_path(dx):
         if v is not None and jnp.issubdtype(v.dtype, jnp.floating):
             out["dx" + jax.tree_util.keystr(path)] = v
-    for path, v in jax.tree_util.tree_leaves_with_path(dparams):
-        out["d" + jax.tree_util.keystr(path).strip("[]'\"")] = v
+    for path, v in jax.tree_util.tree_leaves_with_path(dparams):  # "dW", "dattn/Wq", "dforward/bhn"
+        out["d" + "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)] = v
     return out
 
 
