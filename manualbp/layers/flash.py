@@ -9,7 +9,8 @@ values V (S, dh), and a set of allowed pairs (i, j) (the masks):
 Backward, given dO (Dao et al., 2022, "FlashAttention", section 3.1 and appendix B.2):
 
     dV = P^T dO                     dP = dO V^T
-    dS_ij = P_ij (dP_ij - D_i),     D_i = sum_k P_ik dP_ik       (softmax's Jacobian, row by row)
+    dS_ij = P_ij (dP_ij - D_i),     D_i = sum_k P_ik dP_ik       (softmax's Jacobian, row by row;
+                                                                  two passes, ``softmax.softmax_vjp``)
     dQ = dS K / sqrt(dh)            dK = dS^T Q / sqrt(dh)
 
 Between forward and backward only Q, K and V are kept (and O, which the
@@ -26,7 +27,8 @@ With one allowed key in a row, P_i is the constant 1 and dS_i = 0: softmax
 (and jax.grad) give exactly 1 and 0, while exp(S - lse) with S recomputed
 by another product, and dP - dO.O, two dot products rounded apart, leave
 ~1e-9 (a false FAIL against jax.grad's exact 0 in dQ, dK and their
-weights). Here a one-key row gets P = exp(0) / 1 = 1 and D = dP exactly.
+weights). Here a one-key row gets P = exp(0) / 1 = 1 and D = dP exactly (and
+softmax_vjp's second pass sums only zeros there).
 
 Masks: a masked pair has S_ij = -inf, so P_ij = 0 exactly and dS_ij = 0:
 no gradient reaches its score. A row with no allowed key gets P_i = 0 and
@@ -84,6 +86,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from manualbp.layers.softmax import softmax_vjp
 
 _BLOCK_BYTES = 4 << 20  # one (B, heads, rows, S) temporary per block: well inside cache, far below glibc's mmap threshold
 
@@ -152,7 +156,7 @@ def _backward_block(q, kt, vt, do, start, causal, mask):
     pt = _softmax_t(_scores_t(q, kt, start, causal, mask))  # masked: exp(-inf) = 0
     dvt = jnp.einsum("bhkq,bqhd->bhkd", pt, do)  # dV = P^T dO
     dpt = jnp.einsum("bhkd,bqhd->bhkq", vt, do)  # dP^T = V dO^T
-    dst = pt * (dpt - jnp.sum(pt * dpt, axis=2, keepdims=True))  # dS = P (dP - D), D_i = sum_k P_ik dP_ik
+    dst = softmax_vjp(pt, dpt, 2)  # dS = P (dP - D), D_i = sum_k P_ik dP_ik: two passes, no cancellation
     return jnp.einsum("bhkq,bhkd->bqhd", dst, kt), jnp.einsum("bhkq,bqhd->bhkd", dst, q), dvt
 
 

@@ -230,5 +230,5 @@ def train_twin(model, head, params, data: Dataset, *, optimizer: optax.GradientT
     if not divergence.ok:  # what the first diverging gradient IS: the run replayed to that step, the two fitted
         divergence.diagnosis = diagnose_first_failure(model, head, params, data, train=train, optimizer=optimizer,
                                                       batch_size=batch_size, key=key, divergence=divergence,
-                                                      names=divergence.names)
+                                                      names=divergence.names, compute_dtype=compute_dtype)
     return TwinResult(_result(model, data, "manual", out), _result(model, data, "reference", out), divergence)

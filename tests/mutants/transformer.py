@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import manualbp as mbp
 from manualbp.layers import flash, flash_pallas
 from manualbp.layers.attention import _flat, _heads, _merge
+from manualbp.layers.softmax import softmax_vjp
 from mutants.base import SeesIO, mutant_of
 
 
@@ -79,8 +80,7 @@ def _block_textbook(q, kt, vt, do, start, causal, mask, *, rowsum=True):
     pt = flash._softmax_t(flash._scores_t(q, kt, start, causal, mask))
     dvt = jnp.einsum("bhkq,bqhd->bhkd", pt, do)
     dpt = jnp.einsum("bhkd,bqhd->bhkq", vt, do)
-    d = jnp.sum(pt * dpt, axis=2, keepdims=True) if rowsum else 0  # the mutant: d = 0
-    dst = pt * (dpt - d)
+    dst = softmax_vjp(pt, dpt, 2) if rowsum else pt * dpt  # the mutant: D = 0
     return jnp.einsum("bhkq,bhkd->bqhd", dst, kt), jnp.einsum("bhkq,bqhd->bhkd", dst, q), dvt
 
 
