@@ -116,8 +116,9 @@ class ParallelAttention(Layer):
         x_spec = activation(3)
 
         def local(p, x):
-            partial, (_, _, qs, kt, vt, om, _) = self._local(x.shape[-1]).forward(self._per_device(p),
-                                                                                  self.enter.forward(x, MODEL))
+            # the local layer's kernel is "auto" (never "pallas"): its residuals are (qs, kt, vt), no row lse
+            partial, (_, _, (qs, kt, vt), om, _) = self._local(x.shape[-1]).forward(self._per_device(p),
+                                                                                    self.enter.forward(x, MODEL))
             y = self.leave.forward(partial, MODEL)
             return (add_bias(y, p["bo"]) if self.use_bias else y), (qs, kt, vt, om)
 
@@ -139,7 +140,7 @@ class ParallelAttention(Layer):
 
         def local(p, x, qs, kt, vt, om, dy):
             dy = self.leave.backward(dy, MODEL)
-            grads, dx = self._local(x.shape[-1]).backward(self._per_device(p), (x, None, qs, kt, vt, om, None), dy)
+            grads, dx = self._local(x.shape[-1]).backward(self._per_device(p), (x, None, (qs, kt, vt), om, None), dy)
             return sum_over_batch(grads), self.enter.backward(dx, MODEL)
 
         specs = (self.param_specs(), x_spec, _HEADS, _HEADS_T, _HEADS_T, activation(3, MODEL), x_spec)
