@@ -3,7 +3,7 @@
 For each layer and head of ``tests/accuracy.py`` (``CASES``), each dtype (float64, float32), each input scale
 (1, 5, 30; and "ties", x on a grid of halves, for layers with kinks or ties) and ``--seeds`` seeds: the
 manual backward and ``jax.vjp`` of the reference at the same point, both measured against the reference's
-VJP evaluated in 50+ digit arithmetic (``tests/highprec.py``). Per quantity (dx, each parameter gradient)
+VJP evaluated in 50+ digit arithmetic (``manualbp/verify/highprec.py``). Per quantity (dx, each parameter gradient)
 the ratio (manual's normwise relative error) / (jax.grad's), each error floored at the dtype's epsilon;
 per layer and dtype the quantiles p50, p90, p99 and max of those ratios over scales x seeds x quantities.
 The goal is p99 <= 2 (manual at most twice jax.grad's error); a row above it is marked.
@@ -77,7 +77,7 @@ def markdown(rows, args, meta) -> str:
         "",
         "Each built-in layer's and head's manual backward, and jax.grad (``jax.vjp`` of the reference forward), at",
         "the same point, measured against the reference's VJP evaluated in 50 or more significant digits",
-        "(``tests/highprec.py``: the jaxpr run in mpmath, with as many digits as the result needs). Per gradient",
+        "(``manualbp/verify/highprec.py``: the jaxpr run in mpmath, with as many digits as the result needs). Per gradient",
         "(dx and each parameter's) the normwise relative error of each; the table gives the ratio",
         "(manual's error) / (jax.grad's error), each floored at the dtype's epsilon (no result in the dtype is",
         "closer than its own rounding), as quantiles over input scales x seeds x gradients. Below 1, manual is",

@@ -103,9 +103,8 @@ def _scaled(x, scale):
 
 def who_is_right(model, head, params, x, y, mask=None):
     """(manual's, jax.grad's) largest normwise error over the parameter gradients, against a 50+ digit truth."""
-    import highprec
-
     from manualbp import reference as ref
+    from manualbp.verify import highprec
 
     with jax.enable_x64(True):
         _, gm = jax.jit(mbp.value_and_grad(model, head))(params, x, y, mask)

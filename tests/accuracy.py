@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import highprec
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,6 +34,7 @@ from mutants import draw_params
 
 import manualbp as mbp
 from manualbp import reference as ref
+from manualbp.verify import highprec
 from manualbp.verify.rounding import cast
 
 SCALES = (1.0, 5.0, 30.0)

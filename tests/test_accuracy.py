@@ -7,7 +7,6 @@ floored at the dtype's epsilon, see ``accuracy``).
 """
 
 import accuracy
-import highprec
 import jax
 import jax.numpy as jnp
 import mpmath
@@ -18,6 +17,7 @@ from arrays import host
 import manualbp as mbp
 from manualbp import reference as ref
 from manualbp.layers.softmax import softmax_vjp
+from manualbp.verify import highprec
 
 
 def _softmax_vjp_exact(x, dy, dps=600):

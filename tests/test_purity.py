@@ -26,8 +26,10 @@ CALLS_REFERENCE = {
 }
 
 # the manual modules that may call autodiff, and exactly what: check_vjp differentiates the USER's functions (fn and
-# its reference); the bridge wraps a manual backward as a jax.custom_vjp (and refuses second order with a custom_jvp)
+# its reference); the bridge wraps a manual backward as a jax.custom_vjp (and refuses second order with a custom_jvp);
+# highprec takes a scatter-add's 0/1 placement matrix as jax.jacfwd of the primitive (exact, no gradient of a layer)
 CALLS_AUTODIFF = {
+    "manualbp/verify/highprec.py": {"jacfwd"},
     "manualbp/verify/check_vjp.py": {"vjp"},
     "manualbp/bridge.py": {"custom_vjp", "custom_jvp"},
 }

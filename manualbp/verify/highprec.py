@@ -21,7 +21,11 @@ primitives the reference's layers use have an mp rule here:
 * scan, jit and custom_jvp/vjp calls: their inner jaxpr evaluated the same way.
 
 A primitive without a rule raises NotImplementedError naming it. Only for small arrays: each entry of each
-operation is a Python call.
+operation is a Python call; ``cost`` counts them before anything runs.
+
+The verdict uses it (``rounding.measure``) where float64 has no other measure of jax.grad's own error: a
+quantity that float32 loses entirely (a saturated softmax), whose float32-based estimate is then only a
+lower bound.
 """
 
 from __future__ import annotations
@@ -325,6 +329,29 @@ def eval_jaxpr(jaxpr, consts, *args):
         for v, o in zip(eqn.outvars, outs):
             env[v] = to_mp(o) if isinstance(o, mpmath.mpf) or (isinstance(o, np.ndarray) and o.dtype == object) else o
     return [_read(env, v) for v in jaxpr.outvars]
+
+
+def _jaxpr_cost(jaxpr) -> int:
+    total = 0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "scan":
+            total += eqn.params["length"] * _jaxpr_cost(eqn.params["jaxpr"].jaxpr)
+        elif name in _CALLS and _CALLS[name] in eqn.params:
+            total += _jaxpr_cost(_closed(eqn.params[_CALLS[name]])[0])
+        else:
+            total += sum(math.prod(getattr(o.aval, "shape", ())) for o in eqn.outvars)
+    return total
+
+
+def cost(fn, *args) -> int:
+    """How many entry operations ``truth(fn, *args)`` evaluates per pass (each output entry of each equation, a
+    scan's body times its length): traced only, nothing runs."""
+    with jax.enable_x64(True):
+        leaves, treedef = jax.tree_util.tree_flatten(args)
+        shaped = [jax.ShapeDtypeStruct(np.shape(a), np.float64) if _is_float(a) and not _is_key(a) else a for a in leaves]
+        closed = jax.make_jaxpr(lambda *ls: fn(*jax.tree_util.tree_unflatten(treedef, ls)))(*shaped)
+    return _jaxpr_cost(closed.jaxpr)
 
 
 def _is_key(a) -> bool:
