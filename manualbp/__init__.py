@@ -19,6 +19,8 @@ _LAYERS = (
     "Identity", "Layer", "LayerNorm", "LeakyReLU", "MaxPool2D", "MeanSquaredError", "MultiHeadAttention", "Multiply",
     "Parallel", "PositionalEmbedding", "ReLU", "Residual", "Sequential", "Sigmoid", "SigmoidBinaryCrossEntropy",
     "Softmax", "SoftmaxCrossEntropy", "Softplus", "Tanh", "TransformerBlock", "with_dropout_key", "without_dropout",
+    # tensor parallelism (docs/parallel.md)
+    "ColumnParallelDense", "FSDPDense", "ParallelAttention", "RowParallelDense", "parallel_block", "parallel_mlp",
 )
 # name -> the module that defines it ("data" is the module itself)
 _WHERE = {

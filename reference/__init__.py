@@ -32,12 +32,14 @@ else:
         dense,
         dropout,
         embedding,
+        fsdp,
         global_pool,
         gru,
         heads,
         lstm,
         nodes,
         norm,
+        parallel_attention,
         pool,
         positional,
         recurrent_base,
@@ -46,6 +48,7 @@ else:
         rnn,
         sequential,
         softmax,
+        tensor_parallel,
         transformer,
     )
     from .dispatch import NoTaps, Taps, apply, forward, forward_eval, head_forward

@@ -30,3 +30,10 @@ RUN_IDS = ["float32-jit", "float64-jit", "float32-eager"]
 def eager_in_float32_only(configs, dtype_of):
     """(config, jit) pairs: every config compiled, the float32 ones also eagerly (see ``RUNS``)."""
     return [(c, True) for c in configs] + [(c, False) for c in configs if np.dtype(dtype_of(c)) == np.float32]
+
+
+def one_device_mesh():
+    """A 1 x 1 mesh with the tensor-parallel layers' axes ("batch", "model"): every collective is the identity."""
+    from jax.sharding import Mesh
+
+    return Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("batch", "model"))

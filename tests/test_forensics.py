@@ -41,6 +41,11 @@ def test_rearrangements():
     assert _kind(np.flip(k, (0, 1)), k).params == {"flip": (0, 1)}  # a kernel not flipped in space
     d = _kind(fx._shift(R, 1, 1))
     assert d.kind == fx.REARRANGED and d.params == {"axis": 1, "shift": 1}  # h_(t-1) where h_t belongs
+    img = RNG.standard_normal((2, 6, 6, 3))
+    m = fx._shift(fx._shift(img, 1, -1), 2, -1)
+    m[:, -1], m[:, :, -1] = 0.5, -0.5  # what the vacated edge holds: the padding placed on the other side
+    d = _kind(m, img)
+    assert d.kind == fx.REARRANGED and d.params == {"shifts": {1: -1, 2: -1}, "edge_excepted": True}
     wide = RNG.standard_normal((6, 4))
     assert _kind(wide.T.reshape(6, 4), wide).params == {"reshape_of_transpose": True}
     assert _kind(RNG.permutation(R.ravel()).reshape(R.shape)).params == {"permuted": True}

@@ -26,8 +26,10 @@ CALLS_REFERENCE = {
 }
 
 # the manual modules that may call autodiff, and exactly what: check_vjp differentiates the USER's functions (fn and
-# its reference); the bridge wraps a manual backward as a jax.custom_vjp (and refuses second order with a custom_jvp)
+# its reference); the bridge wraps a manual backward as a jax.custom_vjp (and refuses second order with a custom_jvp);
+# highprec takes a scatter-add's 0/1 placement matrix as jax.jacfwd of the primitive (exact, no gradient of a layer)
 CALLS_AUTODIFF = {
+    "manualbp/verify/highprec.py": {"jacfwd"},
     "manualbp/verify/check_vjp.py": {"vjp"},
     "manualbp/bridge.py": {"custom_vjp", "custom_jvp"},
 }
@@ -43,8 +45,9 @@ MAY_IMPORT = {
     "cli": {"layers", "backprop.py", "models.py", "verify", "training", "reference"},
 }
 # the layer support files that have no reference twin: the protocol, the argument checks, the window geometry, the
-# attention kernel
-LAYER_SUPPORT = {"__init__", "base", "arguments", "window", "flash", "walk", "code_key"}
+# attention kernels, the collective pairs of the tensor-parallel layers, the walk over a model's layers, the compiled
+# programs' key
+LAYER_SUPPORT = {"__init__", "base", "arguments", "window", "flash", "flash_pallas", "collectives", "walk", "code_key"}
 # the reference's own modules: dispatch + taps, and the jax.grad entry points
 REFERENCE_SUPPORT = {"__init__", "dispatch", "grad"}
 

@@ -31,6 +31,7 @@ class TransformerBlock(Layer):
         children ``drop1``/``drop2`` are then left out).
       epsilon: the LayerNorms' epsilon.
       block_size: the attention's query rows per block (None: automatic).
+      kernel: the attention's kernel ("auto", "loop", "batched", "pallas": ``MultiHeadAttention``).
 
     Input x (B, T, D); output (B, T, D). Children, in order: ``ln1``,
     ``attn``, [``drop1``], ``ln2``, ``fc1``, ``gelu``, ``fc2``, [``drop2``];
@@ -44,11 +45,11 @@ class TransformerBlock(Layer):
     parts: tuple  # ((name, layer), ...)
 
     def __init__(self, features: int, num_heads: int, *, hidden: int | None = None, causal: bool = False,
-                 dropout: float = 0.0, epsilon: float = 1e-5, block_size: int | None = None):
+                 dropout: float = 0.0, epsilon: float = 1e-5, block_size: int | None = None, kernel: str = "auto"):
         check_positive_int("TransformerBlock", "features", features)
         hidden = 4 * features if hidden is None else hidden
         try:  # each child checks its own hyperparameters; the message says they came through this block
-            attn = MultiHeadAttention(num_heads, causal=causal, block_size=block_size)
+            attn = MultiHeadAttention(num_heads, causal=causal, block_size=block_size, kernel=kernel)
             attn._dh(features)  # features not divisible by num_heads: say so now, not at the first forward
             drop = Dropout(dropout)
             parts = [("ln1", LayerNorm(epsilon)), ("attn", attn), ("drop1", drop), ("ln2", LayerNorm(epsilon)),

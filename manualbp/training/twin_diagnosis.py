@@ -28,10 +28,11 @@ def _layer_of(model, params, name: str):
 
 
 def diagnose_first_failure(model, head, params, data, *, train, optimizer, batch_size: int, key, divergence,
-                           names: list) -> Diagnosis | None:
+                           names: list, compute_dtype=None) -> Diagnosis | None:
     """The diagnosis of ``divergence``'s first failure when it is a gradient (None otherwise).
 
-    ``train``: the plain training function (``manualbp.training.train.train``), run for the steps before.
+    ``train``: the plain training function (``manualbp.training.train.train``), run for the steps before with
+    the run's own settings (``compute_dtype``); both gradients are then taken in the parameters' dtype.
     """
     first = divergence.first_failure
     if first is None or first["kind"] != "gradient":
@@ -39,7 +40,7 @@ def diagnose_first_failure(model, head, params, data, *, train, optimizer, batch
     step = first["step"]
     if step > 1:
         params = train(model, head, params, data, optimizer=optimizer, steps=step - 1, batch_size=batch_size,
-                       key=key).params
+                       key=key, compute_dtype=compute_dtype).params
     batches = Batches(len(data.x_train), batch_size, key)
     for _ in range(step):
         idx = batches.next()

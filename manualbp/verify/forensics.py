@@ -132,15 +132,18 @@ def _fraction(a: float, tol: float) -> str | None:
 
 
 def _named(a: float, sizes: dict, tol: float) -> str:
-    """Which of the layer's sizes ``a`` is: "64 is the batch size N" (a or 1/a equal to a size, or its square root)."""
+    """Which of the layer's sizes ``a`` is: "64 is the batch size N" (a or 1/a equal to a size, or its square root);
+    every size that matches is named ("2 is num_heads, or sqrt(4) is sqrt of the head dimension 4")."""
+    found = []
     for what, s in sizes.items():
         if not s or s == 1:
             continue
         for value, how in ((s, ""), (1 / s, ""), (math.sqrt(s), "sqrt of "), (1 / math.sqrt(s), "sqrt of ")):
             if abs(a - value) <= tol * abs(value):
                 shown = f"{s:g}" if not how else f"sqrt({s:g})"
-                return f"{shown} is {how}{what}"
-    return ""
+                found.append(f"{shown} is {how}{what}")
+                break
+    return ", or ".join(found)
 
 
 class _Fit:
@@ -175,6 +178,8 @@ def _scale(fit: _Fit, ctx: Context):
     if named:
         why = ("summed where it should average, or a factor applied twice" if abs(a) > 1 else
                "averaged where the gradient sums, or a factor dropped")
+        if "rate" in named:
+            why = "the 1/(1 - rate) scale forgotten, or applied twice"
         hint = f"; {named}: {why}?"
     return SCALE, f"manual = {shown} x reference{hint}", {"factor": a, "fraction": frac, "named": named}, res
 
@@ -231,6 +236,21 @@ def _rearranged(fit: _Fit, ctx: Context):
         res = fit.holds(fitted)
         if res is not None and (best is None or res < best[3]):
             best = (REARRANGED, f"manual = reference {what}", params, res)
+    if best is None:  # a shift whose vacated edge holds something else (the padding placed on the other side)
+        for what, params, fitted in candidates:
+            if "shift" not in params and "shifts" not in params:
+                continue
+            inside = _shift(np.ones(r.shape, bool), params["axis"], params["shift"]) if "shift" in params else None
+            if inside is None:
+                inside = np.ones(r.shape, bool)
+                for a, step in params["shifts"].items():
+                    inside = _shift(inside, a, step)
+            if inside.mean() < 1 - _SET_FRACTION:
+                continue
+            res = _norm(np.where(inside, fit.m - fitted, 0)) / fit.scale
+            if res <= fit.allowed and (best is None or res < best[3]):
+                best = (REARRANGED, f"manual = reference {what}, except on the edge it vacated (padding on the other "
+                                    "side?)", {**params, "edge_excepted": True}, res)
     if best is None and r.size > 1:  # the same entries in another order, whatever the order
         res = _norm(np.sort(fit.m.ravel()) - np.sort(r.ravel())) / fit.scale
         if res <= fit.allowed:
@@ -257,11 +277,13 @@ def _paths(fit: _Fit, ctx: Context):
                         {"quantity": name, "flip": a}, res)
         c = float(np.sum(d * q)) / float(np.sum(q * q))
         for sign, kind, verb in ((1, MISSING_PATH, "is missing"), (-1, EXTRA_PATH, "is added once too often")):
-            if abs(c - sign) <= 0.5:  # the residual below decides; this only skips the other sign
+            if abs(c - sign) <= 0.5 and best is None:  # the first that holds: ``others`` lists the row's own layer first
                 res = fit.holds(fit.r - sign * q)
-                if res is not None and (best is None or res < best[3]):
-                    best = (kind, f"reference - manual = {'' if sign > 0 else '-'}{name}: the path through "
-                                  f"{name} {verb}", {"quantity": name, "coefficient": c}, res)
+                if res is not None:
+                    what = ("an identity path (dL/dy passed straight on)" if name.endswith("dL/dy") else
+                            "a branch's or a layer's contribution" if "dL/dx" in name else name)
+                    best = (kind, f"reference - manual = {'' if sign > 0 else '-'}{name}: {what} {verb}",
+                            {"quantity": name, "coefficient": c}, res)
     return best
 
 
