@@ -14,6 +14,7 @@ from arrays import host
 import manualbp as mbp
 
 F32 = jnp.float32
+ONE_DEVICE = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("batch", "model"))
 
 # (layer, input shape without batch, the name a refusal gives: the layer itself or, in a container, the last layer)
 LAYERS = [
@@ -49,6 +50,12 @@ LAYERS = [
     (mbp.Sequential(mbp.Dense(5), mbp.ReLU(), mbp.Dense(2)), (3,), "Dense"),
     (mbp.Sequential(mbp.Parallel(mbp.Dense(3), mbp.Dense(3)), mbp.Multiply()), (2,), "Multiply"),
     (mbp.Sequential(mbp.Parallel(mbp.Tanh(), mbp.Identity()), mbp.Add()), (2,), "Add"),
+    # the tensor-parallel layers on a 1-device mesh: checked once, on the whole dy, before the per-device programs
+    (mbp.ColumnParallelDense(4, ONE_DEVICE), (4,), "ColumnParallelDense"),
+    (mbp.ColumnParallelDense(4, ONE_DEVICE, gather_output=True), (4,), "ColumnParallelDense"),
+    (mbp.RowParallelDense(3, ONE_DEVICE), (4,), "RowParallelDense"),
+    (mbp.FSDPDense(3, ONE_DEVICE), (4,), "FSDPDense"),
+    (mbp.ParallelAttention(2, ONE_DEVICE, causal=True), (3, 4), "ParallelAttention"),
 ]
 
 
