@@ -194,6 +194,8 @@ BAD_INPUTS = {
                       r"SoftmaxCrossEntropy: the mask selects no example \(all zeros\)"),
     "id-equal-to-vocab": (lambda: (EMB, _emb(), jnp.array([[0, 1, 5]]), jnp.zeros((1, 3), jnp.int32), None),
                           r"Embedding: ids must lie in \[0, 5\) \(E has shape \(5, 4\)\), got values in \[0, 5\]"),
+    "binary-label-1.5": (lambda: (MLP, *_mlp(), jnp.full((4, 3), 1.5), None),
+                         r"SigmoidBinaryCrossEntropy: labels must lie in \[0, 1\], got values in \[1.5, 1.5\]"),
 }
 
 
@@ -202,5 +204,6 @@ BAD_INPUTS = {
 def test_the_checkers_refuse_a_bad_input_before_any_verdict(case, checker):
     make, match = BAD_INPUTS[case]
     model, params, x, y, mask = make()
+    head = mbp.SigmoidBinaryCrossEntropy() if case.startswith("binary") else SCE
     with pytest.raises(ValueError, match=match):
-        getattr(mbp, checker)(model, SCE, params, x, y, mask)
+        getattr(mbp, checker)(model, head, params, x, y, mask)
