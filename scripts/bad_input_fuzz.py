@@ -152,7 +152,18 @@ def _layer_specs() -> dict:
         "Parallel": Spec(lambda: mbp.Parallel(mbp.Dense(2), mbp.Dense(3)), (4,), x(4), inside=("Dense",)),
         "Add": Spec(mbp.Add, ((4,), (4,)), lambda: (_x((b, 4)), _x((b, 4), seed=1)), float_input=False),
         "Multiply": Spec(mbp.Multiply, ((4,), (4,)), lambda: (_x((b, 4)), _x((b, 4), seed=1)), float_input=False),
+        # the tensor-parallel layers, on a 1-device (batch, model) mesh
+        "ColumnParallelDense": Spec(lambda: mbp.ColumnParallelDense(4, _mesh()), (4,), x(4), inside=("Dense",)),
+        "RowParallelDense": Spec(lambda: mbp.RowParallelDense(3, _mesh()), (4,), x(4), inside=("Dense",)),
+        "FSDPDense": Spec(lambda: mbp.FSDPDense(3, _mesh()), (4,), x(4), inside=("Dense",)),
+        "ParallelAttention": Spec(lambda: mbp.ParallelAttention(2, _mesh()), (3, 4), x(3, 4),
+                                  inside=("MultiHeadAttention",)),
     }
+
+
+def _mesh():
+    jax, _, np, _ = _jax()
+    return jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("batch", "model"))
 
 
 @cache
