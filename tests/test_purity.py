@@ -24,10 +24,14 @@ CALLS_REFERENCE = {
     "manualbp/cli/benchmarks/contenders.py",  # every benchmark's jax.grad contender
 }
 
-# the manual modules that may call autodiff, and exactly what: check_vjp differentiates the USER's functions (fn and
-# its reference); the bridge wraps a manual backward as a jax.custom_vjp (and refuses second order with a custom_jvp)
+# the manual modules that may call autodiff, and exactly what: check_vjp and its modes differentiate the USER's
+# functions (fn and its reference: a custom_jvp's JVP, second order, the VJP on a mesh); the bridge wraps a manual
+# backward as a jax.custom_vjp (and refuses second order with a custom_jvp)
 CALLS_AUTODIFF = {
     "manualbp/verify/check_vjp.py": {"vjp"},
+    "manualbp/verify/vjp_jvp.py": {"jvp"},
+    "manualbp/verify/vjp_second.py": {"vjp"},
+    "manualbp/verify/vjp_sharded.py": {"vjp"},
     "manualbp/bridge.py": {"custom_vjp", "custom_jvp"},
 }
 
@@ -37,6 +41,7 @@ MAY_IMPORT = {
     "backprop.py": {"layers"},
     "bridge.py": {"layers"},
     "models.py": {"layers"},
+    "testing.py": {"verify"},
     "verify": {"layers", "backprop.py", "reference"},
     "training": {"layers", "backprop.py", "verify", "reference"},
     "cli": {"layers", "backprop.py", "models.py", "verify", "training", "reference"},
