@@ -20,9 +20,9 @@ def test_the_log_sum_exp_example_passes_the_right_rule_and_names_the_wrong_one(c
     with jax.enable_x64(False):  # as a user runs it: jax's default float32
         exec(compile(CODE[0], "README.md", "exec"), {})
     out = capsys.readouterr().out
-    assert "PASS: all 4 compared rows within tolerance" in out
-    assert "FAIL: 1 of 4 rows; first failing row: lse arg 0:" in out
-    for line in SHOWN.splitlines()[3:7]:  # the README's rows: the same names, shapes and verdicts
+    assert "PASS: all 5 compared rows within tolerance" in out
+    assert "FAIL: 2 of 5 rows; first failing row: lse x:" in out  # x, and "x linear in cotangent": dy forgotten
+    for line in SHOWN.splitlines()[3:8]:  # the README's rows: the same names, shapes and verdicts
         assert line.split()[:3] + line.split()[-1:] in [row.split()[:3] + row.split()[-1:] for row in out.splitlines()]
 
 

@@ -52,7 +52,7 @@ from manualbp.verify.tolerances import (
     resolve_verdict,
     tolerance,
 )
-from manualbp.verify.verdict import judge, not_compared_row, structure_row
+from manualbp.verify.verdict import not_compared_row, structure_row
 from manualbp.verify.vjp_rows import row as _row
 from manualbp.verify.vjp_inputs import Inputs, check_custom_vjp_rule, describe, phase, reraise_rule_error, trace_both
 
@@ -136,12 +136,15 @@ def check_vjp(fn, reference=None, *args, kwargs: dict | None = None, argnums=Non
     check_custom_vjp_rule(fn, name, inputs)
     g_fn = inputs.closed(fn)
     cts = _cotangents(out_spec, k + 1, seed)  # the last: the linearity row's second cotangent
-    y_fn, pull, got = _vjps(g_fn, inputs.diff, cts[:k], jit, name=name, inputs=inputs)
+    more = _linearity_cotangents(cts[0], cts[k])  # pulled back with the k: one program
+    y_fn, pull, pulled, vmapped = _vjps(g_fn, inputs.diff, cts[:k] + more, jit, name=name, inputs=inputs, batch=k)
+    got = pulled[:k]
     inputs.check_cotangent_dtypes(name, got[0])
     dtype = _lowest_precision([*inputs.diff, *jax.tree_util.tree_leaves(y_fn)])
     given = None if rtol is None and atol is None else _given_tolerance(rtol, atol, dtype, numeric)
 
     ctx = _Context(name, fn, inputs, masks, cts, k, seed, jit, dtype, g_fn, pull, got, y_fn)
+    ctx.linear, ctx.vmapped = pulled[k:], vmapped
     if numeric:
         report = _numeric(ctx, mode, given, rules)
     else:
@@ -280,7 +283,7 @@ def _compared(ctx: _Context, reference, ref_name, expected_vjp, verdict, given, 
         label = exp_name
     else:
         g_ref = inputs.closed(reference)
-        _, _, want = _vjps(g_ref, inputs.diff, ctx.cts[:k], ctx.jit, name=f"the reference {ref_name}")
+        y_ref, _, want, _ = _vjps(g_ref, inputs.diff, ctx.cts[:k], ctx.jit, name=f"the reference {ref_name}")
         truth = _truth(reference, inputs, ctx.cts[:k])
         against = f"jax.vjp of {ref_name}"
         label = ref_name
@@ -299,8 +302,9 @@ def _compared(ctx: _Context, reference, ref_name, expected_vjp, verdict, given, 
                     f"{_given_text(given)})", dtype.name, tol, verdict=judged_by, reference=label, manual="fn",
                     subject="function")
     if reference is not None:
-        with phase(f"the reference {ref_name}"):
-            y_ref = inputs.closed(reference)(inputs.diff)
+        if expected_vjp is not None:
+            with phase(f"the reference {ref_name}"):
+                y_ref = (jax.jit(inputs.closed(reference)) if ctx.jit else inputs.closed(reference))(inputs.diff)
         for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(y_fn), jax.tree_util.tree_leaves(y_ref)):
             ctx.extend(report, [(_row(name, "output" + jax.tree_util.keystr(path), a, b, tol), a, b)])
     for i, label_i in enumerate(inputs.labels):
@@ -405,31 +409,60 @@ def _cotangents(out_spec, k: int, seed: int) -> list:
         else np.zeros(s.shape, jax.dtypes.float0) for s in leaves]) for _ in range(k)]
 
 
-def _vjps(g, diff, cts, jit: bool, name: str | None = None, inputs: Inputs | None = None):
-    """(g(diff), pullback, [v^T J_g(diff) for v in cts]): one linearization, k pullbacks, one program under jit.
+def _vjps(g, diff, cts, jit: bool, name: str | None = None, inputs: Inputs | None = None, batch: int = 0):
+    """(g(diff), pullback, [v^T J_g(diff) for v in cts], vmapped): one linearization, the pullbacks, one program
+    under jit; ``vmapped``: ``jax.vmap`` of the pullback over the first ``batch`` cotangents stacked (in the same
+    program), or the exception it raised (None for batch 0).
 
     The pullback is a pytree (its residuals are the leaves): it leaves a jitted function intact. ``name``: an error
-    in g's forward (its forward rule) or its backward says which, and whose (under jit both are traced first, on
-    shapes alone, to tell them apart); ``inputs``: JAX's own complaint about a custom_vjp's cotangents inside g is
+    in g's forward (its forward rule) or its backward says which, and whose (under jit the forward is traced first,
+    on shapes alone, to tell them apart); ``inputs``: JAX's own complaint about a custom_vjp's cotangents inside g is
     reworded naming them.
     """
-    def run(diff, cts):
+    def run(diff, cts, batched: bool):
         y, pull = jax.vjp(g, diff)
-        return y, pull, [pull(ct)[0] for ct in cts]
+        return y, pull, [pull(ct)[0] for ct in cts], _vmapped(pull, cts[:batch]) if batched else None
 
-    if name is None:
-        return (jax.jit(run) if jit else run)(diff, cts)
-    forward, backward = phase(f"the forward of {name} (under jax.vjp)"), phase(f"the backward of {name}")
+    forward = phase(f"the forward of {name} (under jax.vjp)") if name else contextlib.nullcontext()
+    backward = phase(f"the backward of {name}") if name else contextlib.nullcontext()
     reworded = reraise_rule_error(name, inputs) if inputs is not None else contextlib.nullcontext()
     if jit:
+        program = jax.jit(run, static_argnames="batched")
+        if batch:
+            try:
+                return program(diff, cts, True)
+            except Exception as e:  # noqa: BLE001  (the backward may not batch: its row says so; the rest runs alone)
+                vmap_error = e
         with forward:
             jax.eval_shape(lambda d: jax.vjp(g, d)[0], diff)
         with backward, reworded:
-            return jax.jit(run)(diff, cts)
+            y, pull, pulled, _ = program(diff, cts, False)
+        return y, pull, pulled, vmap_error if batch else None
     with forward:
         y, pull = jax.vjp(g, diff)
     with backward, reworded:
-        return y, pull, [pull(ct)[0] for ct in cts]
+        pulled = [pull(ct)[0] for ct in cts]
+    vmapped = None
+    if batch:
+        try:
+            vmapped = _vmapped(pull, cts[:batch])
+        except Exception as e:  # noqa: BLE001
+            vmapped = e
+    return y, pull, pulled, vmapped
+
+
+def _vmapped(pull, cts) -> list:
+    """``jax.vmap`` of the pullback over the stacked floating leaves of ``cts`` (float0 cotangents of integer
+    outputs held fixed): the k cotangents of each input, stacked."""
+    leaves0, treedef = jax.tree_util.tree_flatten(cts[0])
+    floating = [jnp.issubdtype(v.dtype, jnp.inexact) for v in leaves0]
+
+    def one(float_ct):
+        it = iter(float_ct)
+        return pull(jax.tree_util.tree_unflatten(treedef, [next(it) if f else v for f, v in zip(floating, leaves0)]))[0]
+
+    columns = zip(*[[v for v, f in zip(jax.tree_util.tree_leaves(ct), floating) if f] for ct in cts])
+    return jax.vmap(one)([jnp.stack(col) for col in columns])
 
 
 def _truth(reference, inputs: Inputs, cts):
@@ -454,6 +487,17 @@ def _lowest_precision(leaves):
     return max(floats, key=lambda d: jnp.finfo(d).eps) if floats else np.dtype(np.float32)
 
 
+def _linearity_cotangents(u, w) -> list:
+    """The cotangents the linearity row pulls back besides u: w, a u + b w, and a u + b w moved by one rounding step
+    of its dtype (``ERROR_MODEL.samples`` times: the pullback's own rounding)."""
+    a, b = LINEAR
+    leaves, treedef = jax.tree_util.tree_flatten(u)
+    mixed = jax.tree_util.tree_unflatten(treedef, [
+        jax.device_put((a * np.asarray(x, np.float64) + b * np.asarray(y, np.float64)).astype(x.dtype))
+        if jnp.issubdtype(x.dtype, jnp.inexact) else x for x, y in zip(leaves, jax.tree_util.tree_leaves(w))])
+    return [w, mixed, *(_moved_cotangent(mixed, i) for i in range(ERROR_MODEL.samples))]
+
+
 def _linearity_rows(ctx: _Context) -> list[Row]:
     """pull(a u + b w) against a pull(u) + b pull(w): a backward is linear in its cotangent, whatever it computes.
 
@@ -461,23 +505,7 @@ def _linearity_rows(ctx: _Context) -> list[Row]:
     what the two sides may differ by where the fixed tolerance cannot hold.
     """
     a, b = LINEAR
-    u, w = ctx.cts[0], ctx.cts[-1]
-    leaves = [jnp.issubdtype(v.dtype, jnp.inexact) for v in jax.tree_util.tree_leaves(u)]
-
-    def combine(p, q):
-        return jax.tree_util.tree_map(lambda x, y, f: jax.device_put(
-            (a * np.asarray(x, np.float64) + b * np.asarray(y, np.float64)).astype(x.dtype)) if f else x,
-            p, q, jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(p), leaves))
-
-    apply = jax.jit(lambda pull, c: pull(c)[0]) if ctx.jit else (lambda pull, c: pull(c)[0])
-    try:
-        mixed, pw = apply(ctx.pull, combine(u, w)), apply(ctx.pull, w)
-        moved = [apply(ctx.pull, _moved_cotangent(combine(u, w), i, leaves)) for i in range(ERROR_MODEL.samples)]
-    except Exception as e:  # noqa: BLE001  (the pullback already ran once: a failure now is a row)
-        return [_row(ctx.name, f"{label} linear in cotangent", None, None, tolerance(ctx.dtype), shape=leaf.shape,
-                     failed=f"calling the backward on a combination of cotangents raised {type(e).__name__}: "
-                            f"{_first_line(e)}")
-                for label, leaf in zip(ctx.inputs.labels, ctx.inputs.diff)]
+    pw, mixed, *moved = ctx.linear
     rows = []
     for i, label in enumerate(ctx.inputs.labels):
         got = np.asarray(mixed[i])
@@ -496,11 +524,12 @@ def _first_line(e: Exception) -> str:
     return text.splitlines()[0][:160] if text else ""
 
 
-def _moved_cotangent(ct, seed: int, floating: list):
+def _moved_cotangent(ct, seed: int):
     """The cotangent with every floating entry moved by one rounding step of its dtype (float0 zeros stay)."""
     leaves, treedef = jax.tree_util.tree_flatten(ct)
-    return jax.tree_util.tree_unflatten(treedef, [move(v, seed + 7 * j, float(jnp.finfo(v.dtype).eps)) if f else v
-                                                  for j, (v, f) in enumerate(zip(leaves, floating))])
+    return jax.tree_util.tree_unflatten(treedef, [
+        move(v, seed + 7 * j, float(jnp.finfo(v.dtype).eps)) if jnp.issubdtype(v.dtype, jnp.inexact) else v
+        for j, v in enumerate(leaves)])
 
 
 def _reentrancy_rows(ctx: _Context, nondet_tol: float, tol) -> list[Row]:
@@ -549,24 +578,10 @@ def _reentrancy_rows(ctx: _Context, nondet_tol: float, tol) -> list[Row]:
 
 
 def _vmap_rows(ctx: _Context, tol) -> list[Row]:
-    """jax.vmap of the pullback over the k stacked cotangents vs the loop over them."""
-    inputs, pull, cts = ctx.inputs, ctx.pull, ctx.cts[:ctx.k]
-    leaves0, treedef = jax.tree_util.tree_flatten(cts[0])
-    floating = [jnp.issubdtype(v.dtype, jnp.inexact) for v in leaves0]  # float0 cotangents of integer outputs stay fixed
-
-    def batched(pull, float_cts):
-        def one(float_ct):
-            it = iter(float_ct)
-            return pull(jax.tree_util.tree_unflatten(treedef, [next(it) if f else v for f, v in zip(floating, leaves0)]))[0]
-
-        return jax.vmap(one)(float_cts)
-
-    columns = zip(*[[v for v, f in zip(jax.tree_util.tree_leaves(ct), floating) if f] for ct in cts])
-    try:
-        out = (jax.jit(batched) if ctx.jit else batched)(pull, [np.stack(col) for col in columns])
-    except Exception as e:  # noqa: BLE001  (a backward that cannot be batched is a failing row, not a crash)
-        why = f"the backward does not run under jax.vmap: {type(e).__name__}: {_first_line(e)}"
+    """jax.vmap of the pullback over the k stacked cotangents (computed with them) vs the loop over them."""
+    if isinstance(ctx.vmapped, Exception):  # a backward that cannot be batched is a failing row, not a crash
+        why = f"the backward does not run under jax.vmap: {type(ctx.vmapped).__name__}: {_first_line(ctx.vmapped)}"
         return [_row(ctx.name, f"{label} vmap over cotangents", None, None, tol, shape=leaf.shape, failed=why)
-                for label, leaf in zip(inputs.labels, inputs.diff)]
+                for label, leaf in zip(ctx.inputs.labels, ctx.inputs.diff)]
     return [ctx.masked(f"{label} vmap over cotangents", i, np.asarray(b), a, tol)[0]
-            for i, (label, a, b) in enumerate(zip(inputs.labels, ctx.looped, out))]
+            for i, (label, a, b) in enumerate(zip(ctx.inputs.labels, ctx.looped, ctx.vmapped))]

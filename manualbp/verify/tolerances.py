@@ -127,6 +127,11 @@ FINITE_DIFFERENCE_MODEL = ErrorModel(
 # 100x, 1000x larger while its error estimate shrinks: a tiny directional derivative is rounding-dominated at h
 FINITE_DIFFERENCE_REFINE = 0.1
 
+# a float64 dot product <a, b> computed in a working precision of machine epsilon eps is off by up to DOT_ROUNDING eps
+# <|a|, |b|>: 4 units of roundoff, gradcheck's allowance for <grad, v>; check_vjp adds it to a finite difference's
+# estimated error (the analytic side's rounding) and to a Taylor remainder's floor
+DOT_ROUNDING = 2.0
+
 
 class TaylorTest(NamedTuple):
     """The constants of ``Rule.TAYLOR`` (``manualbp.verify.taylor``).

@@ -341,12 +341,16 @@ def reraise_rule_error(name: str, inputs: Inputs):
                       f"{describe_tree(inputs.args)}). JAX: {e}") from e
 
 
-def _builtin_type(e: BaseException) -> type:
-    """The nearest built-in class of ``e`` that takes a message (jax's ConcretizationTypeError -> TypeError)."""
+def _reraised(e: BaseException, text: str) -> Exception:
+    """``text`` as an exception of the nearest built-in class of ``e`` that takes a message (jax's
+    ConcretizationTypeError -> TypeError), else a RuntimeError."""
     for cls in type(e).__mro__:
-        if cls.__module__ == "builtins" and issubclass(cls, Exception) and cls not in (UnicodeError,):
-            return cls
-    return RuntimeError
+        if cls.__module__ == "builtins" and issubclass(cls, Exception):
+            try:
+                return cls(text)
+            except TypeError:  # a built-in that wants more than a message (UnicodeDecodeError)
+                continue
+    return RuntimeError(text)
 
 
 @contextlib.contextmanager
@@ -361,4 +365,4 @@ def phase(what: str):
         if text.startswith("check_vjp:"):
             raise
         first = "\n".join(text.strip().splitlines()[:6])
-        raise _builtin_type(e)(f"check_vjp: {what} raised {type(e).__name__}: {first}") from e
+        raise _reraised(e, f"check_vjp: {what} raised {type(e).__name__}: {first}") from e

@@ -26,7 +26,7 @@ import numpy as np
 from manualbp.verify import taylor, vjp_numeric
 from manualbp.verify.finite_differences import STEPS, refine
 from manualbp.verify.rounding import move
-from manualbp.verify.tolerances import FINITE_DIFFERENCE_MODEL, Rule, tolerance
+from manualbp.verify.tolerances import DOT_ROUNDING, FINITE_DIFFERENCE_MODEL, Rule, tolerance
 from manualbp.verify.verdict import FiniteDifference, judge, not_compared_row
 
 
@@ -147,14 +147,14 @@ def numeric_rows(name, g64, ln, x64, masks, us, pulls, k, tol, rng) -> list:
 
             value, error, _, _, _ = refine(run, f0.size, f0, vjp_numeric.H, sigma)
             values.append(value)
-            errors.append(error + 4 * ln.eps * np.abs(jv))
+            errors.append(error + DOT_ROUNDING * ln.eps * np.abs(jv))
         m, fd, err = np.stack(jvs), np.stack(values), np.stack(errors)
         row = judge(name, f"{label} jvp", m, FiniteDifference(fd, err, fd, fd, np.full(m.shape, "central")), tol,
                     rule=Rule.FINITE_DIFFERENCE, manual_name="fn",
                     note=f"J v for {k} random tangent{'s' * (k > 1)} over {label}, entry by entry")
         out.append((dataclasses.replace(row, shape=tuple(np.shape(ln.x[leaf]))), m, fd))
         changes = ln.out(_stack([vs[0]] * len(hs)), hs) - f0
-        data = taylor.Taylor(hs, changes, 2 * np.linalg.norm(sigma) + 4 * ln.eps * hs * np.linalg.norm(jvs[0]))
+        data = taylor.Taylor(hs, changes, 2 * np.linalg.norm(sigma) + DOT_ROUNDING * ln.eps * hs * np.linalg.norm(jvs[0]))
         row = judge(name, f"{label} jvp taylor", jvs[0], data, None, rule=Rule.TAYLOR)
         out.append((dataclasses.replace(row, shape=tuple(np.shape(ln.x[leaf]))), jvs[0], data))
         out.append(_consistency(name, label, us, jvs, pulls, vs, leaf, ln.eps))

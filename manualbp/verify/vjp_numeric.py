@@ -33,7 +33,7 @@ import numpy as np
 from manualbp.verify import taylor
 from manualbp.verify.finite_differences import CENTRAL, STEPS, refine
 from manualbp.verify.rounding import move
-from manualbp.verify.tolerances import FINITE_DIFFERENCE_MODEL, Rule
+from manualbp.verify.tolerances import DOT_ROUNDING, FINITE_DIFFERENCE_MODEL, Rule
 from manualbp.verify.verdict import FiniteDifference, judge, not_compared_row
 
 CHUNK = 16  # items per compiled call (the last call padded): one program, whatever the number of items
@@ -211,7 +211,7 @@ def fd_rows(name: str, ln: Line, labels: list, masks: list, us: list, pulls: lis
         vs = directions(ln.x, masks, leaf, k, rng)
         value, error, lo, hi, kind = refine(_run_lines(ln, us[:k], vs), k, f0, H, sigma)
         analytic, absolute = np.array([_dots(pulls[i], vs[i]) for i in range(k)]).T
-        error = error + 4 * ln.eps * absolute  # the rounding of <J^T u, v> itself
+        error = error + DOT_ROUNDING * ln.eps * absolute  # the rounding of <J^T u, v> itself
         note = f"{k} random direction{'s' * (k > 1)}" + _excluded(masks[leaf])
         row = judge(name, label, analytic, FiniteDifference(value, error, lo, hi, kind), tol,
                     rule=Rule.FINITE_DIFFERENCE, note=note, manual_name="fn")
@@ -246,7 +246,7 @@ def exhaustive_rows(name: str, ln: Line, labels: list, masks: list, us: list, pu
             value, error, _, _, _ = refine(run, a.size, f0[i], H, sigma[i])
             m = np.asarray(pulls[i][leaf], np.float64).ravel()
             values.append(value / scale)
-            errors.append(error / scale + 4 * ln.eps * np.abs(m))
+            errors.append(error / scale + DOT_ROUNDING * ln.eps * np.abs(m))
             manual.append(m)
         shape = (k, *a.shape)
         m, v, e = (np.reshape(np.stack(t), shape) for t in (manual, values, errors))
@@ -273,7 +273,7 @@ def taylor_rows(name: str, ln: Line, labels: list, masks: list, us: list, pulls:
         (v,) = directions(ln.x, masks, leaf, 1, rng)
         g, absolute = _dots(pulls[0], v)
         phis = ln.phi(_stack([us[0]] * len(hs)), _stack([v] * len(hs)), hs)
-        data = taylor.Taylor(hs, phis - f0[0], 2 * sigma[0] + 4 * ln.eps * hs * absolute)
+        data = taylor.Taylor(hs, phis - f0[0], 2 * sigma[0] + DOT_ROUNDING * ln.eps * hs * absolute)
         row = judge(name, f"{label} taylor", np.float64(g), data, None, rule=Rule.TAYLOR,
                     note=_excluded(masks[leaf]).removeprefix("; "))
         out.append((_shaped(row, np.shape(ln.x[leaf])), np.float64(g), data))

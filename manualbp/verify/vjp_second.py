@@ -29,7 +29,7 @@ import numpy as np
 from manualbp.verify import vjp_numeric
 from manualbp.verify.finite_differences import STEPS, refine
 from manualbp.verify.rounding import move
-from manualbp.verify.tolerances import FINITE_DIFFERENCE_MODEL, Rule
+from manualbp.verify.tolerances import DOT_ROUNDING, FINITE_DIFFERENCE_MODEL, Rule
 from manualbp.verify.verdict import NOT_COMPUTED, FiniteDifference, judge, structure_row
 
 
@@ -135,7 +135,7 @@ def _numeric_rows(ctx, tol) -> list:
             absolute = np.array([float(np.sum(np.abs(np.asarray(s[leaf], np.float64) * vs[i][leaf])))
                                  for i, s in enumerate(second)])
             row = judge(ctx.name, f"{label} second order", analytic,
-                        FiniteDifference(value, error + 4 * ln.eps * absolute, lo, hi, kind), tol,
+                        FiniteDifference(value, error + DOT_ROUNDING * ln.eps * absolute, lo, hi, kind), tol,
                         rule=Rule.FINITE_DIFFERENCE, manual_name="fn",
                         note=f"{ctx.k} random directions; psi(s) = <w, J(x + s v)^T u>")
             out.append((dataclasses.replace(row, shape=tuple(np.shape(ln.x[leaf]))), analytic, value))

@@ -77,6 +77,7 @@ def _leaf_specs(inputs, mesh: Mesh, in_specs):
 def rows(ctx, fn, mesh: Mesh, in_specs, out_specs, tol) -> list:
     """The mesh's outputs and cotangents against the one-device ones (``ctx``: the rest of the check's)."""
     n = int(np.size(mesh.devices))
+    on = f"on {n} device{'s' * (n > 1)}"
     if out_specs is not None:
         g = ctx.inputs.closed(per_device(fn, mesh, in_specs, out_specs, {}))
         diff = ctx.inputs.diff
@@ -92,16 +93,16 @@ def rows(ctx, fn, mesh: Mesh, in_specs, out_specs, tol) -> list:
         y, pull = jax.vjp(g, diff)
         return y, [pull(ct)[0] for ct in cts]
 
-    with phase(f"{ctx.name} on {n} devices ({how})"):
+    with phase(f"{ctx.name} {on} ({how})"):
         y, got = jax.jit(run)(diff, ctx.cts[:ctx.k])
     out = []
     sizes = {"the device count": n}
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(y), jax.tree_util.tree_leaves(ctx.y)):
         a, b = np.asarray(a), np.asarray(b)
-        out.append((row(ctx.name, f"output{jax.tree_util.keystr(path)} on {n} devices", a, b, tol, note=how), a, b,
+        out.append((row(ctx.name, f"output{jax.tree_util.keystr(path)} {on}", a, b, tol, note=how), a, b,
                     sizes))
     for i, label in enumerate(ctx.inputs.labels):
         a = np.stack([np.asarray(v[i]) for v in got])
-        judged, a, b = ctx.masked(f"{label} on {n} devices", i, a, ctx.looped[i], tol, note=how)
+        judged, a, b = ctx.masked(f"{label} {on}", i, a, ctx.looped[i], tol, note=how)
         out.append((judged, a, b, sizes))
     return out
