@@ -197,7 +197,8 @@ def _given_tolerance(rtol, atol, dtype, numeric) -> Tolerance:
 
 
 def _given_text(tol: Tolerance | None) -> str:
-    return "" if tol is None else f"; rtol={tol.norm:g}, atol={tol.atol:g} given"
+    """The caller's tolerance, for the title (what ``_given_tolerance`` built: its own rtol, or the table's)."""
+    return "" if tol is None else f"; rtol={tol.norm:g} (elementwise {tol.elem:g}), atol={tol.atol:g} given"
 
 
 class _Context:
@@ -263,8 +264,7 @@ def _numeric(ctx: _Context, mode: str, given, rules) -> Report:
     low = "" if np.dtype(work) == np.dtype(np.float64) else f"; {ctx.name} computes in {np.dtype(work).name} inside"
     where = "every coordinate" if mode == "exhaustive" else f"{ctx.k} random direction{'s' * (ctx.k > 1)} per input"
     report = Report(f"check_vjp: {ctx.name} vs finite differences of its own forward in float64 ({where}) and the "
-                    f"Taylor test; no reference{low}{_given_text(given)}", "float64", tol,
-                    verdict=Rule.FIXED if given is not None else Rule.FINITE_DIFFERENCE,
+                    f"Taylor test; no reference{low}{_given_text(given)}", "float64", tol, verdict=Rule.FINITE_DIFFERENCE,
                     error_model=FINITE_DIFFERENCE_MODEL, reference="the finite difference", manual="fn",
                     subject="function")
     ctx.extend(report, rows)
@@ -277,8 +277,8 @@ def _compared(ctx: _Context, reference, ref_name, expected_vjp, verdict, given, 
     tol = given or tolerance(dtype)
     if expected_vjp is not None:
         exp_name = _name(expected_vjp)
-        want = [_expected(expected_vjp, exp_name, inputs, ct, ctx.jit) for ct in ctx.cts[:k]]
-        truth = _expected_truth(expected_vjp, exp_name, inputs, ctx.cts[:k])
+        want = [_expected(name, expected_vjp, exp_name, inputs, ct, ctx.jit) for ct in ctx.cts[:k]]
+        truth = _expected_truth(name, expected_vjp, exp_name, inputs, ctx.cts[:k])
         against = f"the intended rule {exp_name} (expected_vjp, not the gradient)"
         label = exp_name
     else:
@@ -321,18 +321,21 @@ def _compared(ctx: _Context, reference, ref_name, expected_vjp, verdict, given, 
     return report
 
 
-def _expected(expected_vjp, exp_name, inputs: Inputs, ct, jit: bool, up=None) -> list:
-    """expected_vjp's cotangent for each differentiable leaf (a failing structure row where it gives none)."""
-    args, kwargs = inputs.args, inputs.kwargs
-    if up is not None:
-        args, kwargs, ct = up(args), up(kwargs), up(ct)
+def _expected(name, expected_vjp, exp_name, inputs: Inputs, ct, jit: bool, high=None) -> list:
+    """expected_vjp's cotangent for each differentiable leaf (a failing structure row where it gives none); with
+    ``high``, every floating input and the cotangent cast to that dtype first (the truth)."""
     paths = jax.tree_util.tree_flatten_with_path((tuple(inputs.args), inputs.kwargs))[0]
     if any(paths[j][0][0].idx == 1 for j in inputs.diff_index):
         raise ValueError("check_vjp: expected_vjp returns cotangents for the positional arguments only; pass the "
                          "differentiated inputs positionally (keyword arguments may carry static options)")
-    call = lambda a, c: expected_vjp(tuple(a), c, **kwargs)  # noqa: E731
+    up = lambda v: v.astype(high) if high is not None and hasattr(v, "dtype") and jnp.issubdtype(v.dtype, jnp.inexact) else v  # noqa: E731
+
+    def at(diff, ct):
+        args, kwargs = inputs.rebuild(diff, cast=up)
+        return expected_vjp(tuple(args), ct, **kwargs)
+
     with phase(f"the intended rule {exp_name}"):
-        out = (jax.jit(call) if jit else call)(args, ct)
+        out = (jax.jit(at) if jit else at)([up(a) for a in inputs.diff], jax.tree_util.tree_map(up, ct))
     if not isinstance(out, (tuple, list)) or len(out) != len(inputs.args):
         got = f"{len(out)} cotangent(s)" if isinstance(out, (tuple, list)) else f"a bare {describe(out)}"
         raise ValueError(f"check_vjp: expected_vjp {exp_name} returns {got} but {len(inputs.args)} positional "
@@ -344,22 +347,20 @@ def _expected(expected_vjp, exp_name, inputs: Inputs, ct, jit: bool, up=None) ->
     for j, label in zip(inputs.diff_index, inputs.labels):
         v = found.get(jax.tree_util.keystr(paths[j][0][1:]))
         if v is None:
-            result.append(structure_row(exp_name, label, "missing", f"expected_vjp {exp_name} returns no cotangent "
-                                        f"for {label} ({describe(inputs.leaves[j])})", np.shape(inputs.leaves[j])))
+            result.append(structure_row(name, label, "missing", f"expected_vjp {exp_name} returns no cotangent for "
+                                        f"{label} ({describe(inputs.leaves[j])})", np.shape(inputs.leaves[j])))
         else:
             result.append(v)
     return result
 
 
-def _expected_truth(expected_vjp, exp_name, inputs: Inputs, cts):
+def _expected_truth(name, expected_vjp, exp_name, inputs: Inputs, cts):
     """expected_vjp in the highest precision (as ``_truth``), or None."""
     high = jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32
     if all(jnp.finfo(leaf.dtype).eps <= jnp.finfo(high).eps for leaf in inputs.diff):
         return None
-    up = lambda t: jax.tree_util.tree_map(  # noqa: E731
-        lambda v: v.astype(high) if hasattr(v, "dtype") and jnp.issubdtype(v.dtype, jnp.floating) else v, t)
     try:
-        out = [_expected(expected_vjp, exp_name, inputs, ct, True, up) for ct in cts]
+        out = [_expected(name, expected_vjp, exp_name, inputs, ct, True, high) for ct in cts]
     except (TypeError, ValueError):
         return None
     return None if any(isinstance(v, Row) for v in out[0]) else out

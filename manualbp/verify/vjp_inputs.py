@@ -151,7 +151,8 @@ class Inputs:
     def diff(self) -> list:
         return [self.leaves[j] for j in self.diff_index]
 
-    def _rebuild(self, diff, cast=None) -> tuple:
+    def rebuild(self, diff, cast=None) -> tuple:
+        """(args, kwargs) with the differentiable leaves ``diff`` (and every other leaf through ``cast``, if given)."""
         leaves = list(self.leaves) if cast is None else [cast(v) for v in self.leaves]
         for j, v in zip(self.diff_index, diff):
             leaves[j] = v
@@ -160,7 +161,7 @@ class Inputs:
     def closed(self, f):
         """``diff -> f(*args, **kwargs)`` with the side inputs held fixed."""
         def call(diff):
-            args, kwargs = self._rebuild(diff)
+            args, kwargs = self.rebuild(diff)
             return f(*args, **kwargs)
 
         return call
@@ -170,7 +171,7 @@ class Inputs:
         up = lambda v: v.astype(dtype) if _is_array(v) and _floating(v) else v  # noqa: E731
 
         def call(diff):
-            args, kwargs = self._rebuild(diff, cast=up)
+            args, kwargs = self.rebuild(diff, cast=up)
             return f(*args, **kwargs)
 
         return call

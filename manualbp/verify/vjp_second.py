@@ -48,7 +48,7 @@ def _expected_first(ctx, expected_vjp):
     paths = jax.tree_util.tree_flatten_with_path((tuple(ctx.inputs.args), ctx.inputs.kwargs))[0]
 
     def first(d, u):
-        args, kwargs = ctx.inputs._rebuild(d)
+        args, kwargs = ctx.inputs.rebuild(d)
         out = expected_vjp(tuple(args), u, **kwargs)
         found = {jax.tree_util.keystr(kp): v
                  for kp, v in jax.tree_util.tree_flatten_with_path(tuple(out), is_leaf=lambda v: v is None)[0]}
