@@ -111,10 +111,12 @@ def check_vjp(fn, reference=None, *args, kwargs: dict | None = None, argnums=Non
         result is the same shard_map over one device.
 
     Returns:
-      A ``Report``: rows named by fn's own parameter names ("q", "params['W']", "args[2]" for ``*args``);
-      per differentiable input its cotangent rows (against the reference's, expected_vjp's or finite
-      differences, then "<x> taylor" with no reference), "<x> linear in cotangent", "<x> backward twice",
-      "<x> vmap over cotangents"; and the rows of the modes asked for.
+      A ``Report``: rows named by fn's own parameter names ("q", "params['W']", "args[2]" for ``*args``), in
+      this order: "output" rows (with a reference); each differentiable input's cotangent row (against the
+      reference's, expected_vjp's or finite differences; with no reference also "<x> taylor"); for a
+      custom_jvp rule "<x> jvp" (and "<x> jvp taylor") and "<x> jvp/vjp"; with ``order=2`` "<x> second order";
+      then "<x> backward twice", "<x> linear in cotangent", "<x> vmap over cotangents"; with a mesh
+      "output on N devices" and "<x> on N devices".
 
     Raises:
       ValueError if ``reference`` runs a ``jax.custom_vjp`` (fn itself, say): its VJP would not be autodiff's.
@@ -136,7 +138,8 @@ def check_vjp(fn, reference=None, *args, kwargs: dict | None = None, argnums=Non
     check_custom_vjp_rule(fn, name, inputs)
     g_fn = inputs.closed(fn)
     cts = _cotangents(out_spec, k + 1, seed)  # the last: the linearity row's second cotangent
-    more = _linearity_cotangents(cts[0], cts[k])  # pulled back with the k: one program
+    work = _working_precision(name, g_fn, inputs, cts[0])
+    more = _linearity_cotangents(cts[0], cts[k], work)  # pulled back with the k: one program
     y_fn, pull, pulled, vmapped = _vjps(g_fn, inputs.diff, cts[:k] + more, jit, name=name, inputs=inputs, batch=k)
     got = pulled[:k]
     inputs.check_cotangent_dtypes(name, got[0])
@@ -144,7 +147,7 @@ def check_vjp(fn, reference=None, *args, kwargs: dict | None = None, argnums=Non
     given = None if rtol is None and atol is None else _given_tolerance(rtol, atol, dtype, numeric)
 
     ctx = _Context(name, fn, inputs, masks, cts, k, seed, jit, dtype, g_fn, pull, got, y_fn)
-    ctx.linear, ctx.vmapped = pulled[k:], vmapped
+    ctx.linear, ctx.vmapped, ctx.work = pulled[k:], vmapped, _lowest_precision_of([dtype, work])
     if numeric:
         report = _numeric(ctx, mode, given, rules)
     else:
@@ -153,11 +156,12 @@ def check_vjp(fn, reference=None, *args, kwargs: dict | None = None, argnums=Non
     if order == 2:
         ctx.extend(report, vjp_second.rows(ctx, reference if callable(reference) else None, expected_vjp,
                                            report.tolerance, report.verdict, numeric))
-    report.rows.extend(_reentrancy_rows(ctx, nondet_tol, tolerance(dtype)))
-    report.rows.extend(_linearity_rows(ctx))
-    report.rows.extend(_vmap_rows(ctx, tolerance(dtype)))
+    own = tolerance(ctx.work)  # fn against itself: the rounding of the precision it computes in
+    ctx.extend(report, _reentrancy_rows(ctx, nondet_tol, own))
+    ctx.extend(report, _linearity_rows(ctx, own))
+    ctx.extend(report, _vmap_rows(ctx, own))
     if mesh is not None:
-        ctx.extend(report, vjp_sharded.rows(ctx, original, mesh, in_specs, out_specs, tolerance(dtype)))
+        ctx.extend(report, vjp_sharded.rows(ctx, original, mesh, in_specs, out_specs, own))
     report.set_diagnoser(_diagnoser(report.rows, ctx.values, ctx.sizes))
     return report
 
@@ -484,22 +488,35 @@ def _truth(reference, inputs: Inputs, cts):
 
 
 def _lowest_precision(leaves):
-    floats = [np.dtype(leaf.dtype) for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.floating)]
+    return _lowest_precision_of([leaf.dtype for leaf in leaves])
+
+
+def _lowest_precision_of(dtypes):
+    floats = [np.dtype(d) for d in dtypes if jnp.issubdtype(d, jnp.floating)]
     return max(floats, key=lambda d: jnp.finfo(d).eps) if floats else np.dtype(np.float32)
 
 
-def _linearity_cotangents(u, w) -> list:
+def _working_precision(name, g, inputs: Inputs, ct):
+    """The lowest floating dtype anywhere in fn's forward and backward (traced, not run): a kernel with float64
+    inputs and outputs that computes in float32 inside rounds like float32."""
+    try:
+        return vjp_numeric.lowest_float(jax.make_jaxpr(lambda d, c: jax.vjp(g, d)[1](c))(inputs.diff, ct))
+    except Exception:  # noqa: BLE001  (a backward that cannot be traced runs eagerly: its inputs' precision then)
+        return _lowest_precision(inputs.diff)
+
+
+def _linearity_cotangents(u, w, work) -> list:
     """The cotangents the linearity row pulls back besides u: w, a u + b w, and a u + b w moved by one rounding step
-    of its dtype (``ERROR_MODEL.samples`` times: the pullback's own rounding)."""
+    of the working precision ``work`` (``ERROR_MODEL.samples`` times: the pullback's own rounding)."""
     a, b = LINEAR
     leaves, treedef = jax.tree_util.tree_flatten(u)
     mixed = jax.tree_util.tree_unflatten(treedef, [
         jax.device_put((a * np.asarray(x, np.float64) + b * np.asarray(y, np.float64)).astype(x.dtype))
         if jnp.issubdtype(x.dtype, jnp.inexact) else x for x, y in zip(leaves, jax.tree_util.tree_leaves(w))])
-    return [w, mixed, *(_moved_cotangent(mixed, i) for i in range(ERROR_MODEL.samples))]
+    return [w, mixed, *(_moved_cotangent(mixed, i, work) for i in range(ERROR_MODEL.samples))]
 
 
-def _linearity_rows(ctx: _Context) -> list[Row]:
+def _linearity_rows(ctx: _Context, tol) -> list:
     """pull(a u + b w) against a pull(u) + b pull(w): a backward is linear in its cotangent, whatever it computes.
 
     Judged by the conditioning rule: the pullback's own rounding, measured at cotangents one rounding step away, is
@@ -512,11 +529,10 @@ def _linearity_rows(ctx: _Context) -> list[Row]:
         got = np.asarray(mixed[i])
         want = (a * np.asarray(ctx.got[0][i], np.float64) + b * np.asarray(pw[i], np.float64)).astype(got.dtype)
         errors = [np.asarray(m[i], np.float64) - np.asarray(got, np.float64) for m in moved]
-        row, _, _ = ctx.masked(f"{label} linear in cotangent", i, got, want, tolerance(ctx.dtype),
-                               verdict=Rule.CONDITIONING, errors=errors,
+        rows.append(ctx.masked(f"{label} linear in cotangent", i, got, want, tol, verdict=Rule.CONDITIONING,
+                               errors=errors,
                                why=f"the backward is not linear in its cotangent: pull({a:g} u + {b:g} w) is not "
-                                   f"{a:g} pull(u) + {b:g} pull(w) (it clips, normalizes or branches on the cotangent?)")
-        rows.append(row)
+                                   f"{a:g} pull(u) + {b:g} pull(w) (it clips, normalizes or branches on the cotangent?)"))
     return rows
 
 
@@ -525,15 +541,16 @@ def _first_line(e: Exception) -> str:
     return text.splitlines()[0][:160] if text else ""
 
 
-def _moved_cotangent(ct, seed: int):
-    """The cotangent with every floating entry moved by one rounding step of its dtype (float0 zeros stay)."""
+def _moved_cotangent(ct, seed: int, work):
+    """The cotangent with every floating entry moved by one rounding step, of its dtype or of the working precision
+    ``work`` if that is lower (float0 zeros stay)."""
     leaves, treedef = jax.tree_util.tree_flatten(ct)
     return jax.tree_util.tree_unflatten(treedef, [
-        move(v, seed + 7 * j, float(jnp.finfo(v.dtype).eps)) if jnp.issubdtype(v.dtype, jnp.inexact) else v
-        for j, v in enumerate(leaves)])
+        move(v, seed + 7 * j, float(jnp.finfo(_lowest_precision_of([v.dtype, work])).eps))
+        if jnp.issubdtype(v.dtype, jnp.inexact) else v for j, v in enumerate(leaves)])
 
 
-def _reentrancy_rows(ctx: _Context, nondet_tol: float, tol) -> list[Row]:
+def _reentrancy_rows(ctx: _Context, nondet_tol: float, tol) -> list:
     """pullback(ct) again, after a forward and backward at other inputs: bitwise equal to the first call.
 
     Eagerly the backward's Python code runs on every call, so the first of the compared VJPs is the first call.
@@ -566,23 +583,23 @@ def _reentrancy_rows(ctx: _Context, nondet_tol: float, tol) -> list[Row]:
             again = rerun = pull(ct)[0]
     except Exception as e:  # noqa: BLE001  (e.g. a leaked tracer: state kept from an earlier trace)
         why = f"calling the pullback again raised {type(e).__name__}: the backward keeps hidden state"
-        return [_row(ctx.name, f"{label} backward twice", None, None, tol, shape=a.shape, failed=why)
+        return [(_row(ctx.name, f"{label} backward twice", None, None, tol, shape=a.shape, failed=why), None, None)
                 for label, a in zip(inputs.labels, first)]
     rows = []
     for i, (label, a, b, c) in enumerate(zip(inputs.labels, first, again, rerun)):
-        row = ctx.masked(f"{label} backward twice", i, b, a, tol, exact=nondet_tol, why=why, note=note)[0]
-        if row.ok and row.compared:
-            row = ctx.masked(f"{label} backward twice", i, c, a, tol, exact=nondet_tol, note=note,
-                             why=why + " (between two runs of one compiled program)")[0]
-        rows.append(row)
+        judged = ctx.masked(f"{label} backward twice", i, b, a, tol, exact=nondet_tol, why=why, note=note)
+        if judged[0].ok and judged[0].compared:
+            judged = ctx.masked(f"{label} backward twice", i, c, a, tol, exact=nondet_tol, note=note,
+                                why=why + " (between two runs of one compiled program)")
+        rows.append(judged)
     return rows
 
 
-def _vmap_rows(ctx: _Context, tol) -> list[Row]:
+def _vmap_rows(ctx: _Context, tol) -> list:
     """jax.vmap of the pullback over the k stacked cotangents (computed with them) vs the loop over them."""
     if isinstance(ctx.vmapped, Exception):  # a backward that cannot be batched is a failing row, not a crash
         why = f"the backward does not run under jax.vmap: {type(ctx.vmapped).__name__}: {_first_line(ctx.vmapped)}"
-        return [_row(ctx.name, f"{label} vmap over cotangents", None, None, tol, shape=leaf.shape, failed=why)
-                for label, leaf in zip(ctx.inputs.labels, ctx.inputs.diff)]
-    return [ctx.masked(f"{label} vmap over cotangents", i, np.asarray(b), a, tol)[0]
+        return [(_row(ctx.name, f"{label} vmap over cotangents", None, None, tol, shape=leaf.shape, failed=why),
+                 None, None) for label, leaf in zip(ctx.inputs.labels, ctx.inputs.diff)]
+    return [ctx.masked(f"{label} vmap over cotangents", i, np.asarray(b), a, tol)
             for i, (label, a, b) in enumerate(zip(ctx.inputs.labels, ctx.looped, ctx.vmapped))]

@@ -1,11 +1,11 @@
 """What ``check_vjp`` differentiates, and the errors that name the argument or output when shapes disagree.
 
-Arguments are pytrees; every array leaf gets a label by its path, "arg 0",
-"arg 1['W']", "arg 2[0]". Floating array leaves are differentiated, integer and
-boolean ones (indices, masks) and Python scalars are side inputs. Nothing here
-calls autodiff: structures and shapes come from tracing (``jax.make_jaxpr``,
-``jax.eval_shape``), which also shows whether a function runs a hand-written
-rule.
+Arguments (positional and keyword) are pytrees; every array leaf gets a label by fn's own parameter
+name and its path, "q", "params['W']", "args[2]" for one caught by ``*args`` ("arg 2" where fn has no
+readable signature). Floating array leaves are differentiated, integer and boolean ones (indices, masks)
+and Python scalars are side inputs. Nothing here calls autodiff: structures and shapes come from tracing
+(``jax.make_jaxpr``, ``jax.eval_shape``), which also shows whether a function runs a hand-written rule.
+An error raised while tracing or running fn or its reference is re-raised naming the phase (``phase``).
 """
 
 from __future__ import annotations

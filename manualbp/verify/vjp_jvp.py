@@ -77,9 +77,10 @@ def _consistency(name, label, us, jvs, pulls, vs, leaf, eps) -> tuple:
     return row, np.array(via_jvp), np.array(via_vjp)
 
 
-def _tangents(ctx_masks, diff, leaf, k, rng, dtype):
-    return [[np.asarray(t).astype(dtype) if i == leaf else np.zeros(np.shape(d), dtype) for i, (t, d) in
-             enumerate(zip(v, diff))] for v in vjp_numeric.directions(diff, ctx_masks, leaf, k, rng)]
+def _tangents(masks, diff, leaf, k, rng):
+    """k random tangents over input ``leaf`` (``vjp_numeric.directions``), each leaf in its input's dtype."""
+    return [[np.asarray(t).astype(d.dtype) for t, d in zip(v, diff)]
+            for v in vjp_numeric.directions(diff, masks, leaf, k, rng)]
 
 
 def reference_rows(ctx, reference, tol, rule) -> list:
@@ -90,15 +91,15 @@ def reference_rows(ctx, reference, tol, rule) -> list:
     if jax.config.read("jax_enable_x64") and np.dtype(ctx.dtype) != np.dtype(np.float64):
         high = ctx.inputs.closed_high(reference, jnp.float64)
     out = []
-    eps = float(jnp.finfo(ctx.dtype).eps)
+    eps = float(jnp.finfo(ctx.work).eps)
     for leaf, label in enumerate(ctx.inputs.labels):
         if ctx.masks[leaf] is not None and not ctx.masks[leaf].any():
             out.append((not_compared_row(ctx.name, f"{label} jvp", "excluded: every entry excluded by where="),
                         None, None))
             continue
-        vs = _tangents(ctx.masks, ctx.inputs.diff, leaf, ctx.k, rng, ctx.dtype)
-        got = np.stack([_jvp(ctx.g_fn, ctx.inputs.diff, v) for v in vs]).astype(ctx.dtype)
-        want = np.stack([_jvp(g_ref, ctx.inputs.diff, v) for v in vs]).astype(ctx.dtype)
+        vs = _tangents(ctx.masks, ctx.inputs.diff, leaf, ctx.k, rng)
+        got = np.stack([_jvp(ctx.g_fn, ctx.inputs.diff, v) for v in vs])  # each output's values, in float64 exactly
+        want = np.stack([_jvp(g_ref, ctx.inputs.diff, v) for v in vs])
         truth = None
         if high is not None:
             up = [np.asarray(a, np.float64) for a in ctx.inputs.diff]
@@ -116,10 +117,10 @@ def consistency_rows(ctx, tol) -> list:
     """Only the consistency of fn's JVP with its VJP (the rule is meant to differ from the gradient)."""
     del tol
     rng = np.random.default_rng(ctx.seed + 2)
-    eps = float(jnp.finfo(ctx.dtype).eps)
+    eps = float(jnp.finfo(ctx.work).eps)
     out = []
     for leaf, label in enumerate(ctx.inputs.labels):
-        vs = _tangents(ctx.masks, ctx.inputs.diff, leaf, ctx.k, rng, ctx.dtype)
+        vs = _tangents(ctx.masks, ctx.inputs.diff, leaf, ctx.k, rng)
         jvs = [_jvp(ctx.g_fn, ctx.inputs.diff, v) for v in vs]
         out.append(_consistency(ctx.name, label, ctx.cts, jvs, ctx.got, vs, leaf, eps))
     return out

@@ -200,7 +200,7 @@ def fd_rows(name: str, ln: Line, labels: list, masks: list, us: list, pulls: lis
             noisy: tuple) -> list:
     """Per differentiable leaf: <J^T u_i, v_i> (fn's VJP) against the finite difference of phi_i, i < k.
 
-    Returns [(row, fn's values, the finite difference's, mask note)]."""
+    Returns [(row, fn's values, the finite difference's)]."""
     out = []
     f0, sigma = noisy
     for leaf, label in enumerate(labels):

@@ -52,8 +52,8 @@ def _expected_first(ctx, expected_vjp):
         out = expected_vjp(tuple(args), u, **kwargs)
         found = {jax.tree_util.keystr(kp): v
                  for kp, v in jax.tree_util.tree_flatten_with_path(tuple(out), is_leaf=lambda v: v is None)[0]}
-        return [found.get(jax.tree_util.keystr(paths[j][0][1:])) if found.get(jax.tree_util.keystr(paths[j][0][1:]))
-                is not None else jnp.zeros_like(a) for j, a in zip(ctx.inputs.diff_index, d)]
+        given = [found.get(jax.tree_util.keystr(paths[j][0][1:])) for j in ctx.inputs.diff_index]
+        return [jnp.zeros_like(a) if g is None else g for g, a in zip(given, d)]
 
     return first
 
@@ -82,7 +82,8 @@ def rows(ctx, reference, expected_vjp, tol, rule, numeric) -> list:
     except Exception as e:  # noqa: BLE001  (a rule that cannot be differentiated twice: a failing row, saying so)
         return _failed(ctx, e)
     target = _expected_first(ctx, expected_vjp) if expected_vjp is not None else _pullback_of(ctx.inputs.closed(reference))
-    want = [jax.jit(lambda d, u, w: _second(target, d, u, w))(ctx.inputs.diff, u, w) for u, w in zip(ctx.cts, ws)]
+    run_target = jax.jit(lambda d, u, w: _second(target, d, u, w))
+    want = [run_target(ctx.inputs.diff, u, w) for u, w in zip(ctx.cts, ws)]
     out = []
     for i, label in enumerate(ctx.inputs.labels):
         a = np.stack([np.asarray(v[i]) for v in got])
@@ -100,8 +101,9 @@ def _numeric_rows(ctx, tol) -> list:
     with jax.enable_x64(True):
         first = _pullback_of(g64)
         ws = _ws(x64.diff, ctx.k, ctx.seed)
+        run = jax.jit(lambda d, u, w: _second(first, d, u, w))
         try:
-            second = [jax.jit(lambda d, u, w: _second(first, d, u, w))(x64.diff, u, w) for u, w in zip(us, ws)]
+            second = [run(x64.diff, u, w) for u, w in zip(us, ws)]
         except Exception as e:  # noqa: BLE001
             return _failed(ctx, e)
 
