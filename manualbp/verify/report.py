@@ -168,7 +168,7 @@ class Report:
             text = f"PASS: all {len(compared)} compared rows within tolerance ({exact} bitwise equal)"
             cond = sum(r.rule is Rule.CONDITIONING for r in compared)
             if cond:
-                text += f"; {cond} ill-conditioned, within a multiple of the rounding error measured for them (the header's rule)"
+                text += f"; {cond} ill-conditioned, within a multiple of the rounding error measured for them"
             return text + (f"; {not_compared}" if not_compared else "")
         fail = self.first_failure
         nfail = sum(not r.ok for r in compared)

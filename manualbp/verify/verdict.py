@@ -138,8 +138,7 @@ def structure_row(layer: str, quantity: str, kind: str, detail: str, shape=()) -
 def not_compared_row(layer: str, quantity: str, reason: str, shape=()) -> Row:
     """The row of a quantity that was deliberately not compared (``reason``, e.g. every entry excluded by the
     caller): it neither passes nor fails, and a report of such rows only is INCONCLUSIVE, never a PASS."""
-    return Row(layer, quantity, tuple(shape), math.nan, math.nan, math.nan, False, True, reason, rule=Rule.EXACT,
-               compared=False)
+    return Row(layer, quantity, tuple(shape), math.nan, math.nan, math.nan, False, True, reason, compared=False)
 
 
 def _with_note(note: str, more: str) -> str:
