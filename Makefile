@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench gpu-check lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/manualbp bench
+
+# the device check (docs/gpu.md): on a machine with an accelerator, in under 8 minutes; results in $OUT (default
+# gpu-check/). Uses .venv's python when there is one (`make .venv/.installed` first), else the machine's own with its jax.
+gpu-check:
+	PYTHONPATH=. $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) scripts/device_check.py --out $${OUT:-gpu-check}
 
 lint: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet ruff

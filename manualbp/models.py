@@ -28,8 +28,8 @@ from manualbp.layers.lstm import LSTM
 from manualbp.layers.norm import LayerNorm
 from manualbp.layers.pool import MaxPool2D
 from manualbp.layers.positional import PositionalEmbedding
-from manualbp.layers.recurrent import RNN
 from manualbp.layers.reshape import Flatten
+from manualbp.layers.rnn import RNN
 from manualbp.layers.sequential import Sequential
 from manualbp.layers.transformer import TransformerBlock
 

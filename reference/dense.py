@@ -7,7 +7,12 @@ import manualbp.layers as mbp
 from .dispatch import forward
 
 
+def affine(x, W, b=None):
+    """x W (+ b) on the last axis of x."""
+    y = jnp.einsum("...i,io->...o", x, W)
+    return y if b is None else y + jnp.broadcast_to(b, y.shape)
+
+
 @forward.register
 def _(layer: mbp.Dense, params, x, taps):
-    y = jnp.einsum("...i,io->...o", x, params["W"])
-    return y + jnp.broadcast_to(params["b"], y.shape) if layer.use_bias else y
+    return affine(x, params["W"], params["b"] if layer.use_bias else None)

@@ -87,22 +87,6 @@ def apply(layer, params, x, taps=None):
     return taps.tap("out", y)
 
 
-def child_stats(stats, name: str, child):
-    """A child's running statistics inside its container's: a container's are keyed by path below it."""
-    if getattr(child, "children", ()):
-        return {k[len(name) + 1:]: v for k, v in stats.items() if k.startswith(name + "/")}
-    return stats.get(name, {})
-
-
-def with_child_stats(out: dict, name: str, child, stats) -> dict:
-    """``out`` with a child's running statistics placed under its name (the inverse of ``child_stats``)."""
-    if getattr(child, "children", ()):
-        out.update({f"{name}/{k}": v for k, v in stats.items()})
-    elif stats:
-        out[name] = stats
-    return out
-
-
 @functools.singledispatch
 def forward_eval(layer, params, stats, x):
     """Evaluation-mode reference forward with running ``stats``; for a layer without any, its training forward."""

@@ -105,13 +105,18 @@ def loss_grads_outputs(model, head, params, x, y, mask=None):
     return loss, grads, out
 
 
-def loss_grads_outputs_stats(model, head, params, stats, x, y, mask=None):
+def loss_grads_outputs_stats(model, head, params, stats, x, y, mask=None, head_dtype=None):
     """(loss, dL/dparams, outputs, running stats): ``loss_grads_outputs`` that also advances BatchNorm's running
-    statistics from the same training-mode forward (``stats``: keyed by layer path, {} for a model without any)."""
+    statistics from the same training-mode forward (``stats``: keyed by layer path, {} for a model without any).
+
+    ``head_dtype``: the loss on the outputs cast to at least that dtype (mixed precision: a bfloat16 model, its
+    loss in float32); None: in the outputs' own dtype.
+    """
 
     def loss_fn(p):
         out, new = forward_train(model, p, stats, x)
-        return head_forward(head, out, y, mask), (out, new)
+        wide = out if head_dtype is None else out.astype(jnp.promote_types(out.dtype, head_dtype))
+        return head_forward(head, wide, y, mask), (out, new)
 
     (loss, (out, new)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return loss, grads, out, new

@@ -1,4 +1,4 @@
-"""Reference LSTM: the textbook step inside ``lax.scan``, its h_t and c_t tapped per step (see ``recurrent``)."""
+"""Reference LSTM: the textbook step inside ``lax.scan``, its h_t and c_t tapped per step (see ``recurrent_base``)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ from jax import lax
 import manualbp.layers as mbp
 
 from .dispatch import forward
-from .recurrent import keep, plus_tap, sequence_output, split_input, split_lengths, step_taps
+from .recurrent_base import keep, plus_tap, sequence_output, split_input, split_lengths, step_taps
 
 
 @forward.register

@@ -3,8 +3,9 @@
 import jax.numpy as jnp
 
 import manualbp.layers as mbp
+from manualbp.layers.base import child_stats, with_child_stats
 
-from .dispatch import apply, child_stats, forward, forward_eval, forward_train, with_child_stats
+from .dispatch import apply, forward, forward_eval, forward_train
 
 
 @forward.register

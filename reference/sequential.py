@@ -1,8 +1,9 @@
 """Reference containers: each child applied with its own taps; in evaluation mode, with its own running statistics."""
 
 import manualbp.layers as mbp
+from manualbp.layers.base import child_stats, with_child_stats
 
-from .dispatch import apply, child_stats, forward, forward_eval, forward_train, with_child_stats
+from .dispatch import apply, forward, forward_eval, forward_train
 
 
 @forward.register

@@ -9,7 +9,7 @@ clean (must PASS). Then the false-failure matrix: every clean model of the catal
 models in float64 through ``gradcheck``.
 
 Run: .venv/bin/python scripts/mutation_matrix.py [--seeds 5] [--steps 100] [--json out.json]
-Prints one row per mutant, the false failures (if any), and the figures quoted in the README.
+Prints one row per mutant, the false failures (if any), and the figures in docs/evidence.md.
 """
 
 from __future__ import annotations

@@ -25,14 +25,14 @@ if "jax" not in sys.modules:  # only effective before jax starts its backend
 
 # no Python tracebacks in the compiled programs' op locations (used only in XLA's own error messages): a quarter of
 # the time to trace and lower the many small programs of the suite (tests/test_mutations.py: 43 -> 33 s); an
-# environment variable, so that the suite's subprocesses (the README's blocks, the CLI) inherit it
+# environment variable, so that the suite's subprocesses (the documents' blocks, the CLI) inherit it
 os.environ.setdefault("JAX_TRACEBACK_IN_LOCATIONS_LIMIT", "0")
 
 # `manualbp check` keeps compiled programs in a persistent cache in the user's cache dir; the suite must not write there
 os.environ.setdefault("MANUALBP_CACHE_DIR", "")
 
 # One persistent compilation cache for this run, shared by the xdist workers and by the subprocesses the suite starts
-# (the README's blocks, the CLI): a program one process compiled is loaded, not compiled again, by the others. The
+# (the documents' blocks, the CLI): a program one process compiled is loaded, not compiled again, by the others. The
 # key is the compiled module itself, so equal programs from different Python objects meet there too (jax.grad's
 # program for a mutant and for its clean twin, a re-created jit of the same function). The directory is new for
 # each run (made here, in the process that starts the workers, which inherit the environment) and removed at the

@@ -1,4 +1,10 @@
-"""MultiHeadAttention: random configurations vs jax.grad and finite differences, masks, memory, bad input."""
+"""MultiHeadAttention: random configurations vs jax.grad and finite differences, masks, memory, bad input.
+
+The tests of exact values (one allowed key, a fully masked row) run with each kernel; the kernels' own
+tests (random configurations, bfloat16, memory, the choice of kernel) are in tests/test_attention_kernels.py.
+"""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -114,9 +120,13 @@ def test_causal_output_ignores_the_future():
     assert jnp.array_equal(y[:, :4], y2[:, :4]) and not jnp.array_equal(y[:, 4:], y2[:, 4:])
 
 
-def test_a_fully_masked_row_outputs_the_output_bias_and_passes_no_gradient():
+KERNELS = ["loop", "batched", "pallas"]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_a_fully_masked_row_outputs_the_output_bias_and_passes_no_gradient(kernel):
     """The documented convention: no key to attend to -> O = 0, y = bo, and no gradient through the attention."""
-    layer = mbp.MultiHeadAttention(2, key_mask=True, block_size=2)
+    layer = mbp.MultiHeadAttention(2, key_mask=True, block_size=2, kernel=kernel)
     params, (x, mask), target = _setup(layer, 3, 5, 4, 0, 0, jnp.float64, seed=7, dead_row=True)
     assert not bool(jnp.any(mask[-1]))
 
@@ -132,22 +142,26 @@ def test_a_fully_masked_row_outputs_the_output_bias_and_passes_no_gradient():
     assert report.ok, str(report)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("case", ["one key", "one key left by the mask", "causal T=1"])
-def test_a_row_with_one_allowed_key_has_exactly_zero_dq_and_dk(case, dtype):
+def test_a_row_with_one_allowed_key_has_exactly_zero_dq_and_dk(case, dtype, kernel):
     """Softmax over one key is the constant 1, so dS, dQ and dK are exactly 0, as jax.grad gives them.
 
     FlashAttention's form, P = exp(S - lse) with S recomputed by another product and dS = P (dP - dO . O),
     left ~1e-9 there (two dot products rounded apart): a false FAIL against jax.grad's exact 0, found by
-    scripts/attention_configs.py (config 33: cross-attention, S = 1, head_dim 1, float32, jit).
+    scripts/attention_configs.py (config 33: cross-attention, S = 1, head_dim 1, float32, jit). The Pallas
+    kernel keeps FlashAttention's lse but not its D = dO . O: P = exp(S - lse) = 1 exactly there (module
+    docstring of flash_pallas); tiles of 2 put the one allowed key in a tile after masked ones.
     """
     layer, S = {"one key": (mbp.MultiHeadAttention(1, head_dim=1, cross=True, key_mask=True), 1),
                 "one key left by the mask": (mbp.MultiHeadAttention(2, cross=True, key_mask=True), 4),
                 "causal T=1": (mbp.MultiHeadAttention(2, causal=True), 1)}[case]
+    layer = dataclasses.replace(layer, kernel=kernel, block_size=2 if kernel == "pallas" else None)
     params, inputs, target = _setup(layer, 3, 1 if case == "causal T=1" else 5, 4 if layer.head_dim is None else 1,
                                     S, 3, dtype, seed=33)
-    if layer.key_mask:  # every sequence keeps key 0 only
-        inputs = (*inputs[:-1], jnp.zeros((3, S), bool).at[:, 0].set(True))
+    if layer.key_mask:  # every sequence keeps its last key only (after a masked tile, for Pallas tiles of 2)
+        inputs = (*inputs[:-1], jnp.zeros((3, S), bool).at[:, -1].set(True))
 
     def grads(params, inputs):
         y, cache = layer.forward(params, inputs)

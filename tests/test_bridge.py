@@ -23,6 +23,8 @@ def _seq(layer, dtype):
     return layer, _normal((2, 3, 2), dtype)
 
 
+ONE_DEVICE = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("batch", "model"))  # tensor-parallel layers
+
 # one or more configurations per layer type: dtype -> (layer, x). A layer type registered with the reference
 # (every built-in, and every layer added later) must appear here: test_every_layer_type_has_an_example says so.
 EXAMPLES = {
@@ -69,6 +71,11 @@ EXAMPLES = {
     mbp.PositionalEmbedding: [lambda dt: (mbp.PositionalEmbedding(5, 4), _normal((2, 3, 4), dt))],
     mbp.MultiHeadAttention: [lambda dt: (mbp.MultiHeadAttention(2, causal=True), _normal((2, 3, 4), dt))],
     mbp.TransformerBlock: [lambda dt: (mbp.TransformerBlock(4, 2), _normal((2, 3, 4), dt))],
+    mbp.ColumnParallelDense: [lambda dt: (mbp.ColumnParallelDense(4, ONE_DEVICE, gather_output=True),
+                                          _normal((2, 3), dt))],
+    mbp.RowParallelDense: [lambda dt: (mbp.RowParallelDense(3, ONE_DEVICE), _normal((2, 4), dt))],
+    mbp.ParallelAttention: [lambda dt: (mbp.ParallelAttention(2, ONE_DEVICE, causal=True), _normal((2, 3, 4), dt))],
+    mbp.FSDPDense: [lambda dt: (mbp.FSDPDense(3, ONE_DEVICE), _normal((2, 4), dt))],
 }
 CASES = [pytest.param(make, id=f"{t.__name__}-{i}") for t, makes in EXAMPLES.items() for i, make in enumerate(makes)]
 

@@ -31,7 +31,8 @@ def test_digits_unknown_layout():
         data.digits("nhwc")
 
 
-def test_digits_without_sklearn_says_what_to_install(monkeypatch):
+def test_digits_need_no_sklearn(monkeypatch):
+    """The digits ship with the package: scikit-learn is a test extra, never a runtime dependency."""
     real_import = builtins.__import__
 
     def no_sklearn(name, *args, **kwargs):
@@ -40,8 +41,23 @@ def test_digits_without_sklearn_says_what_to_install(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_sklearn)
-    with pytest.raises(ImportError, match=r"pip install manualbp\[examples\]"):
-        data.digits()
+    d = data.digits("rows")
+    assert d.x_train.shape == (1437, 8, 8) and d.x_test.shape == (360, 8, 8)
+
+
+def test_the_shipped_digits_are_sklearns_to_the_bit():
+    """digits.npz holds load_digits' pixel counts and labels, in its order (checked where scikit-learn is installed)."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    bunch = datasets.load_digits()
+    images, labels = data.digit_arrays()
+    assert images.dtype == labels.dtype == np.uint8
+    assert images.shape == (1797, 64) and labels.shape == (1797,)
+    np.testing.assert_array_equal(images, bunch.data)
+    np.testing.assert_array_equal(labels, bunch.target)
+    d = data.digits("flat", np.float64)  # x = pixels / 16, exactly as from sklearn's float64 arrays
+    order = np.random.default_rng(data._SPLIT_SEED).permutation(1797)
+    np.testing.assert_array_equal(d.x_train, bunch.data[order[:-360]] / 16.0)
+    np.testing.assert_array_equal(d.y_test, bunch.target[order[-360:]])
 
 
 def test_spirals_shapes_and_balance():

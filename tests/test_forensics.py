@@ -41,6 +41,11 @@ def test_rearrangements():
     assert _kind(np.flip(k, (0, 1)), k).params == {"flip": (0, 1)}  # a kernel not flipped in space
     d = _kind(fx._shift(R, 1, 1))
     assert d.kind == fx.REARRANGED and d.params == {"axis": 1, "shift": 1}  # h_(t-1) where h_t belongs
+    img = RNG.standard_normal((2, 6, 6, 3))
+    m = fx._shift(fx._shift(img, 1, -1), 2, -1)
+    m[:, -1], m[:, :, -1] = 0.5, -0.5  # what the vacated edge holds: the padding placed on the other side
+    d = _kind(m, img)
+    assert d.kind == fx.REARRANGED and d.params == {"shifts": {1: -1, 2: -1}, "edge_excepted": True}
     wide = RNG.standard_normal((6, 4))
     assert _kind(wide.T.reshape(6, 4), wide).params == {"reshape_of_transpose": True}
     assert _kind(RNG.permutation(R.ravel()).reshape(R.shape)).params == {"permuted": True}
@@ -173,3 +178,16 @@ def test_check_vjp_and_gradcheck_carry_diagnoses():
     report = mbp.gradcheck(model, mbp.SoftmaxCrossEntropy(), params, x, y, mode="exhaustive")
     assert (report.first_failure.layer, report.first_failure.quantity) == ("0 DoubledDb", "db")
     assert report.first_failure.diagnosis.kind == fx.SCALE and report.first_failure.diagnosis.params["fraction"] == "2"
+
+
+def test_a_diverged_twin_run_diagnoses_its_first_diverging_gradient():
+    from mutants import twin
+
+    case = next(c for c in twin.TWIN_CASES if c.name == "DenseDbMean")
+    divergence = twin.run(case, mutated=True, steps=2)
+    assert divergence.first_failure["step"] == 1 and divergence.first_failure["parameter"] == "0/b"
+    d = divergence.diagnosis
+    assert d.kind == fx.SCALE and d.params["fraction"] == "1/32" and "the batch size N" in d.text
+    assert "diagnosis: manual = 1/32 x reference" in divergence.summary()
+    assert divergence.to_dict()["diagnosis"]["kind"] == "scale"
+    assert twin.run(case, mutated=False, steps=2).diagnosis is None

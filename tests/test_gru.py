@@ -188,7 +188,7 @@ def test_bad_inputs():
     layer, params = _gru()
     with pytest.raises(ValueError, match=r"GRU: expected x of rank 3, got shape \(3, 2\)"):
         layer.forward(params, jnp.ones((3, 2), jnp.float32))
-    with pytest.raises(ValueError, match=r"GRU: expected x of shape \(B, T, 2\) .*got \(1, 3, 5\)"):
+    with pytest.raises(ValueError, match=r"GRU: expected x of shape \(B, T, 2\) .*got x of shape \(1, 3, 5\)"):
         layer.forward(params, jnp.ones((1, 3, 5), jnp.float32))
     with pytest.raises(TypeError, match="GRU: x has dtype float16 but Wx has float32"):
         layer.forward(params, jnp.ones((1, 3, 2), jnp.float16))

@@ -43,3 +43,25 @@ def test_pyproject_lists_every_package_of_the_tree():
     tree = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "manualbp").rglob("__init__.py")}
     assert set(config["packages"]) == tree | {"manualbp.reference"}
     assert config["package-dir"] == {"manualbp.reference": "reference"}
+
+
+def test_every_data_file_of_the_package_is_package_data():
+    """A file that is not Python (the digits, their attribution) reaches a wheel only if pyproject names it."""
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    data = {}
+    for path in (ROOT / "manualbp").rglob("*"):
+        if path.is_file() and path.suffix not in (".py", ".pyc") and "__pycache__" not in path.parts:
+            package = ".".join(path.parent.relative_to(ROOT).parts)
+            data.setdefault(package, set()).add(path.name)
+    assert data == {"manualbp.training": {"digits.npz", "digits_attribution.txt"}}
+    assert {k: set(v) for k, v in declared.items()} == data
+
+
+def test_the_public_names_are_sorted():
+    """``__all__`` in alphabetical order, so a reader finds a name and a new one has one place to go."""
+    import manualbp as mbp
+    import manualbp.layers
+
+    for module in (mbp, manualbp.layers):
+        assert module.__all__ == sorted(module.__all__), module.__name__
+        assert all(hasattr(module, name) for name in module.__all__)

@@ -21,13 +21,16 @@ CALLS_REFERENCE = {
     "manualbp/verify/compare.py",
     "manualbp/verify/register.py",
     "manualbp/training/step.py",
+    "manualbp/training/twin_diagnosis.py",  # a DIVERGED twin step replayed: the reference gradient at that point
     "manualbp/cli/benchmarks/contenders.py",  # every benchmark's jax.grad contender
 }
 
 # the manual modules that may call autodiff, and exactly what: check_vjp and its modes differentiate the USER's
 # functions (fn and its reference: a custom_jvp's JVP, second order, the VJP on a mesh); the bridge wraps a manual
-# backward as a jax.custom_vjp (and refuses second order with a custom_jvp)
+# backward as a jax.custom_vjp (and refuses second order with a custom_jvp); highprec takes a scatter-add's 0/1
+# placement matrix as jax.jacfwd of the primitive (exact, no gradient of a layer)
 CALLS_AUTODIFF = {
+    "manualbp/verify/highprec.py": {"jacfwd"},
     "manualbp/verify/check_vjp.py": {"vjp"},
     "manualbp/verify/vjp_jvp.py": {"jvp"},
     "manualbp/verify/vjp_second.py": {"vjp"},
@@ -46,8 +49,9 @@ MAY_IMPORT = {
     "training": {"layers", "backprop.py", "verify", "reference"},
     "cli": {"layers", "backprop.py", "models.py", "verify", "training", "reference"},
 }
-# the layer support files that have no reference twin: the protocol, the window geometry, the attention kernel
-LAYER_SUPPORT = {"__init__", "base", "window", "flash", "sequence", "walk", "code_key"}
+# the layer support files that have no reference twin: the protocol, the window geometry, the attention kernels, the
+# collective pairs of the tensor-parallel layers, the walk over a model's layers, the compiled programs' key
+LAYER_SUPPORT = {"__init__", "base", "window", "flash", "flash_pallas", "collectives", "walk", "code_key"}
 # the reference's own modules: dispatch + taps, and the jax.grad entry points
 REFERENCE_SUPPORT = {"__init__", "dispatch", "grad"}
 
@@ -175,3 +179,12 @@ def test_reference_mirrors_the_layers_file_for_file():
     layers = {p.stem for p in (ROOT / "manualbp" / "layers").glob("*.py")} - LAYER_SUPPORT
     ref = {p.stem for p in (ROOT / "reference").glob("*.py")} - REFERENCE_SUPPORT
     assert layers == ref, f"only in manualbp/layers: {sorted(layers - ref)}; only in reference: {sorted(ref - layers)}"
+
+
+def test_every_layer_file_has_its_twin_and_its_tests():
+    """Adding a layer (CONTRIBUTING.md): manualbp/layers/X.py, reference/X.py and tests/test_X.py, all three."""
+    for path in sorted((ROOT / "manualbp" / "layers").glob("*.py")):
+        if path.stem in LAYER_SUPPORT:
+            continue
+        assert (ROOT / "reference" / path.name).is_file(), f"{_rel(path)} has no reference/{path.name}"
+        assert (ROOT / "tests" / f"test_{path.name}").is_file(), f"{_rel(path)} has no tests/test_{path.name}"

@@ -76,8 +76,10 @@ def test_kink_pattern_is_the_blocks():
     params, _ = layer.init(jax.random.key(0), (3,))
     _, cache = layer.forward(params, jnp.ones((2, 3), jnp.float32))
     pattern = layer.kink_pattern(cache)
-    assert pattern[0] is None and pattern[1].shape == (2, 3)
-    assert mbp.Residual(mbp.Tanh()).kink_pattern(None) is None
+    assert pattern[0] == () and pattern[1].shape == (2, 3)  # Dense makes no choice; ReLU's signs
+    assert mbp.Residual(mbp.Tanh()).kink_pattern(None) == ()
+    undeclared = mbp.Elementwise(jnp.abs, jnp.sign, label="abs")  # a user's fn: its choices are not declared
+    assert mbp.Residual(undeclared).kink_pattern(None) is None
 
 
 def test_block_changing_the_shape_fails_at_init():

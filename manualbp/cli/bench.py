@@ -31,9 +31,34 @@ def register(subparsers):
                             "(recurrent), Conv1D and ConvTranspose2D (conv-layers), one attention layer over T "
                             "(attention), or a 4-block GPT (gpt)")
     bench.add_argument("--repeats", type=positive_int, default=30, help="timed calls of each contender (interleaved)")
+    bench.add_argument("--kernels", type=_kernels, default=("auto",), metavar="K[,K...]",
+                       help="attention kernels of the manual step, from auto, loop, batched, pallas (attention: one "
+                            "manual contender each; gpt: the first)")
+    bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                       help="parameters and data of the attention and gpt benchmarks")
     bench.add_argument("--json", action="store_true", help="print the results as JSON instead of markdown tables")
     bench.set_defaults(func=run)
     return bench
+
+
+def _kernels(text: str) -> tuple:
+    from manualbp.layers.flash import KERNELS
+
+    names = tuple(k.strip() for k in text.split(",") if k.strip())
+    bad = [k for k in names if k not in KERNELS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"expected attention kernels from {', '.join(KERNELS)}, got {text!r}")
+    return names
+
+
+def options(name: str, args) -> dict:
+    """The keyword arguments of benchmark ``name``'s ``run`` that the command line sets besides ``repeats``."""
+    kernels, dtype = getattr(args, "kernels", ("auto",)), getattr(args, "dtype", "float32")
+    if name == "attention":
+        return {"kernels": kernels, "dtypes": (dtype,)}
+    if name == "gpt":
+        return {"kernel": kernels[0], "dtype": dtype}
+    return {}
 
 
 def run(args) -> int:
@@ -46,7 +71,7 @@ def run(args) -> int:
         except ModuleNotFoundError:
             print(f"manualbp bench: benchmark {name!r} is not available", file=sys.stderr)
             return 2
-        result = module.run(repeats=args.repeats)
+        result = module.run(repeats=args.repeats, **options(name, args))
         out.append((result, module.markdown(result)))
     if args.json:
         print(json.dumps([r for r, _ in out], indent=2, default=str))

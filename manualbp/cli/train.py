@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 from manualbp.cli.args import positive_int
@@ -43,13 +44,24 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="clip gradients to global norm C (manual path: manualbp.training.clip; reference: optax's)")
     p.add_argument("--seq-len", type=positive_int, metavar="T", help="adding problem: sequence length (default 50)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--compute-dtype", choices=["bfloat16", "float16"],
+                   help="mixed precision: forward and backward in this dtype, parameters and optimizer in --dtype "
+                        "(master weights); default: all in --dtype")
     p.add_argument("--seed", type=seed, default=0, help="seed for parameters and batch order, in [0, 2**64) (default 0)")
     p.add_argument("--plot", metavar="OUT.png", help="write loss curves (and, in twin mode, the per-step check)")
     p.add_argument("--checkpoint", metavar="DIR", help="keep the run in DIR (checkpoint.npz + history.log)")
     p.add_argument("--checkpoint-every", type=positive_int, metavar="K", help="steps between saves (default: end)")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --checkpoint DIR")
     p.add_argument("--overwrite", action="store_true", help="replace the checkpoint in --checkpoint DIR")
-    p.add_argument("--devices", type=positive_int, help="data-parallel over N devices (CPU: forced host devices)")
+    p.add_argument("--devices", type=positive_int,
+                   help="data-parallel over N devices (CPU: forced host devices); with several processes, all of theirs")
+    p.add_argument("--model-parallel", type=positive_int, metavar="M",
+                   help="gpt models: tensor-parallel over M devices (a mesh of devices/M x M, batch x model)")
+    p.add_argument("--num-processes", type=positive_int, metavar="P",
+                   help="run as one of P processes (jax.distributed), each with devices/P of the devices")
+    p.add_argument("--process-id", type=int, metavar="I", help="this process's index in [0, P)")
+    p.add_argument("--coordinator", metavar="HOST:PORT", default=os.environ.get("JAX_COORDINATOR_ADDRESS"),
+                   help="process 0's address, e.g. 127.0.0.1:12345 (default: $JAX_COORDINATOR_ADDRESS)")
     p.add_argument("--json", action="store_true", help="print the summary (or the error) as strict JSON on stdout")
     p.set_defaults(func=run)
     return p
@@ -63,6 +75,19 @@ def _usage_error(args) -> str | None:
         return "--resume and --overwrite exclude each other"
     if args.seq_len and args.data != "adding":
         return "--seq-len applies to --data adding only"
+    if args.model_parallel and args.model != "gpt":
+        return "--model-parallel applies to --model gpt only (its blocks have tensor-parallel layers)"
+    if args.model_parallel and (args.devices or 1) % args.model_parallel:
+        return f"--model-parallel {args.model_parallel} must divide --devices ({args.devices or 1})"
+    if args.num_processes:
+        if args.process_id is None or not 0 <= args.process_id < args.num_processes:
+            return f"--num-processes {args.num_processes} needs --process-id in [0, {args.num_processes})"
+        if not args.coordinator:
+            return "--num-processes needs --coordinator HOST:PORT (or $JAX_COORDINATOR_ADDRESS)"
+        if (args.devices or 1) % args.num_processes:
+            return f"--devices {args.devices or 1} must be divisible by --num-processes {args.num_processes}"
+    elif args.process_id is not None:
+        return "--process-id needs --num-processes"
     return plot_path_error(args.plot) if args.plot else None
 
 
@@ -103,8 +128,17 @@ def run(args) -> int:
     error = _usage_error(args)
     if error:
         return fail(args, error)
-    _force_host_devices(args.devices)
+    processes = args.num_processes or 1
+    _force_host_devices((args.devices or 1) // processes)  # each process's own
     import jax
+
+    from manualbp.training import parallel
+
+    if processes > 1:
+        try:
+            parallel.initialize(args.coordinator, processes, args.process_id)
+        except (ValueError, RuntimeError) as e:
+            return fail(args, f"cannot join the run of {processes} processes: {e}")
 
     if args.dtype == "float64" or args.grad == "twin":
         # float64 arrays; and a float32 twin run measures the reference's own error against float64 where a
@@ -116,11 +150,12 @@ def run(args) -> int:
     from manualbp.training import data as datasets
     from manualbp.training import zoo
     from manualbp.training.checkpoint import CheckpointError
-    from manualbp.training.loop import TrainingInterrupted
+    from manualbp.training.loop import PeerLost, TrainingInterrupted
     from manualbp.training.train import NonFiniteError, train, train_twin
 
     try:
-        task = zoo.task(args.model, args.data)
+        mesh = parallel.make_mesh(args.devices or 1, model=args.model_parallel) if args.model_parallel else None
+        task = zoo.task(args.model, args.data, mesh=mesh)
         dtype = jnp.dtype(args.dtype)
         data = datasets.adding(args.seq_len, dtype=dtype) if args.seq_len else task.load(dtype)
         manual_opt, reference_opt = _optimizers(args, task)
@@ -134,8 +169,9 @@ def run(args) -> int:
                 "clip": args.clip}
     progress = Progress(steps, "reference" if args.grad == "reference" else "manual")
     common = dict(steps=steps, batch_size=batch_size, key=data_key, log_every=max(1, steps // 100), on_log=progress,
-                  devices=args.devices, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every or 0,
-                  resume=args.resume, overwrite=args.overwrite, settings=settings)
+                  devices=None if mesh is not None else args.devices, checkpoint=args.checkpoint,
+                  checkpoint_every=args.checkpoint_every or 0, resume=args.resume, overwrite=args.overwrite, settings=settings,
+                  compute_dtype=args.compute_dtype)
     t0 = time.perf_counter()
     try:
         if args.grad == "twin":
@@ -152,12 +188,19 @@ def run(args) -> int:
         return fail(args, f"interrupted after step {e.step}{saved}", 130)
     except NonFiniteError as e:
         return fail(args, str(e), 1)
+    except PeerLost as e:
+        # jax's distributed runtime cannot shut down without the lost process (it would wait out its heartbeat
+        # timeout, then abort): report, and end this process now with the status of a failed run
+        fail(args, str(e), 1)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
     except (CheckpointError, ValueError) as e:  # bad settings, a checkpoint that cannot be used, too few devices
         return fail(args, str(e))
     finally:
         progress.close()
     out = summary(args, task, data, paths, result if args.grad == "twin" else None, time.perf_counter() - t0)
-    if args.plot:
+    if args.plot and jax.process_index() == 0:
         plot(args.plot, {name: r.history for name, r in paths.items()},
              result.divergence if args.grad == "twin" else None, f"{args.model} on {data.name}")
     print(dumps(out) if args.json else text(out, result.divergence if args.grad == "twin" else None))

@@ -17,8 +17,10 @@ def summary(args, task, data, paths: dict, twin, wall_s: float) -> dict:
         "model": args.model, "data": data.name, "description": task.description, "grad": args.grad,
         "steps": primary.steps, "resumed_from": primary.resumed_from, "batch_size": args.batch_size or task.batch_size,
         "optimizer": args.optimizer or task.optimizer, "lr": args.lr or task.lr, "clip": args.clip, "dtype": args.dtype,
-        "seed": args.seed, "devices": args.devices or 1, "wall_s": wall_s, "metric": metric,
-        "test": {name: {metric: r.test[metric], **zoo.extra_metrics(task, r.params, data)}  # e.g. sort: lists sorted
+        "compute_dtype": args.compute_dtype or args.dtype,
+        "seed": args.seed, "devices": args.devices or 1, "model_parallel": args.model_parallel or 1,
+        "processes": args.num_processes or 1, "wall_s": wall_s, "metric": metric,
+        "test": {name: {metric: r.test[metric], **zoo.extra_metrics(task, r.params, data, r.stats)}  # e.g. sort: lists sorted
                  for name, r in paths.items()},
         "final_loss": {name: float(r.history["loss"][-1]) if len(r.history["loss"]) else None
                        for name, r in paths.items()},
@@ -43,8 +45,13 @@ def text(out: dict, divergence) -> str:
         lines.append(divergence.summary())
     done = out["steps"] - out["resumed_from"]
     resumed = f", resumed at step {out['resumed_from']}" if out["resumed_from"] else ""
-    lines.append(f"{done} steps in {out['wall_s']:.1f} s ({out['grad']}, {out['dtype']}, {out['devices']} device(s)"
-                 f"{resumed})")
+    where = f"{out['devices']} device(s)"
+    if out["model_parallel"] > 1:
+        where += f" as {out['devices'] // out['model_parallel']} (batch) x {out['model_parallel']} (model)"
+    if out["processes"] > 1:
+        where += f" in {out['processes']} processes"
+    dtype = out["dtype"] if out["compute_dtype"] == out["dtype"] else f"{out['compute_dtype']} compute, {out['dtype']} weights"
+    lines.append(f"{done} steps in {out['wall_s']:.1f} s ({out['grad']}, {dtype}, {where}{resumed})")
     if "plot" in out:
         lines.append(f"plot written to {out['plot']}")
     return "\n".join(lines)

@@ -5,15 +5,12 @@ code, so three flags that trade generated-code speed for compile speed pay:
 
 - ``--xla_backend_optimization_level=0``: LLVM's cheapest optimization level;
 - ``--xla_cpu_use_fusion_emitters=false``: XLA CPU's older elemental emitters for
-  fused elementwise code instead of its MLIR fusion emitters. Measured on 2 CPU
-  cores, jax 0.10.2: a cold ``manualbp check --model all`` 11.5 -> 5.5 s wall,
-  ``tests/test_gru.py`` 36.0 -> 22.7 s of compiling (531 programs);
+  fused elementwise code, which compile faster than its MLIR fusion emitters;
 - ``--xla_cpu_parallel_codegen_split_count=1``: one LLVM module per program, not
-  a module split in parts compiled on a thread pool. The programs are small,
-  and splitting and scheduling the parts cost more than they save: on top of
-  the two flags above, 83 mutation-test programs 8.95 -> 7.2 s of compiling
-  (medians of 3 and 5 runs), the test suite 227 -> 214 s wall on 2 cores, a
-  cold ``manualbp check --model all`` 5.27 -> 4.88 s.
+  a module split in parts compiled on a thread pool: for small programs,
+  splitting and scheduling the parts cost more than they save.
+
+What each saves is measured in BENCHMARKS.md ("Compile flags").
 
 Each changes how a program is compiled, not what it computes: in ``check``
 the manual and the jax.grad side are compiled alike, and no tolerance
@@ -21,11 +18,10 @@ depends on them. A flag that ``XLA_FLAGS`` already sets is left as it is.
 An XLA that does not know a flag aborts the process, so the flags after the
 first are added only when the installed jaxlib registers them: when its
 libraries hold the help text XLA registers the flag with. The flag's name is
-not enough: jaxlib 0.11.2 still holds ``xla_cpu_use_fusion_emitters`` (a field
-of its DebugOptions proto) but no longer registers the flag, and a
-``manualbp check`` that added it aborted there ("Unknown flag in XLA_FLAGS").
-A help text reworded by a later XLA only leaves its flag out. This module imports nothing from jax: it must run before jax starts
-its backend, which reads ``XLA_FLAGS`` once.
+not enough: a jaxlib can keep the name as a field of its DebugOptions proto
+after it stops registering the flag ("Unknown flag in XLA_FLAGS"). A help text
+reworded by a later XLA only leaves its flag out. This module imports nothing
+from jax: it must run before jax starts its backend, which reads ``XLA_FLAGS`` once.
 """
 
 from __future__ import annotations
@@ -38,7 +34,7 @@ from pathlib import Path
 OPT_LEVEL = "--xla_backend_optimization_level=0"  # in every XLA
 EMITTERS = "--xla_cpu_use_fusion_emitters=false"
 SPLIT = "--xla_cpu_parallel_codegen_split_count=1"
-# the help text each flag is registered with in XLA's debug_options_flags.cc (seen in jaxlib 0.10.2's libraries)
+# the help text each flag is registered with in XLA's debug_options_flags.cc
 HELP = {
     EMITTERS: b"Use fusion emitters for code generation in the CPU backend.",
     SPLIT: b"Split LLVM module into at most this many parts before codegen to enable parallel compilation",

@@ -99,19 +99,30 @@ class ReLU(Activation):
     """
 
     def _forward(self, x):
-        return jnp.maximum(x, 0), _pack_mask(x > 0) if _packs(x) else x
+        return jnp.maximum(x, 0), positive_mask(x)
 
     def backward(self, params, cache, dy):
-        """dx = dy * [x > 0], from x or (large x) from the mask [x > 0] packed 8 to a byte."""
-        return {}, jnp.where(self.kink_pattern(cache), dy, 0)
+        """dx = dy * [x > 0]."""
+        return {}, jnp.where(is_positive(cache), dy, 0)
 
     def kink_pattern(self, cache):
-        return _unpack_mask(cache) if cache.dtype == jnp.uint8 else cache > 0
+        return is_positive(cache)
 
 
-# a large ReLU caches its mask [x > 0] packed 8 to a byte (a reduction, so XLA materialises it in the forward and
-# x need not stay alive until backward); a small one (e.g. one step of an RNN) caches x, with no packing work
+# The mask [x > 0] as ReLU's cache. A large ReLU keeps it packed 8 to a byte (a reduction, so XLA materialises it in
+# the forward and x need not stay alive until backward: 1/32 of float32 x's memory); a small one (e.g. one step of an
+# RNN) keeps x itself, with no packing work.
 _PACK_MIN_SIZE = 1 << 20
+
+
+def positive_mask(x):
+    """ReLU's cache for [x > 0]: the mask packed 8 to a byte (uint8) when x is large, else x itself."""
+    return _pack_mask(x > 0) if _packs(x) else x
+
+
+def is_positive(cache):
+    """[x > 0] (bool, x's shape) from ``positive_mask``'s cache."""
+    return _unpack_mask(cache) if cache.dtype == jnp.uint8 else cache > 0
 
 
 def _packs(x):

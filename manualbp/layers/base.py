@@ -175,9 +175,10 @@ def update_stats_of(layer, stats, cache):
 
 
 def describe(x) -> str:
-    """'float32[2,5]' for an array, the type name otherwise."""
+    """'float32[2,5]' for an array (a PRNG key array too: 'key<fry>[2]'), the type name otherwise."""
     if hasattr(x, "shape") and hasattr(x, "dtype"):
-        return f"{np.dtype(x.dtype).name}[{','.join(map(str, x.shape))}]"
+        dtype = getattr(x.dtype, "name", None) or np.dtype(x.dtype).name
+        return f"{dtype}[{','.join(map(str, x.shape))}]"
     return type(x).__name__
 
 
@@ -195,6 +196,13 @@ def check_array(layer, x, *, what: str = "x", min_ndim: int = 1, ndim: int | Non
         raise ValueError(f"{name}: expected {what} of rank {ndim}, got shape {tuple(x.shape)}")
     if x.ndim < min_ndim:
         raise ValueError(f"{name}: expected {what} of rank >= {min_ndim}, got shape {tuple(x.shape)}")
+
+
+def check_positive_int(layer: str, field: str, value) -> int:
+    """Raise a ValueError naming ``layer`` unless the hyperparameter ``field`` is an int >= 1 (a bool is not)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{layer}: {field} must be a positive int, got {value!r}")
+    return value
 
 
 def check_dtype_match(layer, x, w, *, what: str = "x", wname: str = "W"):
@@ -247,6 +255,27 @@ def check_param(layer, params, key: str, shape, *, like=None, why: str = ""):
         check_dtype_match(layer, like, w, wname=key)
 
 
+def check_input_width(layer, params, key: str, x, shape, *, axis: int = -1, says: str = "x with last axis {}",
+                      note: str = ""):
+    """Which side is wrong: run before ``check_param`` so that a mismatch the input caused names the input.
+
+    ``shape`` is the parameter's shape as the hyperparameters fix it, with ``None`` at the one axis that
+    x's width (``x.shape[axis]``) sets. When ``params[key]`` has every other axis right and differs from
+    x only there, the parameter agrees with the layer and x is the odd one out: raise a ValueError saying
+    what x should be (``says`` formatted with the width) and why. Otherwise return, and ``check_param``
+    judges the parameter.
+    """
+    w_shape = getattr(params[key], "shape", None)
+    if w_shape is None or len(w_shape) != len(shape):
+        return
+    i = shape.index(None)
+    if all(s is None or s == n for s, n in zip(shape, w_shape)) and w_shape[i] != x.shape[axis]:
+        raise ValueError(
+            f"{name_of(layer)}: expected {says.format(w_shape[i])} ({key} has shape {tuple(w_shape)}{note}), "
+            f"got x of shape {tuple(x.shape)}"
+        )
+
+
 def check_no_params(layer, params):
     """Raise a ValueError unless ``params`` is empty: a parameter-free layer given weights is a mismatched tree."""
     if params is None or (isinstance(params, (dict, tuple, list)) and len(params) == 0):
@@ -260,9 +289,9 @@ def check_no_params(layer, params):
 def as_array(v):
     """``jnp.asarray(v)`` without compiling anything: a numpy array or scalar is put on the device as it is.
 
-    ``jnp.asarray`` of a numpy array runs a small compiled copy in recent jax (``lax.stage``, jax 0.10): one
-    XLA program per shape and dtype, about 20 ms each on a CPU. ``jax.device_put`` makes the same array (the
-    same dtype canonicalization, not weakly typed) with a plain transfer.
+    ``jnp.asarray`` of a numpy array runs a small compiled copy, one XLA program per shape and dtype;
+    ``jax.device_put`` makes the same array (the same dtype canonicalization, not weakly typed) with a
+    plain transfer.
     """
     if isinstance(v, (np.ndarray, np.generic)):
         return jax.device_put(v)
@@ -355,9 +384,9 @@ _CHECKIFY = [False]  # a stack: is check_values registering checkify checks in t
 def checkify_values(enabled: bool = True):
     """Within this block, traced value checks also register ``checkify.debug_check`` (opt-in).
 
-    Off by default: a registered check is an effect that XLA must keep, which cost
-    15% of an MLP training step (6.1 vs 5.2 ms) even when nobody checkifies the
-    function. Use it inside the function you trace, then run that function under
+    Off by default: a registered check is an effect that XLA must keep, which slows
+    a training step even when nobody checkifies the function (BENCHMARKS.md). Use it
+    inside the function you trace, then run that function under
     ``jax.experimental.checkify.checkify`` to turn invalid values into an error;
     ``mbp.value_and_grad(model, head, checkify=True)`` does it for you. Trace-time
     only: it changes what is traced, never a compiled function.

@@ -10,11 +10,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from manualbp.layers.base import Layer, check_array, check_param, check_params
+from manualbp.layers.base import Layer, check_array, check_input_width, check_param, check_params, check_positive_int
 from manualbp.layers.window import check_padding, effective, output_size, pair, resolve_padding
 
-# im2col + one matmul beats XLA CPU's weight-gradient convolution when a patch
-# row is short (measured 3x faster at kh kw C = 9, even at 36, 3x slower at 72)
+# im2col + one matmul beats XLA CPU's weight-gradient convolution when a patch row is short (BENCHMARKS.md)
 _IM2COL_MAX_PATCH = 32
 _SPATIAL = {1: "W", 2: "HW"}  # the letters of the spatial axes in lax's dimension numbers
 
@@ -50,8 +49,7 @@ class Conv2D(Layer):
     use_bias: bool = True
 
     def __post_init__(self):
-        if not isinstance(self.features, int) or isinstance(self.features, bool) or self.features <= 0:
-            raise ValueError(f"Conv2D: features must be a positive int, got {self.features!r}")
+        check_positive_int("Conv2D", "features", self.features)
         pair(self.name, "kernel_size", self.kernel_size)
         pair(self.name, "stride", self.stride)
         pair(self.name, "dilation", self.dilation)
@@ -94,12 +92,7 @@ class Conv2D(Layer):
         check_array(self, x, ndim=4)
         W = params["W"]
         kh, kw = pair(self.name, "kernel_size", self.kernel_size)
-        if getattr(W, "shape", None) is not None and len(W.shape) == 4 and W.shape[2] != x.shape[3] \
-                and tuple(W.shape) == (kh, kw, W.shape[2], self.features):
-            raise ValueError(
-                f"Conv2D: expected x with {W.shape[2]} channels (W has shape {tuple(W.shape)}, HWIO), "
-                f"got x of shape {tuple(x.shape)}"
-            )
+        check_input_width(self, params, "W", x, (kh, kw, None, self.features), says="x with {} channels", note=", HWIO")
         check_param(self, params, "W", (kh, kw, x.shape[3], self.features), like=x, why="(kh, kw, C, features), HWIO")
         if self.use_bias:
             check_param(self, params, "b", (self.features,), like=x, why="(features,)")

@@ -8,15 +8,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from manualbp.layers.base import Layer, check_array, check_param, check_params
+from manualbp.layers.base import Layer, check_array, check_param, check_params, check_positive_int
 from manualbp.layers.conv import Conv2D
 from manualbp.layers.window import effective, output_size, resolve_padding
-
-
-def _positive_int(layer, what, v):
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"{layer}: {what} must be a positive int, got {v!r}")
-    return v
 
 
 def _is_nonneg_int(v):
@@ -58,10 +52,8 @@ class Conv1D(Layer):
     use_bias: bool = True
 
     def __post_init__(self):
-        _positive_int(self.name, "features", self.features)
-        _positive_int(self.name, "kernel_size", self.kernel_size)
-        _positive_int(self.name, "stride", self.stride)
-        _positive_int(self.name, "dilation", self.dilation)
+        for field in ("features", "kernel_size", "stride", "dilation"):
+            check_positive_int(self.name, field, getattr(self, field))
         p = self.padding
         if not (p in ("SAME", "VALID", "CAUSAL") or _is_nonneg_int(p) or (
                 isinstance(p, (tuple, list)) and len(p) == 2 and all(map(_is_nonneg_int, p)))):

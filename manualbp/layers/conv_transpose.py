@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from manualbp.layers.base import Layer, check_array, check_param, check_params
+from manualbp.layers.base import Layer, check_array, check_param, check_params, check_positive_int
 from manualbp.layers.window import check_padding, crop_negative_pads, pair
 
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -78,8 +78,7 @@ class ConvTranspose2D(Layer):
     transpose_kernel: bool = False
 
     def __post_init__(self):
-        if not isinstance(self.features, int) or isinstance(self.features, bool) or self.features <= 0:
-            raise ValueError(f"ConvTranspose2D: features must be a positive int, got {self.features!r}")
+        check_positive_int("ConvTranspose2D", "features", self.features)
         pair(self.name, "kernel_size", self.kernel_size)
         pair(self.name, "stride", self.stride)
         check_padding(self.name, self.padding)
@@ -159,10 +158,8 @@ class ConvTranspose2D(Layer):
         its kernel copy was painted on, h s + top - i. dW sums over every input
         pixel and example (each pixel paints every weight): a correlation of dy
         with x used as the kernel, dilated by the stride (so no multiply ever
-        meets an inserted zero; correlating the zero-filled x-hat with dy
-        instead measured 1.3x slower at stride 1 and 4-13x at stride 2 on
-        XLA CPU), the batch axis contracted
-        like a channel. With ``transpose_kernel`` the gradient of the stored W
+        meets an inserted zero, which correlating the zero-filled x-hat with dy
+        would do: slower, BENCHMARKS.md), the batch axis contracted like a channel. With ``transpose_kernel`` the gradient of the stored W
         is dW flipped and swapped back.
         """
         x = cache

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from manualbp.layers.base import Layer, check_array, check_param, check_params
+from manualbp.layers.base import Layer, check_array, check_input_width, check_param, check_params, check_positive_int
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,7 @@ class Dense(Layer):
     use_bias: bool = True
 
     def __post_init__(self):
-        if not isinstance(self.features, int) or self.features <= 0:
-            raise ValueError(f"Dense: features must be a positive int, got {self.features!r}")
+        check_positive_int("Dense", "features", self.features)
 
     def _keys(self):
         return ("W", "b") if self.use_bias else ("W",)
@@ -45,16 +44,11 @@ class Dense(Layer):
         """x: (..., in) -> y: (..., out); cache: x (BP4 needs the layer's input a^(l-1))."""
         check_params(self, params, self._keys())
         check_array(self, x)
-        W = params["W"]
-        if getattr(W, "ndim", None) == 2 and W.shape[1] == self.features and x.shape[-1] != W.shape[0]:
-            raise ValueError(
-                f"Dense: expected x with last axis {W.shape[0]} (W has shape {tuple(W.shape)}), "
-                f"got x of shape {tuple(x.shape)}"
-            )
+        check_input_width(self, params, "W", x, (None, self.features))
         check_param(self, params, "W", (x.shape[-1], self.features), like=x, why="(in, features)")
         if self.use_bias:
             check_param(self, params, "b", (self.features,), like=x, why="(features,)")
-        y = x @ W
+        y = x @ params["W"]
         if self.use_bias:
             y = y + params["b"][(None,) * (y.ndim - 1)]  # explicit broadcast over leading axes
         return y, x

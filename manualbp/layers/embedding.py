@@ -13,6 +13,7 @@ from manualbp.layers.base import (
     check_dtype_match,
     check_param,
     check_params,
+    check_positive_int,
     check_values,
     describe,
     is_concrete,
@@ -38,9 +39,7 @@ class Embedding(Layer):
 
     def __post_init__(self):
         for field in ("vocab", "features"):
-            v = getattr(self, field)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"Embedding: {field} must be a positive int, got {v!r}")
+            check_positive_int("Embedding", field, getattr(self, field))
 
     def output_shape(self, input_shape):
         return (*input_shape, self.features)

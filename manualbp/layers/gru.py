@@ -1,4 +1,4 @@
-"""GRU with hand-written backprop through time; the interface and BPTT layout of ``manualbp.layers.recurrent``."""
+"""GRU with hand-written backprop through time; the interface it shares with RNN and LSTM is ``manualbp.layers.recurrent_base``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from jax import lax
 
 from manualbp.layers.activations import sigmoid
 from manualbp.layers.base import check_param, check_params
-from manualbp.layers.sequence import RecurrentBase, as_rows, bias_row, time_major
+from manualbp.layers.recurrent_base import RecurrentBase, as_rows, bias_row, time_major
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class GRU(RecurrentBase):
       return_sequences: output all hidden states (B, T, H), or the last (B, H).
       initial_state: "zeros", or "given" (input ``(x, h0)``, dx ``(dx, dh0)``).
       variable_length: the input is ``(x, lengths[, h0])``; steps t >= lengths[b]
-        are padding (h unchanged, output 0; see ``manualbp.layers.recurrent``).
+        are padding (h unchanged, output 0; see ``manualbp.layers.recurrent_base``).
 
     Params: ``Wx`` (D, 3H) LeCun-normal, ``Wh`` (H, 3H) orthogonal per gate,
     ``b`` (3H,) zeros, ``bhn`` (H,) zeros. Gate blocks are laid out

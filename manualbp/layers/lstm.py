@@ -1,4 +1,4 @@
-"""LSTM with hand-written backprop through time; the interface and BPTT layout of ``manualbp.layers.recurrent``."""
+"""LSTM with hand-written backprop through time; the interface it shares with RNN and GRU is ``manualbp.layers.recurrent_base``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from jax import lax
 
 from manualbp.layers.activations import sigmoid
 from manualbp.layers.base import check_params
-from manualbp.layers.sequence import RecurrentBase, as_rows, bias_row, time_major
+from manualbp.layers.recurrent_base import RecurrentBase, as_rows, bias_row, time_major
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class LSTM(RecurrentBase):
       return_sequences: output all hidden states h (B, T, H), or the last (B, H).
       initial_state: "zeros", or "given" (input ``(x, h0, c0)``, dx ``(dx, dh0, dc0)``).
       variable_length: the input is ``(x, lengths[, h0, c0])``; steps t >= lengths[b]
-        are padding (h and c unchanged, output 0; see ``manualbp.layers.recurrent``).
+        are padding (h and c unchanged, output 0; see ``manualbp.layers.recurrent_base``).
 
     Params: ``Wx`` (D, 4H) LeCun-normal, ``Wh`` (H, 4H) orthogonal per gate,
     ``b`` (4H,) zeros except the forget gate's 1 (Jozefowicz et al. 2015).

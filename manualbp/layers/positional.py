@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from manualbp.layers.base import Layer, check_array, check_dtype_match, check_param, check_params
+from manualbp.layers.base import Layer, check_array, check_dtype_match, check_param, check_params, check_positive_int
 
 
 @dataclass(frozen=True)
@@ -29,9 +29,7 @@ class PositionalEmbedding(Layer):
 
     def __post_init__(self):
         for field in ("max_len", "features"):
-            v = getattr(self, field)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"PositionalEmbedding: {field} must be a positive int, got {v!r}")
+            check_positive_int("PositionalEmbedding", field, getattr(self, field))
 
     def _check_length(self, T, shape):
         if T > self.max_len:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from manualbp.layers.activations import GELU
 from manualbp.layers.attention import MultiHeadAttention
-from manualbp.layers.base import Layer, check_array
+from manualbp.layers.base import Layer, check_array, check_positive_int
 from manualbp.layers.dense import Dense
 from manualbp.layers.dropout import Dropout
 from manualbp.layers.norm import LayerNorm
@@ -31,6 +31,7 @@ class TransformerBlock(Layer):
         children ``drop1``/``drop2`` are then left out).
       epsilon: the LayerNorms' epsilon.
       block_size: the attention's query rows per block (None: automatic).
+      kernel: the attention's kernel ("auto", "loop", "batched", "pallas": ``MultiHeadAttention``).
 
     Input x (B, T, D); output (B, T, D). Children, in order: ``ln1``,
     ``attn``, [``drop1``], ``ln2``, ``fc1``, ``gelu``, ``fc2``, [``drop2``];
@@ -44,10 +45,9 @@ class TransformerBlock(Layer):
     parts: tuple  # ((name, layer), ...)
 
     def __init__(self, features: int, num_heads: int, *, hidden: int | None = None, causal: bool = False,
-                 dropout: float = 0.0, epsilon: float = 1e-5, block_size: int | None = None):
-        if not isinstance(features, int) or isinstance(features, bool) or features <= 0:
-            raise ValueError(f"TransformerBlock: features must be a positive int, got {features!r}")
-        attn = MultiHeadAttention(num_heads, causal=causal, block_size=block_size)
+                 dropout: float = 0.0, epsilon: float = 1e-5, block_size: int | None = None, kernel: str = "auto"):
+        check_positive_int("TransformerBlock", "features", features)
+        attn = MultiHeadAttention(num_heads, causal=causal, block_size=block_size, kernel=kernel)
         attn._dh(features)  # features not divisible by num_heads: say so now, not at the first forward
         hidden = 4 * features if hidden is None else hidden
         drop = Dropout(dropout)

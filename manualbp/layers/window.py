@@ -86,9 +86,8 @@ def crop_negative_pads(a, pads, first_axis: int = 1):
 
     ``pads`` pads the spatial axes ``first_axis, first_axis + 1, ...`` of ``a``. XLA's CPU convolution
     gives wrong sums (reads of memory outside the operand) for a negative low padding with a positive
-    high padding on the same axis (jaxlib 0.10.2: padding (-2, 1) off by up to 7e7), so the manual
-    convolutions never hand it a negative one: cropping by a slice and padding by the rest is the
-    same operand.
+    high padding on the same axis, so the manual convolutions never hand it a negative one: cropping
+    by a slice and padding by the rest is the same operand.
     """
     from jax import lax
 

@@ -2,8 +2,9 @@
 
 Datasets:
 
-- ``digits(layout)``: scikit-learn's bundled 8x8 digits (1,797 images, 10
-  classes), pixels scaled to [0, 1], one fixed train/test split (1,437/360).
+- ``digits(layout)``: the 8x8 handwritten digits (1,797 images, 10 classes; UCI,
+  CC BY 4.0, shipped in ``digits.npz``, attribution in ``digits_attribution.txt``),
+  pixels scaled to [0, 1], one fixed train/test split (1,437/360).
   ``layout`` "flat" gives x of shape (N, 64) for an MLP, "image" (N, 8, 8, 1)
   for a CNN (NHWC), "rows" (N, 8, 8) for an RNN reading one row per step.
 - ``spirals()``: two interleaved spirals in the plane, x (N, 2), 2 classes.
@@ -21,6 +22,7 @@ checkpoint can store it and a resumed run sees the same batches.
 
 from __future__ import annotations
 
+from importlib import resources
 from typing import NamedTuple
 
 import jax
@@ -51,15 +53,13 @@ class Dataset(NamedTuple):
         return tuple(self.x_train.shape[1:])
 
 
-def _sklearn_datasets():
-    try:
-        from sklearn import datasets
-    except ImportError:
-        raise ImportError(
-            "manualbp.training.data.digits needs scikit-learn (its bundled 8x8 digits); "
-            "install it with `pip install manualbp[examples]`"
-        ) from None
-    return datasets
+def digit_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(images (1797, 64) uint8 pixel counts 0..16, labels (1797,) uint8): the package's ``digits.npz``.
+
+    The examples of scikit-learn's ``load_digits``, in its order (see ``digits_attribution.txt``).
+    """
+    with resources.files(__package__).joinpath("digits.npz").open("rb") as f, np.load(f) as npz:
+        return npz["images"], npz["labels"]
 
 
 DIGIT_LAYOUTS = {"flat": (64,), "image": (8, 8, 1), "rows": (8, 8)}
@@ -76,9 +76,9 @@ def digits(layout: str = "flat", dtype=np.float32, standardize: bool = False) ->
     """
     if layout not in DIGIT_LAYOUTS:
         raise ValueError(f"digits: unknown layout {layout!r}; choose one of {sorted(DIGIT_LAYOUTS)}")
-    bunch = _sklearn_datasets().load_digits()
-    x = (bunch.data / 16.0).astype(dtype).reshape((-1, *DIGIT_LAYOUTS[layout]))
-    y = bunch.target.astype(np.int32)
+    images, labels = digit_arrays()
+    x = (images / 16.0).astype(dtype).reshape((-1, *DIGIT_LAYOUTS[layout]))
+    y = labels.astype(np.int32)
     order = np.random.default_rng(_SPLIT_SEED).permutation(len(y))
     train, test = order[:-DIGITS_TEST], order[-DIGITS_TEST:]
     if standardize:

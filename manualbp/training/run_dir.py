@@ -13,6 +13,9 @@ and ``history.log`` (one record per step, appended at each save).
   settings (the CLI's lr, seed, optimizer, clip) and an optimizer state of
   the same arrays; a checkpoint beyond the requested number of steps says so.
 - Temporary files left by a crash mid-save are removed when DIR is opened.
+- A run of several processes (``manualbp.training.parallel.initialize``) shares one DIR: every
+  process gathers the state whole (``parallel.to_host``, a collective) and process 0 alone writes
+  it; every process reads it to resume.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import jax
 import numpy as np
 
 from manualbp.training import checkpoint as ckpt
+from manualbp.training import parallel
 from manualbp.training.checkpoint import CheckpointError
 
 STATE_FILE = "checkpoint.npz"
@@ -53,6 +57,12 @@ class RunDir:
         if exists and not (resume or overwrite):
             raise CheckpointError(f"checkpoint {self.dir}: already holds a checkpoint{self._at()}; resume it "
                                   "(resume=True, --resume) or replace it (overwrite=True, --overwrite)")
+        self.writes = jax.process_index() == 0  # of several processes, process 0 alone writes
+        self.resuming = resume
+        self.run_id = uuid.uuid4().hex
+        self.committed = 0  # steps whose history is in the log and whose state is in the state file
+        if not self.writes:
+            return
         try:
             os.makedirs(self.dir, exist_ok=True)
             ckpt.atomic_write(os.path.join(self.dir, ".write-test"), lambda f: f.write(b"ok"))
@@ -62,9 +72,6 @@ class RunDir:
         for name in os.listdir(self.dir):  # temporary files of a save that crashed before its rename
             if name.startswith(ckpt.TMP_PREFIX):
                 os.remove(os.path.join(self.dir, name))
-        self.resuming = resume
-        self.run_id = uuid.uuid4().hex
-        self.committed = 0  # steps whose history is in the log and whose state is in the state file
 
     def _at(self) -> str:
         try:
@@ -114,11 +121,14 @@ class RunDir:
 
     def save(self, state, key, step: int, position, history_since: dict, layout, expect: dict):
         """Append the history of steps committed+1..step, then replace the state file (both durable on return)."""
+        host = parallel.to_host(state)  # on every process: gathering a sharded state is a collective
+        if not self.writes:
+            self.committed = step
+            return
         if self.committed == 0:
             ckpt.create_log(self.log_path, self.run_id, layout, history_since)
         else:
             ckpt.append_log(self.log_path, self.run_id, layout, self.committed, history_since)
-        host = jax.device_get(state)
         meta = {**expect, "step": int(step), "position": [int(v) for v in position], "run_id": self.run_id,
                 "layout": layout, "opt_state": {path: _describe(st.opt_state) for path, st in host.items()}}
         json.dumps(meta, allow_nan=False)  # settings must be JSON: fail here, not in the middle of the save

@@ -23,6 +23,7 @@ from manualbp.training.data import Dataset, as_inputs
 from manualbp.training.run_dir import RunDir
 from manualbp.training.step import GRADS, check_twin_optimizers, evaluate, metric_name, param_names
 from manualbp.training.twin import Divergence
+from manualbp.training.twin_diagnosis import diagnose_first_failure
 from manualbp.verify.precision import full_precision
 
 
@@ -109,21 +110,38 @@ class NonFiniteError(ArithmeticError):
         self.step, self.what = step, what
 
 
+def _check_compute(compute_dtype, params):
+    """The compute dtype's name, or None; a ValueError unless it is a floating dtype no wider than the parameters'."""
+    if compute_dtype is None:
+        return None
+    master = jax.tree_util.tree_leaves(params)[0].dtype
+    try:
+        compute = jnp.dtype(compute_dtype)
+    except TypeError:
+        compute = None
+    if compute is None or not jnp.issubdtype(compute, jnp.floating) or compute.itemsize > master.itemsize:
+        raise ValueError(f"train: compute_dtype must be a floating dtype no wider than the parameters' ({master.name}), "
+                         f"e.g. 'bfloat16' with float32 parameters; got {compute_dtype!r}")
+    return compute.name
+
+
 def _state_dir(checkpoint, resume, overwrite):
     return RunDir(checkpoint, resume=resume, overwrite=overwrite) if checkpoint is not None else None
 
 
-def _expect(model, head, data, batch_size, params, paths, settings) -> dict:
+def _expect(model, head, data, batch_size, params, paths, settings, compute=None) -> dict:
     """What a resumed run must share with its checkpoint (also stored in it)."""
-    return {"model": repr(model), "head": repr(head), "paths": sorted(paths), "data": data.name,
-            "batch_size": int(batch_size), "dtype": np.dtype(jax.tree_util.tree_leaves(params)[0].dtype).name,
-            "settings": dict(settings or {})}
+    out = {"model": repr(model), "head": repr(head), "paths": sorted(paths), "data": data.name,
+           "batch_size": int(batch_size), "dtype": np.dtype(jax.tree_util.tree_leaves(params)[0].dtype).name,
+           "settings": dict(settings or {})}
+    return out if compute is None else {**out, "compute_dtype": compute}
 
 
 def train(model, head, params, data: Dataset, *, optimizer: optax.GradientTransformation | None = None,
           steps: int, batch_size: int, grad: str = "manual", key, log_every: int = 0,
           on_log: Callable | None = None, checkpoint=None, checkpoint_every: int = 0, resume: bool = False,
-          overwrite: bool = False, settings: dict | None = None, devices: int | None = None) -> TrainResult:
+          overwrite: bool = False, settings: dict | None = None, devices: int | None = None,
+          compute_dtype=None) -> TrainResult:
     """Train ``params`` of ``model`` under ``head`` on ``data`` for ``steps`` minibatch steps.
 
     Args:
@@ -145,6 +163,9 @@ def train(model, head, params, data: Dataset, *, optimizer: optax.GradientTransf
       settings: JSON-able settings stored in the checkpoint that a resumed run must repeat (the CLI stores
         lr, seed, optimizer and clip, which the optimizer object cannot show).
       devices: data-parallel over this many devices (batch sharded, params replicated); None: one device.
+      compute_dtype: mixed precision, e.g. "bfloat16" with float32 params: forward and backward in it, the
+        params (master weights), optimizer state and update in theirs (``manualbp.training.step``); None: all
+        in the params' dtype. Evaluation (``test``) runs in the params' dtype.
 
     Raises:
       NonFiniteError: the loss became NaN or Inf (found at the next log, save or the end; the run stops there).
@@ -153,11 +174,13 @@ def train(model, head, params, data: Dataset, *, optimizer: optax.GradientTransf
     """
     optimizer = optax.sgd(0.1) if optimizer is None else optimizer
     _check_run(model, head, params, data, steps, batch_size, (grad,))
+    compute = _check_compute(compute_dtype, params)
     run_dir = _state_dir(checkpoint, resume, overwrite)
     out = loop.run(model, head, params, data, optimizers={grad: optimizer}, twin=False, steps=steps,
                    batch_size=batch_size, key=key, log_every=log_every, on_log=on_log, run_dir=run_dir,
                    checkpoint_every=checkpoint_every, expect=_expect(model, head, data, batch_size, params, (grad,),
-                                                                     settings), devices=devices)
+                                                                     settings, compute), devices=devices,
+                   compute_dtype=compute)
     if out.nonfinite is not None:
         raise NonFiniteError(*out.nonfinite)
     return _result(model, data, grad, out)
@@ -175,7 +198,7 @@ def train_twin(model, head, params, data: Dataset, *, optimizer: optax.GradientT
                reference_optimizer: optax.GradientTransformation | None = None, steps: int, batch_size: int,
                key, log_every: int = 0, on_log: Callable | None = None, checkpoint=None, checkpoint_every: int = 0,
                resume: bool = False, overwrite: bool = False, settings: dict | None = None,
-               devices: int | None = None) -> TwinResult:
+               devices: int | None = None, compute_dtype=None) -> TwinResult:
     """Train the manual and the reference path in lockstep from the same ``params`` on the same batches.
 
     Arguments as ``train``. ``reference_optimizer`` (default: ``optimizer``)
@@ -187,16 +210,25 @@ def train_twin(model, head, params, data: Dataset, *, optimizer: optax.GradientT
     (``manualbp.training.twin``), and records how far the two trajectories
     drift apart. A run that goes non-finite stops at the next log, save or
     the end, and its verdict is DIVERGED (non-finite) at the first such step.
+    With ``compute_dtype`` both paths compute in it (``train``), the check
+    compares them at the same cast parameters and judges with that dtype's
+    tolerance and error model.
     """
     optimizer = optax.sgd(0.1) if optimizer is None else optimizer
     reference_optimizer = optimizer if reference_optimizer is None else reference_optimizer
     _check_run(model, head, params, data, steps, batch_size, GRADS)
     check_twin_optimizers(optimizer, reference_optimizer, params)
+    compute = _check_compute(compute_dtype, params)
     run_dir = _state_dir(checkpoint, resume, overwrite)
     out = loop.run(model, head, params, data, optimizers={"manual": optimizer, "reference": reference_optimizer},
                    twin=True, steps=steps, batch_size=batch_size, key=key, log_every=log_every, on_log=on_log,
                    run_dir=run_dir, checkpoint_every=checkpoint_every,
-                   expect=_expect(model, head, data, batch_size, params, GRADS, settings), devices=devices)
-    dtype = np.dtype(jax.tree_util.tree_leaves(params)[0].dtype).name
+                   expect=_expect(model, head, data, batch_size, params, GRADS, settings, compute), devices=devices,
+                   compute_dtype=compute)
+    dtype = compute or np.dtype(jax.tree_util.tree_leaves(params)[0].dtype).name
     divergence = Divergence.from_history(param_names(params), out.history, dtype)
+    if not divergence.ok:  # what the first diverging gradient IS: the run replayed to that step, the two fitted
+        divergence.diagnosis = diagnose_first_failure(model, head, params, data, train=train, optimizer=optimizer,
+                                                      batch_size=batch_size, key=key, divergence=divergence,
+                                                      names=divergence.names, compute_dtype=compute_dtype)
     return TwinResult(_result(model, data, "manual", out), _result(model, data, "reference", out), divergence)

@@ -174,6 +174,7 @@ class Divergence:
     dtype: str
     tolerance: Tolerance
     noise_factor: float = TWIN_STEP_MODEL.conditioning
+    diagnosis: object = None  # what the first diverging gradient is (``twin_diagnosis``), set by ``train_twin``
     rule = Rule.TWIN_STEP
 
     @classmethod
@@ -250,7 +251,9 @@ class Divergence:
             what = {"gradient": f"the manual gradient of {first['parameter']}", "loss": "the manual loss",
                     "update": f"the manual optimizer's update of {first['parameter']}"}[first["kind"]]
             noise = f", the reference's own rounding {first['noise']:.2e}" if "noise" in first else ""
-            return f"twin DIVERGED at step {s}: {what} differs from the reference by {first['error']:.2e}{noise} {tol}"
+            diagnosis = "" if self.diagnosis is None else f"; diagnosis: {self.diagnosis}"
+            return (f"twin DIVERGED at step {s}: {what} differs from the reference by {first['error']:.2e}{noise} "
+                    f"{tol}{diagnosis}")
         w = self.worst()
         noise = f" ({w['noise']:.2e} the reference's own rounding there)" if w["noise"] > 0 else ""
         return (f"twin PASS: at every one of {self.steps} steps the manual gradient, loss and update matched the "
@@ -262,6 +265,7 @@ class Divergence:
         return {"ok": self.ok, "dtype": self.dtype, "steps": self.steps,
                 "tolerance": {"norm": self.tolerance.norm, "noise_factor": self.noise_factor},
                 "first_failure": self.first_failure, "worst": self.worst(),
+                "diagnosis": None if self.diagnosis is None else self.diagnosis.to_dict(),
                 "final_drift": {name: float(v) for name, v in zip(self.names, self.drift[-1])} if self.steps else {}}
 
     def plot(self, ax) -> None:

@@ -14,6 +14,7 @@ and default hyperparameters. Shapes (batch excluded):
   -> LayerNorm -> Dense(11) at every position -> (11, 11); extra test figure: sequences fully correct.
 - gpt / digits: x (8, 8), one row of pixels per token -> Dense(64) + PositionalEmbedding(8, 64) -> 2 non-causal
   TransformerBlocks (4 heads) -> LayerNorm -> Flatten -> Dense(10) -> (10,).
+- gpt with a mesh: the same, each block ``parallel_block`` (attention heads and MLP split across the model axis).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from manualbp.layers.activations import ReLU, Tanh
+from manualbp.layers.base import as_array
 from manualbp.layers.conv import Conv2D
 from manualbp.layers.dense import Dense
 from manualbp.layers.embedding import Embedding
@@ -33,13 +34,16 @@ from manualbp.layers.gru import GRU
 from manualbp.layers.heads import MeanSquaredError, SoftmaxCrossEntropy
 from manualbp.layers.lstm import LSTM
 from manualbp.layers.norm import LayerNorm
+from manualbp.layers.parallel_attention import parallel_block
 from manualbp.layers.pool import MaxPool2D
 from manualbp.layers.positional import PositionalEmbedding
-from manualbp.layers.recurrent import RNN
 from manualbp.layers.reshape import Flatten
+from manualbp.layers.rnn import RNN
 from manualbp.layers.sequential import Sequential
 from manualbp.layers.transformer import TransformerBlock
 from manualbp.training import data as datasets
+from manualbp.training import parallel
+from manualbp.training.step import predict_compiled
 
 MODEL_NAMES = ("mlp", "cnn", "rnn", "lstm", "gru", "gpt")
 DATA_NAMES = ("digits", "spirals", "adding", "sort")
@@ -72,14 +76,19 @@ def _digits(layout, standardize=False):
     return lambda dtype: datasets.digits(layout, dtype, standardize)
 
 
-def _gpt_sort():
-    blocks = [TransformerBlock(64, 4, causal=True) for _ in range(2)]
-    return Sequential(Embedding(10, 64), PositionalEmbedding(11, 64), *blocks, LayerNorm(), Dense(11))
+def _blocks(mesh, causal):
+    """GPT's 2 blocks (64 features, 4 heads): tensor-parallel over ``mesh``'s model axis when a mesh is given."""
+    if mesh is None:
+        return [TransformerBlock(64, 4, causal=causal) for _ in range(2)]
+    return [parallel_block(64, 4, mesh, causal=causal) for _ in range(2)]
 
 
-def _gpt_digits():
-    blocks = [TransformerBlock(64, 4) for _ in range(2)]
-    return Sequential(Dense(64), PositionalEmbedding(8, 64), *blocks, LayerNorm(), Flatten(), Dense(10))
+def _gpt_sort(mesh=None):
+    return Sequential(Embedding(10, 64), PositionalEmbedding(11, 64), *_blocks(mesh, True), LayerNorm(), Dense(11))
+
+
+def _gpt_digits(mesh=None):
+    return Sequential(Dense(64), PositionalEmbedding(8, 64), *_blocks(mesh, False), LayerNorm(), Flatten(), Dense(10))
 
 
 def _cnn():
@@ -117,18 +126,22 @@ TASKS: dict[tuple[str, str], Callable[[], Task]] = {
         Sequential(GRU(64, return_sequences=False), Dense(1)), MeanSquaredError(),
         lambda dtype: datasets.adding(50, dtype=dtype), "adam", 1e-3, 3000, 64,
         "GRU(64) on the adding problem, T=50, last state -> Dense(1)"),
-    ("gpt", "sort"): lambda: Task(
-        _gpt_sort(), SoftmaxCrossEntropy(), lambda dtype: datasets.sort_digits(6, 10), "adam", 1e-3, 3000, 64,
+    ("gpt", "sort"): lambda mesh=None: Task(
+        _gpt_sort(mesh), SoftmaxCrossEntropy(), lambda dtype: datasets.sort_digits(6, 10), "adam", 1e-3, 3000, 64,
         "GPT (2 causal blocks, 64 features, 4 heads) sorting 6 digits, a blank while reading then the sorted list",
         extra=lambda logits, y: {"sequences fully correct": datasets.sequence_accuracy(logits, y)}),
-    ("gpt", "digits"): lambda: _classifier(
-        _gpt_digits(), _digits("rows"), "adam", 1e-3, 2000, 64,
+    ("gpt", "digits"): lambda mesh=None: _classifier(
+        _gpt_digits(mesh), _digits("rows"), "adam", 1e-3, 2000, 64,
         "transformer (2 blocks, 64 features, 4 heads) reading the 8 rows of each digit as tokens, flatten -> Dense(10)"),
 }
 
 
-def task(model: str, data: str) -> Task:
-    """The ``Task`` for a model name and a data name; ValueError listing the valid pairs otherwise."""
+def task(model: str, data: str, mesh=None) -> Task:
+    """The ``Task`` for a model name and a data name; ValueError listing the valid pairs otherwise.
+
+    ``mesh`` (``parallel.make_mesh(n, model=m)``): the gpt models with tensor-parallel blocks on it
+    (``parallel_block``: the same parameters, split across the model axis).
+    """
     if model not in MODEL_NAMES:
         raise ValueError(f"unknown model {model!r}; choose one of {list(MODEL_NAMES)}")
     if data not in DATA_NAMES:
@@ -136,16 +149,22 @@ def task(model: str, data: str) -> Task:
     if (model, data) not in TASKS:
         pairs = ", ".join(f"{m}/{d}" for m, d in TASKS)
         raise ValueError(f"model {model!r} does not fit data {data!r}; the pairs are: {pairs}")
-    return TASKS[(model, data)]()
+    if mesh is None:
+        return TASKS[(model, data)]()
+    if model != "gpt":
+        raise ValueError(f"model {model!r} has no tensor-parallel form; model parallelism applies to gpt")
+    return TASKS[(model, data)](mesh)
 
 
-def extra_metrics(task: Task, params, data) -> dict:
-    """The task's own test figures (e.g. sort: the fraction of test lists sorted exactly), from the manual forward."""
+def extra_metrics(task: Task, params, data, stats=None) -> dict:
+    """The task's own test figures (e.g. sort: the fraction of test lists sorted exactly), from the manual forward
+    in evaluation mode (``stats``: the running statistics training kept; the program ``evaluate`` compiled)."""
     if task.extra is None:
         return {}
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
-    logits = jax.jit(lambda p, x: task.model.forward(p, x)[0])(params, jnp.asarray(datasets.as_inputs(data.x_test, dtype)))
-    return task.extra(logits, data.y_test)
+    x = parallel.beside(params, as_array(datasets.as_inputs(data.x_test, dtype)))
+    logits = predict_compiled(task.model, params, {} if stats is None else stats, x)
+    return task.extra(parallel.to_host(logits), data.y_test)
 
 
 def optimizer(name: str, lr: float) -> optax.GradientTransformation:

@@ -14,7 +14,7 @@ from manualbp.verify.forensics import context_for
 from manualbp.verify.precision import full_precision
 from manualbp.verify.quantities import param_name, union
 from manualbp.verify.report import Report
-from manualbp.verify.rounding import choices, measure
+from manualbp.verify.rounding import choices, measure, precise_truth
 from manualbp.verify.tolerances import ERROR_MODEL, resolve_verdict, tolerance
 from manualbp.verify.vjp_inputs import describe_tree
 
@@ -123,8 +123,9 @@ def check_layer(layer, params, x, dy=None, *, reference=None, key=None, jit: boo
         return f"the backward returned no dL/d{key[1]} (None) for a floating input"
 
     report.rows.extend(judge_all(rows, m_values, r_values, tol, verdict, dtype,
-                                 lambda: measure(lambda point: vjp(*point), (params, x, dy), 2, dtype,
-                                                 samples=ERROR_MODEL.samples, same_pieces=_choices(layer)), why))
+                                 lambda need: measure(lambda point: vjp(*point), (params, x, dy), 2, dtype, need=need,
+                                                 samples=ERROR_MODEL.samples, same_pieces=_choices(layer)), why,
+                                 lambda: precise_truth(lambda point: vjp(*point), (params, x, dy))))
     report.set_diagnoser(_diagnoser(layer, params, x, dy, rows, report.rows, m_values, r_values))
     return report
 

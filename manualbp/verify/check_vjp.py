@@ -53,8 +53,8 @@ from manualbp.verify.tolerances import (
     tolerance,
 )
 from manualbp.verify.verdict import not_compared_row, structure_row
-from manualbp.verify.vjp_rows import row as _row
 from manualbp.verify.vjp_inputs import Inputs, check_custom_vjp_rule, describe, phase, reraise_rule_error, trace_both
+from manualbp.verify.vjp_rows import row as _row
 
 FINITE_DIFFERENCES = "finite-differences"
 MODES = ("directions", "exhaustive")

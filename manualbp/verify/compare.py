@@ -34,7 +34,7 @@ from manualbp.verify.quantities import (
     union,
 )
 from manualbp.verify.report import Report
-from manualbp.verify.rounding import choices, measure
+from manualbp.verify.rounding import choices, measure, precise_truth
 from manualbp.verify.tolerances import ERROR_MODEL, Rule, resolve_verdict, tolerance
 from manualbp.verify.trace import record, walk
 from manualbp.verify.verdict import EXTRA, MISSING, judge, structure_row
@@ -53,13 +53,17 @@ def _at(values, key, t):
     return v if t is None else v[:, t]
 
 
-def judge_all(rows, manual: dict, reference: dict, tol, verdict: Rule, dtype, evidence_fn, why=None) -> list:
-    """Judge every ``(label, quantity, key, t)`` of ``rows``; ``evidence_fn()`` measures jax.grad's error when needed.
+def judge_all(rows, manual: dict, reference: dict, tol, verdict: Rule, dtype, evidence_fn, why=None,
+              precise_fn=None) -> list:
+    """Judge every ``(label, quantity, key, t)`` of ``rows``; ``evidence_fn(need)`` measures jax.grad's error when needed
+    (``need``: the keys of the rows that failed the fixed tolerance, None for all).
 
     A key only one side has is a failing structure row: "missing" (``why(key)`` says what the manual
     side left out) or "extra". FIXED never measures; ERROR_MODEL always does; CONDITIONING does only
     when some row fails its fixed tolerance (so a clean report costs nothing extra), then judges every
-    row again with the measurement (a row within its fixed tolerance still passes by it).
+    row again with the measurement (a row within its fixed tolerance still passes by it). Rows that still fail, or
+    that nothing could measure, get a second look against ``precise_fn()``, the reference in 50+ digits (None when
+    over budget): the float64 truth is itself wrong where a layer saturates.
     """
     eps = float(jnp.finfo(dtype).eps)
     why = why or (lambda key: "the manual side has no value for it")
@@ -76,16 +80,29 @@ def judge_all(rows, manual: dict, reference: dict, tol, verdict: Rule, dtype, ev
             kw = {}
             if evidence is not None:
                 kw = {"truth": None if evidence.truth is None else _at(evidence.truth, key, t),
-                      "errors": [_at(e, key, t) for e in evidence.errors if key in e]}
+                      "errors": [_at(e, key, t) for e in evidence.errors if key in e],
+                      "unmeasured": key in evidence.unmeasured}
             out.append(judge(label, quantity, _at(manual, key, t), _at(reference, key, t), tol,
                              rule=verdict, eps=eps, **kw))
         return out
 
+    def doubtful(judged):
+        return {key for row, (_, _, key, _) in zip(judged, rows)
+                if row.rule is not Rule.STRUCTURE and (not row.ok or not row.compared)}
+
+    evidence = None
     if verdict is Rule.ERROR_MODEL:
-        return run(evidence_fn())
-    judged = run(None)
-    if verdict is Rule.CONDITIONING and any(not r.ok and r.rule is not Rule.STRUCTURE for r in judged):
-        judged = run(evidence_fn())
+        evidence = evidence_fn(None)
+        judged = run(evidence)
+    else:
+        judged = run(None)
+        if verdict is Rule.CONDITIONING and doubtful(judged):
+            evidence = evidence_fn(doubtful(judged))
+            judged = run(evidence)
+    if evidence is not None and precise_fn is not None and doubtful(judged):
+        truth = precise_fn()
+        if truth is not None:
+            judged = run(evidence._replace(truth=truth, unmeasured=frozenset()))
     return judged
 
 
@@ -112,22 +129,32 @@ def diagnoser(model, params, x, rows, judged, manual: dict, reference: dict):
             return {}
         return {n: np.asarray(v) for n, v in layer.backward_terms(p, *(reference[k] for k in inputs)).items()}
 
-    def values_of(i):  # a per-step row is diagnosed over every step: where in time the error sits is half the answer
-        key = rows[i][2]
-        return manual[key], reference[key]
+    def values_of(i, whole=True):  # a per-step row over every step first: where in time the error sits is half the answer
+        _, _, key, t = rows[i]
+        return (manual[key], reference[key]) if whole else (_at(manual, key, t), _at(reference, key, t))
 
-    def context_of(i):
+    def context_of(i, whole=True):
         key = rows[i][2]
-        shape = np.shape(reference[key])
-        others = {name: reference[k] for k, name in names.items()
-                  if k != key and k in reference and np.shape(reference[k]) == shape}
+        shape = np.shape(values_of(i, whole)[1])
         path = path_of(key)
+        same = sorted((k for k in names if k != key and k in reference and np.shape(reference[k]) == shape),
+                      key=lambda k: path_of(k) != path)  # the row's own layer first: equal arrays name it
+        others = {names[k]: reference[k] for k in same}
         out = reference.get(("y", f"{path}|out"))
         return context_for(layers.get(path, (model,))[0], shape, batch=batch, is_param=key[0] == "param",
                            others=others, terms=terms(path, key), devices=devices,
                            output_shape=None if out is None else np.shape(out))
 
-    return forensics.diagnoser(judged, values_of, context_of)
+    over_time = forensics.diagnoser(judged, values_of, context_of)
+    at_step = forensics.diagnoser(judged, lambda i: values_of(i, False), lambda i: context_of(i, False))
+
+    def run(i):
+        found = over_time(i)
+        if rows[i][3] is None or found.kind != forensics.NONE:
+            return found
+        return at_step(i)  # nothing over every step: the row's own step alone (a padded step given a gradient)
+
+    return run
 
 
 def _record(model, head, params, x, y, mask):
@@ -184,11 +211,15 @@ def compare(model, head, params, x, y, mask=None, *, jit: bool = True, title: st
     m_values = manual_values(model, store, m_grads, m_loss)
     r_values = reference_values(model, ref.trace(model, head, params, x, y, mask))
 
-    def evidence():
+    def evidence(need):
         def evaluate(point):
             return reference_values(model, ref.trace(model, head, *point))
 
-        return measure(evaluate, (params, x, y, mask), 2, dtype, samples=ERROR_MODEL.samples, same_pieces=choices(model))
+        return measure(evaluate, (params, x, y, mask), 2, dtype, samples=ERROR_MODEL.samples, same_pieces=choices(model),
+                       need=need)
+
+    def precise():
+        return precise_truth(lambda point: reference_values(model, ref.trace(model, head, *point)), (params, x, y, mask))
 
     rows = row_order(model, head, union(m_values, r_values))
     report = Report(title or f"manualbp vs jax.grad: {name_of(model)} + {name_of(head)}", dtype.name, tol,
@@ -199,7 +230,7 @@ def compare(model, head, params, x, y, mask=None, *, jit: bool = True, title: st
         detail = missing_detail(key)
         return detail + (f" ({trees[key[1]]})" if key[0] == "param" and key[1] in trees else "")
 
-    report.rows.extend(judge_all(rows, m_values, r_values, tol, verdict, dtype, evidence, why))
+    report.rows.extend(judge_all(rows, m_values, r_values, tol, verdict, dtype, evidence, why, precise))
     report.set_diagnoser(diagnoser(model, params, x, rows, report.rows, m_values, r_values))
     for label, quantity, key, t in rows:
         if t == 0 and key in m_values:  # a recurrent layer's per-step gradients: ||dL/dh_t|| for plots

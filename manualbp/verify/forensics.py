@@ -133,15 +133,18 @@ def _fraction(a: float, tol: float) -> str | None:
 
 
 def _named(a: float, sizes: dict, tol: float) -> str:
-    """Which of the layer's sizes ``a`` is: "64 is the batch size N" (a or 1/a equal to a size, or its square root)."""
+    """Which of the layer's sizes ``a`` is: "64 is the batch size N" (a or 1/a equal to a size, or its square root);
+    every size that matches is named ("2 is num_heads, or sqrt(4) is sqrt of the head dimension 4")."""
+    found = []
     for what, s in sizes.items():
         if not s or s == 1:
             continue
         for value, how in ((s, ""), (1 / s, ""), (math.sqrt(s), "sqrt of "), (1 / math.sqrt(s), "sqrt of ")):
             if abs(a - value) <= tol * abs(value):
                 shown = f"{s:g}" if not how else f"sqrt({s:g})"
-                return f"{shown} is {how}{what}"
-    return ""
+                found.append(f"{shown} is {how}{what}")
+                break
+    return ", or ".join(found)
 
 
 class _Fit:
@@ -176,6 +179,8 @@ def _scale(fit: _Fit, ctx: Context):
     if named:
         why = ("summed where it should average, or a factor applied twice" if abs(a) > 1 else
                "averaged where the gradient sums, or a factor dropped")
+        if "rate" in named:
+            why = "the 1/(1 - rate) scale forgotten, or applied twice"
         hint = f"; {named}: {why}?"
     return SCALE, f"manual = {shown} x reference{hint}", {"factor": a, "fraction": frac, "named": named}, res
 
@@ -232,6 +237,21 @@ def _rearranged(fit: _Fit, ctx: Context):
         res = fit.holds(fitted)
         if res is not None and (best is None or res < best[3]):
             best = (REARRANGED, f"manual = reference {what}", params, res)
+    if best is None:  # a shift whose vacated edge holds something else (the padding placed on the other side)
+        for what, params, fitted in candidates:
+            if "shift" not in params and "shifts" not in params:
+                continue
+            inside = _shift(np.ones(r.shape, bool), params["axis"], params["shift"]) if "shift" in params else None
+            if inside is None:
+                inside = np.ones(r.shape, bool)
+                for a, step in params["shifts"].items():
+                    inside = _shift(inside, a, step)
+            if inside.mean() < 1 - _SET_FRACTION:
+                continue
+            res = _norm(np.where(inside, fit.m - fitted, 0)) / fit.scale
+            if res <= fit.allowed and (best is None or res < best[3]):
+                best = (REARRANGED, f"manual = reference {what}, except on the edge it vacated (padding on the other "
+                                    "side?)", {**params, "edge_excepted": True}, res)
     if best is None and r.size > 1:  # the same entries in another order, whatever the order
         res = _norm(np.sort(fit.m.ravel()) - np.sort(r.ravel())) / fit.scale
         if res <= fit.allowed:
@@ -258,32 +278,44 @@ def _paths(fit: _Fit, ctx: Context):
                         {"quantity": name, "flip": a}, res)
         c = float(np.sum(d * q)) / float(np.sum(q * q))
         for sign, kind, verb in ((1, MISSING_PATH, "is missing"), (-1, EXTRA_PATH, "is added once too often")):
-            if abs(c - sign) <= 10 * fit.allowed:
+            if abs(c - sign) <= 0.5 and best is None:  # the first that holds: ``others`` lists the row's own layer first
                 res = fit.holds(fit.r - sign * q)
-                if res is not None and (best is None or res < best[3]):
-                    best = (kind, f"reference - manual = {'' if sign > 0 else '-'}{name}: the path through "
-                                  f"{name} {verb}", {"quantity": name, "coefficient": c}, res)
+                if res is not None:
+                    what = ("an identity path (dL/dy passed straight on)" if name.endswith("dL/dy") else
+                            "a branch's or a layer's contribution" if "dL/dx" in name else name)
+                    best = (kind, f"reference - manual = {'' if sign > 0 else '-'}{name}: {what} {verb}",
+                            {"quantity": name, "coefficient": c}, res)
     return best
 
 
+def _simple(c: float) -> float:
+    """A fitted coefficient as the simple number it stands for (0, 1, 1/2, 2, -1, ...)."""
+    return float(Fraction(c).limit_denominator(16)) if math.isfinite(c) else c
+
+
 def _terms(fit: _Fit, ctx: Context):
-    """m = sum a_i t_i over the backward's named terms: one coefficient off, the others 1 (least squares)."""
+    """m = sum a_i t_i over the backward's named terms, the a_i simple numbers, some of them not 1.
+
+    The coefficients are fitted by least squares, rounded to the simple numbers they stand for, and the
+    rounded sum must explain m within the tolerance (a least-squares coefficient itself carries the
+    conditioning of the terms, far above the tolerance of a float64 row).
+    """
     names = list(ctx.terms)
     ts = [np.asarray(ctx.terms[n], np.float64) for n in names]
     if len(ts) < 2 or any(t.shape != fit.r.shape for t in ts):
         return None
     A = np.stack([t.ravel() for t in ts], axis=1)
-    coef, *_ = np.linalg.lstsq(A, fit.m.ravel(), rcond=None)
-    res = fit.holds((A @ coef).reshape(fit.r.shape))
-    off = [i for i, c in enumerate(coef) if abs(c - 1) > 10 * fit.allowed]
+    coef = [_simple(float(c)) for c in np.linalg.lstsq(A, fit.m.ravel(), rcond=None)[0]]
+    res = fit.holds((A @ np.asarray(coef)).reshape(fit.r.shape))
+    off = [i for i, c in enumerate(coef) if c != 1]
     if res is None or not off or len(off) == len(names):
         return None
 
     def how(c):
-        return "missing" if abs(c) <= 10 * fit.allowed else f"scaled by {_fraction(c, 1e-6) or f'{c:.4g}'}"
+        return "missing" if c == 0 else f"scaled by {_fraction(c, 1e-9) or f'{c:.4g}'}"
 
-    said = "; ".join(f"the {names[i]} term is {how(float(coef[i]))}" for i in off)
-    return TERM, f"{said} (the other terms agree)", {"terms": {names[i]: float(coef[i]) for i in off}}, res
+    said = "; ".join(f"the {names[i]} term is {how(coef[i])}" for i in off)
+    return TERM, f"{said} (the other terms agree)", {"terms": {names[i]: coef[i] for i in off}}, res
 
 
 def _listed(indices, n) -> str:

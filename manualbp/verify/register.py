@@ -44,7 +44,7 @@ def register_reference(layer_type, fn=None):
         manual forward must not agree with itself. Read hyperparameters from
         ``layer``. The four-argument form ``fn(layer, params, x, taps)``
         receives the zero taps, for a layer that exposes per-step gradients
-        (see ``manualbp.reference.recurrent``). Without ``fn``, returns a
+        (see ``manualbp.reference.recurrent_base``). Without ``fn``, returns a
         decorator: ``@mbp.register_reference(Scale)``.
 
     Equivalent to ``@manualbp.reference.forward.register`` on a function whose

@@ -44,16 +44,20 @@ from jax import lax
 
 from manualbp.layers.code_key import Keyed
 from manualbp.layers.walk import choices_declared
+from manualbp.verify import highprec
+from manualbp.verify.tolerances import HIGH_PRECISION_BUDGET
 
 _F32 = np.finfo(np.float32)
 _SCALE_64_FROM_32 = float(np.finfo(np.float64).eps / _F32.eps)
 
 
 class Evidence(NamedTuple):
-    """``truth``: {key: float64 array} at the point, or None (float64); ``errors``: samples of jax.grad's error."""
+    """``truth``: {key: float64 array} at the point, or None; ``errors``: samples of jax.grad's error; ``unmeasured``:
+    the keys whose error nothing here measures (float64: float32 loses them, and a 50-digit truth is over budget)."""
 
     truth: dict | None
     errors: list
+    unmeasured: frozenset = frozenset()
 
 
 def _is_float(v) -> bool:
@@ -96,7 +100,8 @@ def _high(evaluate, point) -> dict:
         return _host(evaluate(cast(point, jnp.float64)))
 
 
-def measure(evaluate, point: tuple, n_moved: int, dtype, *, samples: int, seed: int = 0, same_pieces=None) -> Evidence:
+def measure(evaluate, point: tuple, n_moved: int, dtype, *, samples: int, seed: int = 0, same_pieces=None,
+            need=None) -> Evidence:
     """jax.grad's own error on every quantity ``evaluate`` returns, at ``point`` (see the module docstring).
 
     Args:
@@ -110,6 +115,8 @@ def measure(evaluate, point: tuple, n_moved: int, dtype, *, samples: int, seed: 
       seed: seed of the moves (the same evidence on every call).
       same_pieces: for float64, ``choices(model)``: ``(params, x) -> discrete choices`` when every
         one is visible; enables estimate (b).
+      need: the keys whose rows need the measurement (those that failed the fixed tolerance; None: all):
+        a 50-digit truth is computed only where one of them is a quantity float32 loses.
     """
     keys = [seed + i for i in range(samples)]
     if np.dtype(dtype) != np.dtype(np.float64):
@@ -122,11 +129,13 @@ def measure(evaluate, point: tuple, n_moved: int, dtype, *, samples: int, seed: 
             errors.append({name: low[name] - high[name] for name in low})
         return Evidence(truth, errors)
     q0 = cast(point, jnp.float32)
-    errors = []
+    errors, lost = [], set()
     for q in [q0, *((*move(q0[:n_moved], k, float(_F32.eps)), *q0[n_moved:]) for k in keys)]:
         low, high = _host(evaluate(q)), _high(evaluate, q)
         errors.append({name: (low[name] - high[name]) * _SCALE_64_FROM_32 for name in low
                        if _representable_in_float32(high[name])})
+        lost |= {name for name in low if _lost_in_float32(low[name], high[name])}
+    unmeasured = frozenset(lost if need is None else lost & set(need))  # the float32-based estimate is a lower bound
     if same_pieces is not None:
         here, base = _host(evaluate(point)), same_pieces(*point[:n_moved])
         for k in keys:
@@ -134,7 +143,28 @@ def measure(evaluate, point: tuple, n_moved: int, dtype, *, samples: int, seed: 
             if _equal(same_pieces(*q[:n_moved]), base):
                 moved = _host(evaluate(q))
                 errors.append({name: moved[name] - here[name] for name in moved})
-    return Evidence(None, errors)
+    return Evidence(None, errors, unmeasured)
+
+
+def precise_truth(evaluate, point: tuple) -> dict | None:
+    """The reference's quantities at ``point`` in 50+ digits (``highprec``), rounded to float64; None over budget.
+
+    The truth where the float64 one is not (float64 loses a quantity as float32 does, only later: a saturated
+    softmax) and where float64 has no higher precision to check against (float64 itself). A failing row gets this
+    second look before it FAILs (``compare.judge_all``); it costs ``highprec.cost`` Python calls per pass.
+    """
+    fn = lambda *pt: evaluate(pt)  # noqa: E731
+    if highprec.cost(fn, *point) > HIGH_PRECISION_BUDGET:
+        return None
+    return _host(highprec.truth(fn, *point))
+
+
+def _lost_in_float32(low, high) -> bool:
+    """float32 has lost the quantity entirely (its error is of the quantity's own size, or it cannot represent it):
+    the scaled float32 error then bounds float64's from below only. A saturated softmax: y_k = 1 - 1e-10 rounds
+    to 1 in float32, and float64's error, which keeps those digits, is no longer 2^-29 times float32's."""
+    scale = float(np.linalg.norm(high))
+    return not _representable_in_float32(high) or (scale > 0 and float(np.linalg.norm(low - high)) >= 0.5 * scale)
 
 
 def _equal(a, b) -> bool:

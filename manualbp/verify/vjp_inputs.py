@@ -18,16 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from manualbp.layers.base import as_array
+from manualbp.layers.base import as_array, describe
 
 keystr = jax.tree_util.keystr
-
-
-def describe(leaf) -> str:
-    """'float32[3,4]' for an array (a PRNG key array too: 'key<fry>[2]'), the type name otherwise."""
-    if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
-        return f"{leaf.dtype.name}[{','.join(map(str, leaf.shape))}]"
-    return type(leaf).__name__
 
 
 class _Desc:

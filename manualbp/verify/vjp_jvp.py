@@ -29,7 +29,6 @@ from manualbp.verify.rounding import move
 from manualbp.verify.tolerances import DOT_ROUNDING, FINITE_DIFFERENCE_MODEL, Rule, tolerance
 from manualbp.verify.verdict import FiniteDifference, judge, not_compared_row
 
-
 _JAX = os.path.dirname(jax.__file__)
 
 

@@ -75,14 +75,14 @@ def batched(f, n_fixed: int, n_items: int):
         idx = np.resize(np.arange(n), pad)
         outs = []
         for start in range(0, pad, CHUNK):
-            part = jax.tree_util.tree_map(lambda a: a[idx[start:start + CHUNK]], items)
+            part = jax.tree_util.tree_map(lambda a, s=start: a[idx[s:s + CHUNK]], items)
             if vmappable[0]:
                 try:
                     outs.append(np.asarray(vf(*fixed, *part)))
                     continue
                 except Exception:  # noqa: BLE001  (a forward that cannot be vmapped: one item at a time from now on)
                     vmappable[0] = False
-            outs.append(np.stack([np.asarray(one(*fixed, *jax.tree_util.tree_map(lambda a: a[i], part)))
+            outs.append(np.stack([np.asarray(one(*fixed, *jax.tree_util.tree_map(lambda a, i=i: a[i], part)))
                                   for i in range(CHUNK)]))
         return np.concatenate(outs)[:n]
 
@@ -238,7 +238,7 @@ def exhaustive_rows(name: str, ln: Line, labels: list, masks: list, us: list, pu
         phi_c = ln.coordinate(leaf, scale)
         values, errors, manual = [], [], []
         for i in range(k):
-            def run(h, idx, i=i):
+            def run(h, idx, i=i, phi_c=phi_c):
                 vals = phi_c(us[i], np.repeat(idx, len(STEPS)), np.tile(np.array(STEPS) * h, len(idx)))
                 ones = np.ones(len(idx), bool)
                 return vals.reshape(len(idx), len(STEPS)).T, ones, ones, ones, ~ones

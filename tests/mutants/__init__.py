@@ -20,8 +20,13 @@ subclass the real layer, override its ``backward`` (or the helper holding the li
 the right line in a comment, and decorate the class with ``@mutant_of(RealLayer)`` (``base``); then add a
 ``catalog.CATALOG`` entry with a scene where the bug shows and the regex of the quantity it corrupts first.
 
+The collective bugs of the tensor-parallel layers (``collectives``: a psum forgotten, doubled or moved into the
+forward, the two gathers confused) compute the right numbers on one device, so they are not in ``CATALOG`` (run on
+the test process's one device) but in ``catalog.parallel_catalog(mesh)``, built and run on a 2 x 2 mesh in an
+8-device subprocess by tests/test_tensor_parallel.py (every mesh of 1 to 8 devices: scripts/parallel_matrix.py).
+
 ``scripts/mutation_matrix.py`` runs the whole matrix (every mutant in both precisions, finite differences,
-twin training, clean models x seeds) and prints the figures quoted in the README.
+twin training, clean models x seeds) and prints the figures in docs/evidence.md.
 
 Where a bug shows is part of the catalog. A rule that is wrong only at a kink shows only on inputs that sit
 exactly on it, and a rule that coincides with the right one on some shapes shows only on others; elsewhere

@@ -8,6 +8,7 @@ from typing import NamedTuple
 import jax
 
 import manualbp as mbp
+from mutants import collectives as c
 from mutants import heads as h
 from mutants import images as i
 from mutants import layers as m
@@ -86,15 +87,15 @@ CATALOG: list[Mutant] = [
     _entry(s.conv_transpose, mbp.ConvTranspose2D(2, 3, stride=2), i.ConvTransposeKernelNotFlipped(2, 3, stride=2), DX),
     _entry(s.global_pool, mbp.GlobalMaxPool2D(), i.GlobalMaxPoolTiesSplit(), DX),
     _entry(s.global_pool, mbp.GlobalAvgPool2D(), i.GlobalAvgPoolNoDivide(), DX),
-    # recurrent.py
+    # rnn.py
     _entry(s.token_rnn, mbp.RNN(5), r.RNNTruncatedBPTT(5), STEP_T2),
     _entry(s.token_rnn, mbp.RNN(5), r.RNNCarryNoTranspose(5), STEP_T2),
     _entry(s.token_rnn, mbp.RNN(5), r.RNNdWhFromCurrentState(5), "dWh"),
     _entry(s.rnn_given_state, mbp.RNN(5, initial_state="given"), r.RNNInitialStateNoGradient(5, initial_state="given"),
            DX + ".1"),
-    # sequence.py (what every recurrent layer shares: here the padded steps of variable lengths)
+    # recurrent_base.py (what every recurrent layer shares: here the padded steps of variable lengths)
     _entry(s.variable_rnn, mbp.RNN(5, variable_length=True), r.RNNPaddedStepsKeepDy(5, variable_length=True),
-           r"dL/dh\[t=5\]", family="sequence.py"),
+           r"dL/dh\[t=5\]", family="recurrent_base.py"),
     # lstm.py
     _entry(s.lstm, mbp.LSTM(5, return_sequences=False), r.LSTMForgetFromCurrentCell(5, return_sequences=False),
            r"dL/d[hc]\[t=4\]"),
@@ -183,8 +184,49 @@ KIND = {
     "MSEFactorTwo": "scale", "MSEResidualReversed": "sign", "MSEMaskMeanOverAll": "scale",
 }
 
+
+def _kernel_forced(kernel: str) -> list[Mutant]:
+    """The attention kernel's bugs again with ``kernel`` forced (a CPU's "auto" is "loop", which the entries above run)."""
+    family = "flash_pallas.py" if kernel == "pallas" else "flash.py"
+    causal = dict(causal=True, kernel=kernel)
+    return [
+        _entry(s.features, mbp.MultiHeadAttention(2, **causal), t.AttentionCausalMaskNotReapplied(2, **causal), ATTN,
+               name=f"AttentionCausalMaskNotReapplied[{kernel}]"),
+        _entry(s.features, mbp.MultiHeadAttention(2, **causal), t.FlashNoRowsumTerm(2, **causal), ATTN,
+               name=f"FlashNoRowsumTerm[{kernel}]", family=family),
+        _entry(s.features, mbp.MultiHeadAttention(2, kernel=kernel), t.FlashDKUnscaled(2, kernel=kernel), "dWk",
+               name=f"FlashDKUnscaled[{kernel}]", family=family),
+    ]
+
+
+CATALOG += _kernel_forced("batched") + _kernel_forced("pallas")
+
+KIND.update({m.name: KIND[m.name.split("[")[0]] for m in CATALOG if "[" in m.name})  # a forced kernel: the same bug
+
 # clean models beyond the catalog's own: the LSTM written out in mutants.recurrent, with no bug, must pass
 CONTROLS = [("LSTMTextbook", s.lstm, r.LSTMTextbook(5, return_sequences=False)),
             ("GRUTextbook", s.token_rnn, q.GRUTextbook(5)),
             ("AttentionTextbook", s.features, t.AttentionTextbook(2, causal=True)),
-            ("FlashBlockTextbook", s.features, t.FlashBlockTextbook(2, causal=True))]
+            ("FlashBlockTextbook", s.features, t.FlashBlockTextbook(2, causal=True)),
+            ("FlashBlockTextbook[batched]", s.features, t.FlashBlockTextbook(2, causal=True, kernel="batched")),
+            ("FlashBlockTextbook[pallas]", s.features, t.FlashBlockTextbook(2, causal=True, kernel="pallas"))]
+
+
+def parallel_catalog(mesh, heads: int = 4) -> list[Mutant]:
+    """The collective bugs (``mutants.collectives``) on ``mesh``: they show only where its axes have >= 2 devices.
+
+    Built for a given mesh (the devices exist only in the process that runs them), the attention with ``heads``
+    heads (they must split over the model axis); the reduce done in the forward is the one bug here whose first
+    failing row is a forward row, the layer's own.
+    """
+    col, fsdp = mbp.ColumnParallelDense(8, mesh), mbp.FSDPDense(8, mesh)
+    attn = mbp.ParallelAttention(heads, mesh, causal=True)
+    gathered = mbp.ColumnParallelDense(8, mesh, gather_output=True)
+    return [
+        _entry(s.sharded, col, c.ColumnDxNotReduced(8, mesh), DX),
+        _entry(s.sharded, col, c.ColumnDxReducedTwice(8, mesh), DX),
+        _entry(s.sharded, col, c.ColumnReduceInForward(8, mesh), "forward y"),
+        _entry(s.sharded, gathered, c.ColumnGatherSummed(8, mesh, gather_output=True), "d[Wb]"),
+        _entry(s.sharded_features, attn, c.AttentionDxNotReduced(heads, mesh, causal=True), DX),
+        _entry(s.sharded, fsdp, c.FSDPGradientNotSummed(8, mesh), "d[Wb]"),
+    ]

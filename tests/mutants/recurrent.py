@@ -1,4 +1,4 @@
-"""Recurrent mutants: RNN (recurrent.py) and LSTM (lstm.py).
+"""Recurrent mutants: RNN (rnn.py) and LSTM (lstm.py).
 
 The RNN mutants change the real ``RNN._bptt`` from outside: its result (dh0 dropped, dWh from h_t), or the
 Wh its reverse scan multiplies by (zero: BPTT truncated to one step; transposed: the carry's W_h^T written

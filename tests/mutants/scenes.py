@@ -224,3 +224,23 @@ def features(slot):
     """Dense -> slot -> Dense on (B, T, 8) sequences, a class per step: for attention and transformer blocks."""
     return Scene(mbp.Sequential(mbp.Dense(8), slot, mbp.Dense(3)), mbp.SoftmaxCrossEntropy(), (T, 5),
                  _normal((T, 5), (B, T)))
+
+
+def _split_batch(shape, label_shape):
+    """4 examples: the batch splits over a mesh's 1, 2 or 4 "batch" devices."""
+    def make(rng, dtype):
+        return rng.standard_normal((4, *shape)).astype(dtype), rng.integers(0, 3, (4, *label_shape), np.int32), None
+
+    return make
+
+
+def sharded(slot):
+    """Dense -> tanh -> slot -> tanh -> Dense on 4 vectors of 5: for the tensor-parallel and FSDP Dense layers."""
+    return Scene(mbp.Sequential(mbp.Dense(8), mbp.Tanh(), slot, mbp.Tanh(), mbp.Dense(3)), mbp.SoftmaxCrossEntropy(),
+                 (5,), _split_batch((5,), ()))
+
+
+def sharded_features(slot):
+    """Dense -> slot -> Dense on 4 sequences (T, 5), a class per step: for the tensor-parallel attention."""
+    return Scene(mbp.Sequential(mbp.Dense(8), slot, mbp.Dense(3)), mbp.SoftmaxCrossEntropy(), (T, 5),
+                 _split_batch((T, 5), (T,)))

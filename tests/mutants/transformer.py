@@ -1,11 +1,14 @@
-"""Transformer mutants: softmax.py, dropout.py, attention.py, flash.py (the attention kernel), transformer.py.
+"""Transformer mutants: softmax.py, dropout.py, attention.py, flash.py and flash_pallas.py (the attention kernels),
+transformer.py.
 
-The attention's backward is one method around the kernel ``flash.attend_backward``; ``AttentionTextbook``
+The attention's backward is one method around the kernel call ``flash.backward``; ``AttentionTextbook``
 is that method written out here with the kernel call as a hook (``_kernel``), so each attention bug is
-ONE changed line of the call or of the kernel's result. A bug inside the kernel's block
-(``flash._backward_block``) is ONE changed line of ``_block_textbook``, the block written out here, which
-the kernel runs in place of its own while the mutant's backward is traced. The textbooks with the real
-code pass ``compare`` (a test checks it).
+ONE changed line of the call or of the kernel's result, whichever kernel the layer names (``kernel``:
+the catalog runs each with "loop", "batched" and "pallas"). A bug inside the kernel's block
+(``flash._backward_block``, which "loop" and "batched" run, or ``flash_pallas._rowsum``, the Pallas
+backward's row term) is ONE changed line of ``_block_textbook`` / ``_rowsum_textbook``, the code written
+out here, which the kernel runs in place of its own while the mutant's backward is traced. The textbooks
+with the real code pass ``compare`` (a test checks it).
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ import math
 import jax.numpy as jnp
 
 import manualbp as mbp
-from manualbp.layers import flash
+from manualbp.layers import flash, flash_pallas
 from manualbp.layers.attention import _flat, _heads, _merge
-from manualbp.layers.flash import attend_backward, rows_per_block
+from manualbp.layers.softmax import softmax_vjp
 from mutants.base import SeesIO, mutant_of
 
 
@@ -48,17 +51,15 @@ class DropoutNoScale(mbp.Dropout):
 class AttentionTextbook(mbp.MultiHeadAttention):
     """``MultiHeadAttention.backward`` (self-attention, no key mask) with the kernel call as the hook ``_kernel``."""
 
-    def _kernel(self, qs, kt, vt, do, rows):
-        return attend_backward(qs, kt, vt, do, self.causal, None, rows)
+    def _kernel(self, residuals, do):
+        return flash.backward(self.kernel, residuals, do, self.causal, None, self.block_size)
 
     def backward(self, params, cache, dy):
-        x, _, qs, kt, vt, om, _ = cache
-        B, T, _ = x.shape
-        dh = qs.shape[-1]
+        x, _, residuals, om, _ = cache
+        dh = residuals[0].shape[-1]
         grads = {"Wo": _flat(om).T @ _flat(dy)}
         do = _heads(dy @ params["Wo"].T, self.num_heads)
-        rows = rows_per_block(B, self.num_heads, T, T, x.dtype.itemsize, self.block_size)
-        dqs, dkt, dvt = self._kernel(qs, kt, vt, do, rows)
+        dqs, dkt, dvt = self._kernel(residuals, do)
         dq = _merge(dqs) * jnp.asarray(1 / math.sqrt(dh), x.dtype)
         dk, dv = _merge(jnp.swapaxes(dkt, 1, 2)), _merge(jnp.swapaxes(dvt, 1, 2))
         grads.update(Wq=_flat(x).T @ _flat(dq), Wk=_flat(x).T @ _flat(dk), Wv=_flat(x).T @ _flat(dv),
@@ -70,8 +71,8 @@ class AttentionTextbook(mbp.MultiHeadAttention):
 class AttentionCausalMaskNotReapplied(AttentionTextbook):
     """P recomputed in the backward WITHOUT the causal mask: future keys get probability and gradient."""
 
-    def _kernel(self, qs, kt, vt, do, rows):
-        return attend_backward(qs, kt, vt, do, False, None, rows)  # right: self.causal
+    def _kernel(self, residuals, do):
+        return flash.backward(self.kernel, residuals, do, False, None, self.block_size)  # right: self.causal
 
 
 def _block_textbook(q, kt, vt, do, start, causal, mask, *, rowsum=True):
@@ -79,30 +80,38 @@ def _block_textbook(q, kt, vt, do, start, causal, mask, *, rowsum=True):
     pt = flash._softmax_t(flash._scores_t(q, kt, start, causal, mask))
     dvt = jnp.einsum("bhkq,bqhd->bhkd", pt, do)
     dpt = jnp.einsum("bhkd,bqhd->bhkq", vt, do)
-    d = jnp.sum(pt * dpt, axis=2, keepdims=True) if rowsum else 0  # the mutant: d = 0
-    dst = pt * (dpt - d)
+    dst = softmax_vjp(pt, dpt, 2) if rowsum else pt * dpt  # the mutant: D = 0
     return jnp.einsum("bhkq,bhkd->bqhd", dst, kt), jnp.einsum("bhkq,bqhd->bhkd", dst, q), dvt
 
 
+def _rowsum_textbook(p, dp, *, rowsum=True):
+    """``flash_pallas._rowsum`` written out: D_i = sum_j P_ij dP_ij over a key tile."""
+    return jnp.sum(p * dp, axis=1) if rowsum else jnp.zeros(p.shape[:1], p.dtype)  # the mutant: D = 0
+
+
 @contextlib.contextmanager
-def _kernel_block(block):
-    """The kernel runs ``block`` for its blocks while the mutant's backward is traced (jit traces it once)."""
-    real, flash._backward_block = flash._backward_block, block
+def _kernel_block(block, rowsum):
+    """The kernels run ``block`` for their blocks and ``rowsum`` for their tiles' row term while the mutant's
+    backward is traced (jit traces it once)."""
+    real = flash._backward_block, flash_pallas._rowsum
+    flash._backward_block, flash_pallas._rowsum = block, rowsum
     try:
         yield
     finally:
-        flash._backward_block = real
+        flash._backward_block, flash_pallas._rowsum = real
 
 
 @mutant_of(mbp.MultiHeadAttention)
 class FlashBlockTextbook(AttentionTextbook):
-    """The kernel with its block written out here (``_block_textbook``): no bug; the control of the next one."""
+    """The kernel with its block written out here (``_block_textbook``, ``_rowsum_textbook``): no bug; the control
+    of the next one."""
 
     block = staticmethod(_block_textbook)
+    rowsum = staticmethod(_rowsum_textbook)
 
-    def _kernel(self, qs, kt, vt, do, rows):
-        with _kernel_block(self.block):
-            return attend_backward(qs, kt, vt, do, self.causal, None, rows)
+    def _kernel(self, residuals, do):
+        with _kernel_block(self.block, self.rowsum):
+            return flash.backward(self.kernel, residuals, do, self.causal, None, self.block_size)
 
 
 @mutant_of(mbp.MultiHeadAttention)
@@ -110,15 +119,16 @@ class FlashNoRowsumTerm(FlashBlockTextbook):
     """The kernel's dS = P dP: its - P rowsum(P dP) term dropped (D_i = 0)."""
 
     block = staticmethod(functools.partial(_block_textbook, rowsum=False))  # right: rowsum=True
+    rowsum = staticmethod(functools.partial(_rowsum_textbook, rowsum=False))  # right: rowsum=True (Pallas)
 
 
 @mutant_of(mbp.MultiHeadAttention)
 class FlashDKUnscaled(AttentionTextbook):
     """The kernel's dK = dS^T Q, the 1/sqrt(dh) of S = Q K^T / sqrt(dh) missing (dQ keeps it)."""
 
-    def _kernel(self, qs, kt, vt, do, rows):
-        dqs, dkt, dvt = attend_backward(qs, kt, vt, do, self.causal, None, rows)
-        return dqs, dkt * math.sqrt(qs.shape[-1]), dvt  # right: dkt (= dS^T (Q / sqrt(dh)))
+    def _kernel(self, residuals, do):
+        dqs, dkt, dvt = flash.backward(self.kernel, residuals, do, self.causal, None, self.block_size)
+        return dqs, dkt * math.sqrt(dqs.shape[-1]), dvt  # right: dkt (= dS^T (Q / sqrt(dh)))
 
 
 @mutant_of(mbp.TransformerBlock)

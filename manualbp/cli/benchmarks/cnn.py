@@ -38,11 +38,12 @@ def _limit_args(params, x):
     """Arrays of the step's shapes: the layers' inputs and the gradients arriving at each conv and at the dense."""
     (c1, _, _, c2, _, _, _, d3) = params
     keys = jax.random.split(jax.random.key(2), 5)
-    h1 = jax.random.normal(keys[0], (BATCH, 14, 14, 32), x.dtype)
-    h2 = jax.random.normal(keys[1], (BATCH, 7 * 7 * 64), x.dtype)
-    dz1 = jax.random.normal(keys[2], (BATCH, 28, 28, 32), x.dtype)
-    dz2 = jax.random.normal(keys[3], (BATCH, 14, 14, 64), x.dtype)
-    dz3 = jax.random.normal(keys[4], (BATCH, CLASSES), x.dtype)
+    batch = x.shape[0]
+    h1 = jax.random.normal(keys[0], (batch, 14, 14, 32), x.dtype)
+    h2 = jax.random.normal(keys[1], (batch, 7 * 7 * 64), x.dtype)
+    dz1 = jax.random.normal(keys[2], (batch, 28, 28, 32), x.dtype)
+    dz2 = jax.random.normal(keys[3], (batch, 14, 14, 64), x.dtype)
+    dz3 = jax.random.normal(keys[4], (batch, CLASSES), x.dtype)
     return (x, c1["W"], h1, c2["W"], h2, d3["W"], dz1, dz2, dz3)
 
 
@@ -62,16 +63,16 @@ def _limit(x, W1, h1, W2, h2, W3, dz1, dz2, dz3):
     return z1, z2, z3, dW3, dh2, dW2, dh1, dW1
 
 
-def run(repeats: int = 30) -> dict:
+def run(repeats: int = 30, batch: int = BATCH) -> dict:
     net, head = model(), SoftmaxCrossEntropy()
     params, _ = net.init(jax.random.key(0), INPUT, jnp.float32)
     kx, ky = jax.random.split(jax.random.key(1))
-    x = jax.random.normal(kx, (BATCH, *INPUT), jnp.float32)
-    y = jax.random.randint(ky, (BATCH,), 0, CLASSES)
+    x = jax.random.normal(kx, (batch, *INPUT), jnp.float32)
+    y = jax.random.randint(ky, (batch,), 0, CLASSES)
 
     # fresh jits, so the first call measures trace + compile
     steps = value_and_grad_steps(net, head)
-    compile_s, memory = compile_and_memory(steps, params, x, y)
+    compile_s, memory, steps = compile_and_memory(steps, params, x, y)
     limit = jax.jit(_limit)
     largs = _limit_args(params, x)
     compile_s["limit"] = compile_time(limit, *largs)
@@ -84,7 +85,7 @@ def run(repeats: int = 30) -> dict:
     manual, autodiff, lim = (times[k]["median_s"] for k in ("manual", "jax.grad", "limit"))
     return {
         "name": "cnn",
-        "config": {"input": INPUT, "batch": BATCH, "dtype": "float32", "repeats": repeats,
+        "config": {"input": INPUT, "batch": batch, "dtype": "float32", "repeats": repeats,
                    "model": "conv 3x3 32 SAME -> ReLU -> maxpool 2 -> conv 3x3 64 SAME -> ReLU -> maxpool 2 -> "
                             "dense 10, softmax cross-entropy"},
         "machine": machine(),

@@ -16,8 +16,8 @@ import os
 import jax
 import jax.numpy as jnp
 
-from manualbp.cli.benchmarks.contenders import value_and_grad_steps
-from manualbp.cli.benchmarks.timing import compile_time, interleaved, machine
+from manualbp.cli.benchmarks.contenders import compile_and_memory, value_and_grad_steps
+from manualbp.cli.benchmarks.timing import interleaved, machine
 from manualbp.layers.activations import ReLU
 from manualbp.layers.conv1d import Conv1D
 from manualbp.layers.conv_transpose import ConvTranspose2D
@@ -30,18 +30,18 @@ BATCH = 64
 TARGET = 1.0
 
 
-def _conv1d():
+def _conv1d(batch=BATCH):
     model = Sequential(Conv1D(64, 5), ReLU(), Conv1D(64, 5, stride=2, dilation=2), ReLU(), Flatten(), Dense(10))
     kx, ky = jax.random.split(jax.random.key(1))
-    x = jax.random.normal(kx, (BATCH, 128, 32), jnp.float32)
-    return model, SoftmaxCrossEntropy(), (128, 32), x, jax.random.randint(ky, (BATCH,), 0, 10)
+    x = jax.random.normal(kx, (batch, 128, 32), jnp.float32)
+    return model, SoftmaxCrossEntropy(), (128, 32), x, jax.random.randint(ky, (batch,), 0, 10)
 
 
-def _conv_transpose():
+def _conv_transpose(batch=BATCH):
     model = Sequential(ConvTranspose2D(32, 4, stride=2), ReLU(), ConvTranspose2D(1, 4, stride=2), Flatten())
     kx, ky = jax.random.split(jax.random.key(1))
-    x = jax.random.normal(kx, (BATCH, 7, 7, 32), jnp.float32)
-    return model, MeanSquaredError(), (7, 7, 32), x, jax.random.normal(ky, (BATCH, 28 * 28), jnp.float32)
+    x = jax.random.normal(kx, (batch, 7, 7, 32), jnp.float32)
+    return model, MeanSquaredError(), (7, 7, 32), x, jax.random.normal(ky, (batch, 28 * 28), jnp.float32)
 
 
 MODELS = {
@@ -51,25 +51,25 @@ MODELS = {
 }
 
 
-def _one(make, repeats):
-    model, head, in_shape, x, y = make()
+def _one(make, repeats, batch=BATCH):
+    model, head, in_shape, x, y = make(batch)
     params, _ = model.init(jax.random.key(0), in_shape, jnp.float32)
     contenders = value_and_grad_steps(model, head)  # fresh jits, so the first call measures trace + compile
-    scratch = {k: fn.lower(params, x, y).compile().memory_analysis().temp_size_in_bytes for k, fn in contenders.items()}
-    compile_s = {k: compile_time(fn, params, x, y) for k, fn in contenders.items()}
+    compile_s, memory, contenders = compile_and_memory(contenders, params, x, y)
+    scratch = {k: m["temp"] for k, m in memory.items()}
     times = interleaved(contenders, (params, x, y), repeats=repeats)
     return {"times": times, "compile_s": compile_s, "scratch_bytes": scratch,
             "ratio": times["manual"]["median_s"] / times["jax.grad"]["median_s"], "target": TARGET}
 
 
-def run(repeats: int = 30) -> dict:
+def run(repeats: int = 30, batch: int = BATCH) -> dict:
     return {
         "name": "conv_layers",
-        "config": {"batch": BATCH, "dtype": "float32", "repeats": repeats,
+        "config": {"batch": batch, "dtype": "float32", "repeats": repeats,
                    "models": {k: description for k, (_, description) in MODELS.items()}},
         "machine": machine(),
         "load_average_1min_before": os.getloadavg()[0],
-        **{name: _one(make, repeats) for name, (make, _) in MODELS.items()},
+        **{name: _one(make, repeats, batch) for name, (make, _) in MODELS.items()},
     }
 
 

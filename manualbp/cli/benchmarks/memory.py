@@ -27,7 +27,12 @@ def compiled_memory(fn, *args) -> dict:
     ``jax.ShapeDtypeStruct``s (nothing is allocated or run).
     """
     jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
-    m = jitted.lower(*args).compile().memory_analysis()
+    return executable_memory(jitted.lower(*args).compile())
+
+
+def executable_memory(compiled) -> dict:
+    """``compiled_memory`` of an executable already compiled (``jax.jit(f).lower(...).compile()``)."""
+    m = compiled.memory_analysis()
     out = {"temp": m.temp_size_in_bytes, "arguments": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes,
            "alias": m.alias_size_in_bytes}
     out["peak"] = out["arguments"] + out["outputs"] + out["temp"] - out["alias"]

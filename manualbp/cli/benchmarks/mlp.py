@@ -47,31 +47,33 @@ def _matmuls(params, x, dz):
     return out
 
 
-def run(repeats: int = 30) -> dict:
-    model = Sequential(Dense(SIZES[1]), ReLU(), Dense(SIZES[2]), ReLU(), Dense(SIZES[3]))
+def run(repeats: int = 30, batch: int = BATCH, sizes=SIZES, peak_n: int = PEAK_N) -> dict:
+    sizes = tuple(sizes)
+    model = Sequential(Dense(sizes[1]), ReLU(), Dense(sizes[2]), ReLU(), Dense(sizes[3]))
     head = SoftmaxCrossEntropy()
-    params, _ = model.init(jax.random.key(0), (SIZES[0],), jnp.float32)
+    params, _ = model.init(jax.random.key(0), (sizes[0],), jnp.float32)
     kx, ky = jax.random.split(jax.random.key(1))
-    x = jax.random.normal(kx, (BATCH, SIZES[0]), jnp.float32)
-    y = jax.random.randint(ky, (BATCH,), 0, SIZES[-1])
+    x = jax.random.normal(kx, (batch, sizes[0]), jnp.float32)
+    y = jax.random.randint(ky, (batch,), 0, sizes[-1])
 
     # fresh jits, so the first call measures trace + compile
-    a = jax.random.normal(jax.random.key(2), (PEAK_N, PEAK_N), jnp.float32)
-    dz = jax.random.normal(jax.random.key(3), (BATCH, SIZES[-1]), jnp.float32)
+    a = jax.random.normal(jax.random.key(2), (peak_n, peak_n), jnp.float32)
+    dz = jax.random.normal(jax.random.key(3), (batch, sizes[-1]), jnp.float32)
     dot, limit = jax.jit(jnp.dot), jax.jit(_matmuls)
     contenders = {
         **value_and_grad_steps(model, head),
         "limit": lambda p, x, y: limit(p, x, dz),
         "dot": lambda p, x, y: dot(a, a),
     }
-    compile_s, memory = compile_and_memory(contenders, params, x, y)
+    compile_s, memory, contenders = compile_and_memory(contenders, params, x, y)
     times = interleaved(contenders, (params, x, y), repeats=repeats)
-    flops = step_flops()
-    peak = max(2 * PEAK_N**3 / times["dot"]["min_s"], flops / times["limit"]["min_s"]) / 1e9
+    flops = step_flops(sizes, batch)
+    peak = max(2 * peak_n**3 / times["dot"]["min_s"], flops / times["limit"]["min_s"]) / 1e9
     manual_gflops = flops / times["manual"]["median_s"] / 1e9
     return {
         "name": "mlp",
-        "config": {"sizes": SIZES, "batch": BATCH, "dtype": "float32", "activation": "relu", "repeats": repeats},
+        "config": {"sizes": sizes, "batch": batch, "dtype": "float32", "activation": "relu", "repeats": repeats,
+                   "peak_n": peak_n},
         "machine": machine(),
         "times": times,
         "ratio": times["manual"]["median_s"] / times["jax.grad"]["median_s"],
@@ -86,7 +88,7 @@ def run(repeats: int = 30) -> dict:
 
 
 def markdown(r: dict) -> str:
-    t, c = r["times"], r["compile_s"]
+    t, c, n = r["times"], r["compile_s"], r["config"].get("peak_n", PEAK_N)
     return "\n".join([
         f"### MLP {'-'.join(map(str, r['config']['sizes']))}, batch {r['config']['batch']}, float32",
         "",
@@ -101,7 +103,7 @@ def markdown(r: dict) -> str:
         "",
         f"manual/jax.grad = **{r['ratio']:.3f}** (target <= 1.00); manual at "
         f"**{100 * r['manual_fraction_of_peak']:.0f}%** of peak matmul throughput ({r['peak_matmul_gflops']:.1f} GFLOP/s: "
-        f"the fastest sample of jnp.dot on 2048x2048 and of the step's own matmuls, interleaved with the steps; "
+        f"the fastest sample of jnp.dot on {n}x{n} and of the step's own matmuls, interleaved with the steps; "
         f"target >= 70%); compile manual/jax.grad = {c['manual'] / c['jax.grad']:.2f} "
         "(target <= 1). "
         f"Step = {r['step_gflop']:.3f} GFLOP; {r['config']['repeats']} interleaved repeats.",

@@ -19,7 +19,7 @@ from manualbp.layers.dense import Dense
 from manualbp.layers.gru import GRU
 from manualbp.layers.heads import SoftmaxCrossEntropy
 from manualbp.layers.lstm import LSTM
-from manualbp.layers.recurrent import RNN
+from manualbp.layers.rnn import RNN
 from manualbp.layers.sequential import Sequential
 
 D, H, T, BATCH, CLASSES = 64, 256, 64, 64, 10
@@ -27,15 +27,15 @@ TARGETS = {"rnn": 0.75, "lstm": 0.85, "gru": 0.85}
 LAYERS = ("rnn", "lstm", "gru")
 
 
-def _one(name, layer, repeats):
+def _one(name, layer, repeats, T=T, batch=BATCH):
     model = Sequential(layer, Dense(CLASSES))
     head = SoftmaxCrossEntropy()
     params, _ = model.init(jax.random.key(0), (T, D), jnp.float32)
     kx, ky = jax.random.split(jax.random.key(1))
-    x = jax.random.normal(kx, (BATCH, T, D), jnp.float32)
-    y = jax.random.randint(ky, (BATCH,), 0, CLASSES)
+    x = jax.random.normal(kx, (batch, T, D), jnp.float32)
+    y = jax.random.randint(ky, (batch,), 0, CLASSES)
     contenders = value_and_grad_steps(model, head)  # fresh jits, so the first call measures trace + compile
-    compile_s, memory = compile_and_memory(contenders, params, x, y)
+    compile_s, memory, contenders = compile_and_memory(contenders, params, x, y)
     times = interleaved(contenders, (params, x, y), repeats=repeats)
     return {
         "times": times,
@@ -46,16 +46,16 @@ def _one(name, layer, repeats):
     }
 
 
-def run(repeats: int = 30) -> dict:
+def run(repeats: int = 30, T: int = T, batch: int = BATCH, hidden: int = H) -> dict:
     return {
         "name": "recurrent",
-        "config": {"D": D, "H": H, "T": T, "batch": BATCH, "classes": CLASSES, "dtype": "float32",
+        "config": {"D": D, "H": hidden, "T": T, "batch": batch, "classes": CLASSES, "dtype": "float32",
                    "loss": "softmax cross-entropy on the last step", "repeats": repeats},
         "machine": machine(),
         "load_average_1min_before": os.getloadavg()[0],  # other processes on the machine skew both contenders
-        "rnn": _one("rnn", RNN(H, return_sequences=False), repeats),
-        "lstm": _one("lstm", LSTM(H, return_sequences=False), repeats),
-        "gru": _one("gru", GRU(H, return_sequences=False), repeats),
+        "rnn": _one("rnn", RNN(hidden, return_sequences=False), repeats, T, batch),
+        "lstm": _one("lstm", LSTM(hidden, return_sequences=False), repeats, T, batch),
+        "gru": _one("gru", GRU(hidden, return_sequences=False), repeats, T, batch),
     }
 
 

@@ -1,24 +1,17 @@
-"""Reference RNN (and the per-step taps every recurrent twin uses): the textbook step inside ``lax.scan``, gradients from jax.grad.
+"""What every recurrent twin shares (RNN, LSTM, GRU): input unpacking, per-step taps, output selection.
 
-Each step computes x_t Wx + h_(t-1) Wh + b itself (nothing hoisted). A zero
-perturbation p_t is added to every h_t INSIDE the scan (h_t' = h_t + p_t is
-carried on and emitted), so the gradient with respect to the tap "h" of
-shape (B, T, H) is the total dL/dh_t; the LSTM taps its cell state c_t the
-same way ("c", in ``lstm``). The activation of the RNN is the reference forward of its
-class (jax.nn).
+A zero perturbation p_t is added to every h_t INSIDE the scan (h_t' = h_t + p_t is carried on and
+emitted), so the gradient with respect to the tap "h" of shape (B, T, H) is the total dL/dh_t; the
+LSTM taps its cell state c_t the same way ("c", in ``lstm``).
 
-Variable lengths: the scan also walks the step index t; where t >= lengths[b]
-the new state is discarded for the old one (``keep``) and the output is zero
-(``sequence_output``). jax.grad then finds on its own that a padded step
-passes the gradient through.
+Variable lengths: the scan also walks the step index t; where t >= lengths[b] the new state is
+discarded for the old one (``keep``) and the output is zero (``sequence_output``). jax.grad then
+finds on its own that a padded step passes the gradient through.
 """
 
 import jax.numpy as jnp
-from jax import lax
 
-import manualbp.layers as mbp
-
-from .dispatch import NoTaps, forward
+from .dispatch import NoTaps
 
 
 def split_lengths(layer, x):
@@ -61,19 +54,3 @@ def sequence_output(layer, hs, lengths=None):
     if lengths is None:
         return hs
     return hs * (jnp.arange(hs.shape[1])[None, :] < lengths[:, None])[:, :, None].astype(hs.dtype)  # padding: 0
-
-
-@forward.register
-def _(layer: mbp.RNN, params, x, taps):
-    x, lengths = split_lengths(layer, x)
-    x, (h0,) = split_input(layer, x, 1)
-    (ph,) = step_taps(taps, ("h",), x, layer.hidden)
-
-    def step(h_prev, inputs):
-        t, x_t, p_t = inputs
-        z = jnp.dot(x_t, params["Wx"]) + jnp.dot(h_prev, params["Wh"]) + params["b"][None, :]
-        h = plus_tap(keep(t, lengths, forward(layer.activation, {}, z, NoTaps()), h_prev), p_t)
-        return h, h
-
-    _, hs = lax.scan(step, h0, (jnp.arange(x.shape[1]), jnp.swapaxes(x, 0, 1), ph))
-    return sequence_output(layer, hs, lengths)

@@ -1,4 +1,5 @@
-"""The README's "Beyond the built-ins" examples run as written and show what they claim."""
+"""The custom_vjp examples (README's log-sum-exp, docs/extending.md's equinox module, docs/check_vjp.md's planted
+bug) show what they claim."""
 
 import pathlib
 import re
@@ -10,10 +11,13 @@ import pytest
 import manualbp as mbp
 from manualbp.verify.verdict import judge
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-SECTION = README.read_text().split("## Beyond the built-ins", 1)[1].split("\n## ", 1)[0]
-CODE = re.findall(r"```python\n(.*?)```", SECTION, re.S)
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SECTION = (ROOT / "README.md").read_text().split("## Checking your own `custom_vjp`", 1)[1].split("\n## ", 1)[0]
+EXTENDING = (ROOT / "docs" / "extending.md").read_text()
+CODE = [re.findall(r"```python\n(.*?)```", SECTION, re.S)[0],
+        next(c for c in re.findall(r"```python\n(.*?)```", EXTENDING, re.S) if "import equinox" in c)]
 SHOWN = re.findall(r"```\n(check_vjp:.*?)```", SECTION, re.S)[0]
+CHECK_VJP = (ROOT / "docs" / "check_vjp.md").read_text()
 
 
 def test_the_log_sum_exp_example_passes_the_right_rule_and_names_the_wrong_one(capsys):
@@ -26,11 +30,19 @@ def test_the_log_sum_exp_example_passes_the_right_rule_and_names_the_wrong_one(c
         assert line.split()[:3] + line.split()[-1:] in [row.split()[:3] + row.split()[-1:] for row in out.splitlines()]
 
 
+def test_the_no_reference_example_fails_the_forgotten_term_on_x_at_taylor_rate_one(capsys):
+    code = next(c for c in re.findall(r"```python\n(.*?)```", CHECK_VJP, re.S) if "forgot_the_mean" in c)
+    with jax.enable_x64(False), jax.numpy_rank_promotion("allow"):  # as a user runs it: jax's defaults
+        exec(compile(code, "docs/check_vjp.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "first failing row: layer_norm x:" in out and "rate 1.0" in out, out
+
+
 def test_the_equinox_example_gives_the_twins_gradients():
     pytest.importorskip("equinox")
     ns = {}
     with jax.enable_x64(False):
-        exec(compile(CODE[1], "README.md", "exec"), ns)
+        exec(compile(CODE[1], "docs/extending.md", "exec"), ns)
         _, want = mbp.reference.value_and_grad(ns["model"], mbp.SoftmaxCrossEntropy())(ns["net"].params, ns["x"], ns["y"])
     got = ns["grads"].params
     assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)

@@ -1,4 +1,4 @@
-"""Heads: values and dL/dlogits vs optax + jax.grad, masks, softmax-over-[z, 0] = sigmoid, batch identity."""
+"""Heads (heads.py): values and dL/dlogits vs optax + jax.grad, masks, softmax-over-[z, 0] = sigmoid, batch identity."""
 
 from functools import partial
 

@@ -1,49 +1,20 @@
-"""Softmax, Dropout and PositionalEmbedding: vs jax.grad (both dtypes, jit and not), finite differences, bad input."""
+"""Dropout (dropout.py): the same units dropped as the reference, its key, evaluation mode, finite differences,
+a training step's traced key, bad input."""
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
-from arrays import host
+from arrays import normal
 
 import manualbp as mbp
 from manualbp import reference as ref
 from manualbp.layers.dropout import keep_mask
 
 
-def _normal(seed, shape, dtype=jnp.float64):
-    return host(np.random.default_rng(seed).standard_normal(shape), dtype)
-
-
-@pytest.mark.parametrize(("dtype", "axis", "jit"), [(jnp.float32, -1, True), (jnp.float64, 1, False)])
-def test_softmax_matches_reference(dtype, axis, jit):
-    report = mbp.check_layer(mbp.Softmax(axis), {}, 3 * _normal(0, (2, 5, 3), dtype), jit=jit)
-    assert report.ok, str(report)
-
-
-def test_softmax_finite_differences_and_rows_sum_to_one():
-    model = mbp.Sequential(mbp.Dense(4), mbp.Softmax(), mbp.Dense(3))
-    params, _ = model.init(jax.random.key(0), (5,), jnp.float64)
-    x, y = _normal(1, (6, 5)), jnp.arange(6) % 3
-    report = mbp.gradcheck(model, mbp.SoftmaxCrossEntropy(), params, x, y)
-    assert report.ok, str(report)
-    p, _ = mbp.Softmax().forward({}, 100 * x)  # large logits: the max shift keeps e^x finite
-    assert jnp.allclose(jnp.sum(p, axis=-1), 1, rtol=0, atol=1e-15) and jnp.all(jnp.isfinite(p))
-
-
-def test_softmax_bad_input():
-    with pytest.raises(ValueError, match=r"Softmax: axis 2 is out of range for x of shape \(3, 4\)"):
-        mbp.Softmax(2).forward({}, jnp.ones((3, 4)))
-    with pytest.raises(ValueError, match=r"Softmax: takes no parameters"):
-        mbp.Softmax().forward({"W": jnp.ones(2)}, jnp.ones((3, 4)))
-    with pytest.raises(ValueError, match=r"Softmax: axis must be an int"):
-        mbp.Softmax(1.0)
-
-
 @pytest.mark.parametrize(("dtype", "jit"), [(jnp.float32, True), (jnp.float64, False)])
 def test_dropout_drops_the_same_units_as_the_reference(dtype, jit):
     layer = mbp.Dropout(0.3, key=jax.random.key(7))
-    x = _normal(2, (4, 6, 8), dtype)
+    x = normal(2, (4, 6, 8), dtype)
     report = mbp.check_layer(layer, {}, x, jit=jit)
     assert report.ok, str(report)
     y, _ = layer.forward({}, x)
@@ -63,7 +34,7 @@ def test_dropout_mask_is_the_same_in_float32_and_float64():
 
 
 def test_dropout_evaluation_is_the_identity_and_rate_zero_needs_no_key():
-    x = _normal(3, (3, 4))
+    x = normal(3, (3, 4))
     for layer in (mbp.Dropout(0.5, training=False), mbp.Dropout(0.0)):
         y, cache = layer.forward({}, x)
         assert y is x and layer.backward({}, cache, x)[1] is x
@@ -86,7 +57,7 @@ def test_dropout_model_finite_differences():
     model = mbp.with_dropout_key(
         mbp.Sequential(mbp.Dense(8), mbp.Dropout(0.25), mbp.Tanh(), mbp.Dense(3)), jax.random.key(5))
     params, _ = model.init(jax.random.key(0), (5,), jnp.float64)
-    x, y = _normal(4, (6, 5)), jnp.arange(6) % 3
+    x, y = normal(4, (6, 5)), jnp.arange(6) % 3
     report = mbp.gradcheck(model, mbp.SoftmaxCrossEntropy(), params, x, y, k=4)
     assert report.ok, str(report)
 
@@ -96,7 +67,7 @@ def test_a_training_step_binds_a_traced_key_on_both_paths():
     model = mbp.Sequential(mbp.Dense(16), mbp.Dropout(0.5), mbp.Dense(3))
     head = mbp.SoftmaxCrossEntropy()
     params, _ = model.init(jax.random.key(0), (4,), jnp.float64)
-    x, y = _normal(5, (8, 4)), jnp.arange(8) % 3
+    x, y = normal(5, (8, 4)), jnp.arange(8) % 3
 
     traces = []
 
@@ -132,43 +103,6 @@ def test_dropout_bad_input():
     raw = mbp.Dropout(0.5, key=jax.random.key_data(jax.random.key(1)))
     assert raw == mbp.Dropout(0.5, key=jax.random.key(1))
     assert jnp.array_equal(keep_mask(raw.key, 0.5, (9,)), keep_mask(jax.random.key(1), 0.5, (9,)))
-
-
-@pytest.mark.parametrize(("dtype", "T", "jit"), [(jnp.float32, 6, True), (jnp.float64, 4, False)])
-def test_positional_embedding_matches_reference(dtype, T, jit):
-    layer = mbp.PositionalEmbedding(6, 3)
-    params, shape = layer.init(jax.random.key(0), (T, 3), dtype)
-    assert shape == (T, 3) and params["P"].shape == (6, 3)
-    report = mbp.check_layer(layer, params, _normal(1, (2, T, 3), dtype), jit=jit)
-    assert report.ok, str(report)
-    dparams, _ = layer.backward(params, None, jnp.ones((2, T, 3), dtype))
-    assert jnp.all(dparams["P"][:T] == 2) and jnp.all(dparams["P"][T:] == 0)  # sum over the batch; unused rows 0
-
-
-def test_positional_embedding_finite_differences():
-    model = mbp.Sequential(mbp.Embedding(5, 4), mbp.PositionalEmbedding(8, 4), mbp.Dense(5))
-    params, _ = model.init(jax.random.key(0), (6,), jnp.float64)
-    ids = host(np.random.default_rng(2).integers(0, 5, (3, 6)))
-    report = mbp.gradcheck(model, mbp.SoftmaxCrossEntropy(), params, ids, ids, mode="exhaustive")
-    assert report.ok, str(report)
-
-
-def test_positional_embedding_bad_input():
-    layer = mbp.PositionalEmbedding(4, 3)
-    params, _ = layer.init(jax.random.key(0), (4, 3), jnp.float64)
-    with pytest.raises(ValueError, match=r"PositionalEmbedding: sequence length T = 5 exceeds max_len = 4 "
-                                         r"\(x of shape \(2, 5, 3\)\)"):
-        layer.forward(params, jnp.ones((2, 5, 3)))
-    with pytest.raises(ValueError, match=r"sequence length T = 9 exceeds max_len = 4"):
-        layer.init(jax.random.key(0), (9, 3))
-    with pytest.raises(ValueError, match=r"PositionalEmbedding: expected x of shape \(B, T, 3\), got \(2, 4, 2\)"):
-        layer.forward(params, jnp.ones((2, 4, 2)))
-    with pytest.raises(ValueError, match=r"expected x of rank 3, got shape \(4, 3\)"):
-        layer.forward(params, jnp.ones((4, 3)))
-    with pytest.raises(ValueError, match=r"expected parameter P of shape \(4, 3\) \(max_len, features\), got \(5, 3\)"):
-        layer.forward({"P": jnp.ones((5, 3))}, jnp.ones((2, 4, 3)))
-    with pytest.raises(ValueError, match=r"PositionalEmbedding: max_len must be a positive int"):
-        mbp.PositionalEmbedding(0, 3)
 
 
 def test_a_dropout_subclass_is_another_layer_both_ways_round():

@@ -1,4 +1,4 @@
-"""The Elman RNN with hand-written backprop through time (BPTT); the shared interface is ``sequence``.
+"""The Elman RNN with hand-written backprop through time (BPTT); the interface it shares with LSTM and GRU is ``recurrent_base``.
 
 Inside, sequences are time-major (T, B, .) so ``lax.scan`` walks axis 0.
 The input projection x_t Wx is hoisted out of the forward scan as a single
@@ -17,13 +17,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
 from manualbp.layers.activations import Activation, Tanh
 from manualbp.layers.base import check_params
-from manualbp.layers.sequence import RecurrentBase, as_rows, bias_row, time_major
+from manualbp.layers.recurrent_base import RecurrentBase, as_rows, bias_row, time_major
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ class RNN(RecurrentBase):
       return_sequences: output all hidden states (B, T, H), or the last (B, H).
       initial_state: "zeros", or "given" (input ``(x, h0)``, dx ``(dx, dh0)``).
       variable_length: the input is ``(x, lengths[, h0])``; steps t >= lengths[b]
-        are padding (state unchanged, output 0; see ``manualbp.layers.sequence``).
+        are padding (state unchanged, output 0; see ``manualbp.layers.recurrent_base``).
 
     Params: ``Wx`` (D, H) LeCun-normal (std 1/sqrt(D)), ``Wh`` (H, H)
     orthogonal, ``b`` (H,) zeros.
@@ -59,13 +58,7 @@ class RNN(RecurrentBase):
 
     def init(self, key, input_shape, dtype=jnp.float32):
         _, D = self._sequence_shape(input_shape)
-        kx, kh = jax.random.split(key)
-        params = {
-            "Wx": jax.random.normal(kx, (D, self.hidden), dtype) / jnp.sqrt(D).astype(dtype),
-            "Wh": jax.nn.initializers.orthogonal()(kh, (self.hidden, self.hidden), dtype),
-            "b": jnp.zeros((self.hidden,), dtype),
-        }
-        return params, self.output_shape(input_shape)
+        return self._gate_weights(key, D, dtype), self.output_shape(input_shape)
 
     def forward(self, params, x):
         """x: (B, T, D) or a tuple (x[, lengths][, h0]) -> y: (B, T, H) or (B, H).

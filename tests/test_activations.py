@@ -1,4 +1,5 @@
-"""Dense and every activation: manual vs jax.vjp of the reference (x dtype x jit), and vs finite differences."""
+"""Every activation (activations.py): manual vs jax.vjp of the reference (x dtype x jit), vs finite differences,
+the conventions at the kinks, ReLU's packed mask, bad input."""
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,6 @@ ACTIVATIONS = [
     mbp.Elementwise(lambda x: x * jax.nn.sigmoid(x),
                     lambda x: jax.nn.sigmoid(x) * (1 + x * (1 - jax.nn.sigmoid(x))), label="swish"),
 ]
-LAYERS = [mbp.Dense(5), mbp.Dense(5, use_bias=False), *ACTIVATIONS]
 
 
 def _x(dtype, shape=(3, 4)):
@@ -22,21 +22,13 @@ def _x(dtype, shape=(3, 4)):
 
 
 @pytest.mark.parametrize("dtype, jit", RUNS, ids=RUN_IDS)
-@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: repr(layer)[:40])
+@pytest.mark.parametrize("layer", ACTIVATIONS, ids=lambda layer: repr(layer)[:40])
 def test_layer_matches_reference(layer, dtype, jit):
     x = _x(dtype)
     params, out_shape = layer.init(jax.random.key(0), x.shape[1:], dtype)
     report = mbp.check_layer(layer, params, x, jit=jit)
     assert report.ok, str(report)
     assert report.row(layer.name, "forward y").shape == (3, *out_shape)
-
-
-def test_dense_time_distributed():
-    layer = mbp.Dense(6)
-    x = jax.random.normal(jax.random.key(2), (2, 3, 4), jnp.float64)
-    params, out_shape = layer.init(jax.random.key(0), (3, 4), jnp.float64)
-    assert out_shape == (3, 6)
-    assert mbp.check_layer(layer, params, x).ok
 
 
 @pytest.mark.parametrize("act", ACTIVATIONS, ids=lambda layer: repr(layer)[:40])
@@ -64,33 +56,6 @@ def test_sigmoid_derivative_at_most_a_quarter():
     _, dx = layer.backward({}, layer.forward({}, x)[1], jnp.ones_like(x))
     assert float(dx.max()) == pytest.approx(0.25)
     assert float(dx.max()) <= 0.25
-
-
-def test_dense_wrong_feature_size():
-    layer = mbp.Dense(3)
-    params, _ = layer.init(jax.random.key(0), (4,))
-    with pytest.raises(ValueError, match=r"Dense: expected x with last axis 4 .*got x of shape \(2, 5\)"):
-        layer.forward(params, jnp.ones((2, 5)))
-
-
-def test_dense_rank_zero_and_integer_and_mixed_dtype():
-    layer = mbp.Dense(3)
-    params, _ = layer.init(jax.random.key(0), (4,))
-    with pytest.raises(ValueError, match=r"Dense: expected x of rank >= 1, got shape \(\)"):
-        layer.forward(params, jnp.float32(1.0))
-    with pytest.raises(TypeError, match=r"Dense: expected x of a floating dtype, got int32\[2,4\]"):
-        layer.forward(params, jnp.ones((2, 4), jnp.int32))
-    with pytest.raises(TypeError, match=r"Dense: x has dtype float64 but W has float32"):
-        layer.forward(params, jnp.ones((2, 4), jnp.float64))
-
-
-def test_dense_params_mismatch():
-    layer = mbp.Dense(3)
-    params, _ = layer.init(jax.random.key(0), (4,))
-    with pytest.raises(ValueError, match=r"Dense: expected params with keys \['W', 'b'\], got \['W'\]"):
-        layer.forward({"W": params["W"]}, jnp.ones((2, 4)))
-    with pytest.raises(ValueError, match="Dense: features must be a positive int"):
-        mbp.Dense(0)
 
 
 def test_activation_rejects_integers():

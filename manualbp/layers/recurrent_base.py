@@ -1,6 +1,6 @@
 """What every recurrent layer shares (RNN, LSTM, GRU): the interface, input unpacking and checks, output selection.
 
-Recurrent layers with hand-written backprop through time (BPTT): what they share; the RNN is ``recurrent``, the
+Recurrent layers with hand-written backprop through time (BPTT): what they share; the RNN is ``rnn``, the
 LSTM ``lstm``, the GRU ``gru``.
 
 Interface (every recurrent layer): input ``x`` of shape (B, T, D), batch-first; output
@@ -29,7 +29,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from manualbp.layers.base import Layer, check_array, check_dtype_match, check_param, describe, is_concrete
+from manualbp.layers.base import (
+    Layer,
+    check_array,
+    check_dtype_match,
+    check_input_width,
+    check_param,
+    check_positive_int,
+    describe,
+    is_concrete,
+)
 
 _INITIAL_STATES = ("zeros", "given")
 
@@ -57,19 +66,23 @@ class RecurrentBase(Layer):
     variable_length = False  # a layer that supports lengths declares it as a dataclass field
 
     def _gate_weights(self, key, D: int, dtype) -> dict:
-        """Wx (D, G H) LeCun-normal (std 1/sqrt(D)) and Wh (H, G H), one orthogonal (H, H) block per gate; b zeros."""
+        """Wx (D, G H) LeCun-normal (std 1/sqrt(D)) and Wh (H, G H), one orthogonal (H, H) block per gate; b zeros.
+
+        A single gate (the RNN) draws its block from ``kh`` itself, so its weights are those of one
+        LeCun-normal draw and one orthogonal draw from ``split(key)``.
+        """
         H, G = self.hidden, self.n_gates
         kx, kh = jax.random.split(key)
         orth = jax.nn.initializers.orthogonal()
+        gate_keys = [kh] if G == 1 else jax.random.split(kh, G)
         return {
             "Wx": jax.random.normal(kx, (D, G * H), dtype) / jnp.sqrt(D).astype(dtype),
-            "Wh": jnp.concatenate([orth(k, (H, H), dtype) for k in jax.random.split(kh, G)], axis=1),
+            "Wh": jnp.concatenate([orth(k, (H, H), dtype) for k in gate_keys], axis=1),
             "b": jnp.zeros((G * H,), dtype),
         }
 
     def _check_hyperparameters(self):
-        if not isinstance(self.hidden, int) or isinstance(self.hidden, bool) or self.hidden <= 0:
-            raise ValueError(f"{self.name}: hidden must be a positive int, got {self.hidden!r}")
+        check_positive_int(self.name, "hidden", self.hidden)
         for flag in ("return_sequences", "variable_length"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{self.name}: {flag} must be a bool, got {getattr(self, flag)!r}")
@@ -147,11 +160,7 @@ class RecurrentBase(Layer):
         if T == 0:
             raise ValueError(f"{self.name}: expected at least one time step, got x of shape {tuple(x.shape)}")
         G = self.n_gates * self.hidden
-        if len(getattr(Wx, "shape", ())) == 2 and Wx.shape[1] == G and D != Wx.shape[0]:
-            raise ValueError(
-                f"{self.name}: expected x of shape (B, T, {Wx.shape[0]}) (Wx has shape {tuple(Wx.shape)}), "
-                f"got {tuple(x.shape)}"
-            )
+        check_input_width(self, params, "Wx", x, (None, G), says="x of shape (B, T, {})")
         g = "" if self.n_gates == 1 else f"{self.n_gates} "
         for key, shape, why in (("Wx", (D, G), f"(D, {g}hidden)"), ("Wh", (self.hidden, G), f"(hidden, {g}hidden)"),
                                 ("b", (G,), f"({g}hidden,)")):
