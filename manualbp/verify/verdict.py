@@ -190,8 +190,9 @@ def judge(layer: str, quantity: str, manual, ref, tol: Tolerance, *, rule: Rule 
 def _taylor(layer, quantity, manual, data, note) -> Row:
     """``Rule.TAYLOR``: the rate at which |change(h) - h manual| falls; not compared where no range of h is usable."""
     fit = taylor.rate(manual, data)
-    scale = float(np.linalg.norm(np.asarray(manual, np.float64)))
-    rel = _ratio(fit.remainder, fit.h_lo * scale)
+    est = float(np.linalg.norm(fit.estimate))
+    # relative to the larger of the claimed derivative and the function's own (a rule that returns 0 is not inf off)
+    rel = _ratio(fit.remainder, fit.h_lo * max(float(np.linalg.norm(np.asarray(manual, np.float64))), est))
     span = f"h {fit.h_hi:.0e}..{fit.h_lo:.0e}"
     if fit.rate is None:
         return Row(layer, quantity, np.shape(manual), fit.remainder, rel, rel, False, True,
@@ -199,7 +200,6 @@ def _taylor(layer, quantity, manual, data, note) -> Row:
                               f"{fit.kept} of {len(data.h)} steps (fewer than {TAYLOR.window}: nothing to fit; linear "
                               "along the line, or too noisy)", note), rule=Rule.TAYLOR, compared=False)
     ok = fit.rate >= TAYLOR.pass_rate
-    est = float(np.linalg.norm(fit.estimate))
     return Row(layer, quantity, np.shape(manual), fit.remainder, rel, rel, False, ok,
                _with_note(f"rate {fit.rate:.2f} over {span} (right: 2, wrong: 1)", note), rule=Rule.TAYLOR,
                used=max(0.0, (2 - fit.rate) / (2 - TAYLOR.pass_rate)), allowed=_ratio(fit.estimate_error, est))
