@@ -96,6 +96,19 @@ def test_compare_fails_a_dx_left_out_inside_a_model_and_still_runs_the_layers_be
     assert not report.row("0 Dense", "dW").ok  # the gradient never reached the first layer: its rows fail too
 
 
+def test_gradcheck_fails_a_forgotten_parameter_at_the_layer():
+    model = _model("db")
+    params, x, y = _model_point(model)
+    report = mbp.gradcheck(model, mbp.SoftmaxCrossEntropy(), params, x, y)
+    row = report.first_failure
+    assert report.status == "FAIL" and (row.layer, row.quantity) == ("1 Affine", "db"), str(report)
+    assert row.rule is Rule.STRUCTURE and row.note.startswith("missing"), str(report)
+    # a dx left out inside a model: no gradient of the whole model to compare, so a clear error naming the layer
+    model = _model("dx")
+    with pytest.raises(ValueError, match=r"Sequential: the backward of 1 \(Affine\) returned dx=None"):
+        mbp.gradcheck(model, mbp.SoftmaxCrossEntropy(), params, x, y)
+
+
 @pytest.mark.parametrize("forget", ["db", "dx"])
 def test_the_entry_points_that_hand_out_gradients_raise_naming_the_layer(forget):
     model = _model(forget)

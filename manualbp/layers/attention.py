@@ -206,7 +206,7 @@ class MultiHeadAttention(Layer):
         """x: (B, T, D) (or the tuple of the class docstring) -> y: (B, T, D).
 
         cache: (x, context or None, the kernel's residuals (Q / sqrt(dh) (B, T, H, dh), K^T and V^T
-        (B, H, S, dh), and for "pallas" the row log-sum-exp (B, H, T)), O (B, T, H dh), mask).
+        (B, H, S, dh), and for "pallas" the rows' max and sum of exponentials (B, H, T) each), O (B, T, H dh), mask).
         """
         x, c, mask = self._unpack(params, x)
         H = self.num_heads

@@ -346,16 +346,16 @@ def forward(kernel, qs, kt, vt, causal, mask, block_size):
 
     qs = Q / sqrt(dh) (B, T, H, dh); kt, vt = K^T, V^T (B, H, S, dh); mask
     (B, S) bool or None; block_size: the layer's (None: each kernel's own
-    choice). The residuals are (qs, kt, vt), and the row log-sum-exp for
-    "pallas".
+    choice). The residuals are (qs, kt, vt), and for "pallas" the rows'
+    (max, sum of exponentials).
     """
     (B, T, H, _), S, itemsize = qs.shape, kt.shape[2], qs.dtype.itemsize
     kernel = kernel_for(kernel, causal, T)
     if kernel == "pallas":
         from manualbp.layers import flash_pallas
 
-        o, lse = flash_pallas.attend(qs, kt, vt, causal, mask, block_size)
-        return o, (qs, kt, vt, lse)
+        o, stats = flash_pallas.attend(qs, kt, vt, causal, mask, block_size)
+        return o, (qs, kt, vt, stats)
     if kernel == "batched":
         o, qs, kt, vt = attend_batched(qs, kt, vt, causal, mask, rows_per_step(B, H, T, S, itemsize, block_size))
     else:

@@ -151,7 +151,7 @@ def gradcheck(model, head, params, x, y, mask=None, *, mode: str = "directions",
         check_finite(name_of(model), "input x", x)
         check_finite(name_of(model), "params", params)
         _, grads, dx, _ = jax.jit(lambda p, x: loss_and_grads(model, head, p, x, y, mask))(params, x)
-        structure = [structure_row(*row) for row in gradient_mismatches(model, params, grads)]
+        structure = [structure_row(m.layer, m.name, m.kind, m.detail) for m in gradient_mismatches(model, params, grads)]
         grads = _aligned(params, grads)
         if _has_floats(x) and _missing(dx, x):
             structure.append(structure_row("model " + name_of(model), "dL/dx", MISSING,
