@@ -38,7 +38,7 @@ from jax.flatten_util import ravel_pytree
 
 from manualbp.backprop import loss_and_grads
 from manualbp.layers.base import as_array, as_arrays, check_finite, children_of, name_of
-from manualbp.layers.walk import gradient_mismatches, param_name
+from manualbp.layers.walk import MissingDx, gradient_mismatches, param_name
 from manualbp.verify import forensics
 from manualbp.verify.finite_differences import CENTRAL, KINDS, NONE, STEPS, refine
 from manualbp.verify.forensics import context_for
@@ -150,7 +150,14 @@ def gradcheck(model, head, params, x, y, mask=None, *, mode: str = "directions",
         params, x, y, mask = cast((params, as_arrays(x), as_array(y), mask), jnp.float64)
         check_finite(name_of(model), "input x", x)
         check_finite(name_of(model), "params", params)
-        _, grads, dx, _ = jax.jit(lambda p, x: loss_and_grads(model, head, p, x, y, mask))(params, x)
+        try:
+            _, grads, dx, _ = jax.jit(lambda p, x: loss_and_grads(model, head, p, x, y, mask))(params, x)
+        except MissingDx as e:  # no manual gradient of the model to compare: the one row that says why
+            report = Report(f"manualbp vs finite differences ({mode}): {name_of(model)} + {name_of(head)}", "float64",
+                            FINITE_DIFFERENCE, verdict=Rule.FINITE_DIFFERENCE, reference="the finite difference")
+            report.rows.append(structure_row(e.label, "dL/dx", MISSING, str(e)))
+            report.set_diagnoser(forensics.diagnoser(report.rows, None, None))  # a structure row: its own note
+            return report
         structure = [structure_row(m.layer, m.name, m.kind, m.detail) for m in gradient_mismatches(model, params, grads)]
         grads = _aligned(params, grads)
         if _has_floats(x) and _missing(dx, x):

@@ -251,9 +251,9 @@ def _decide(layer, quantity, manual, ref, tol, rule, truth, errors, eps, model, 
 
     if unmeasured and not fixed_ok and rule is Rule.CONDITIONING and truth is None:
         row.ok, row.compared = True, False
-        row.note = _with_note(note, "not compared: jax.grad's own float64 error here is unmeasured (float32 loses this "
-                                    "quantity entirely, e.g. a saturated softmax, and a 50-digit truth of the model is over "
-                                    "budget); check a smaller batch, or in float32 against float64")
+        row.note = _with_note(note, "jax.grad's error unmeasured: not compared (float32 loses this quantity entirely, "
+                                    "e.g. a saturated softmax, and a 50-digit truth of the model is over budget); check a "
+                                    "smaller batch, or in float32 against float64")
         return row
     t = None if truth is None else _f64(truth)
     samples = [e for e in ([] if t is None else [r - t]) + [_f64(e) for e in errors]
