@@ -22,6 +22,7 @@ custom_vjp function".
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -98,14 +99,14 @@ def as_function(layer):
     first_order_only = _second_order_error(name)
 
     def fun(params, x):
-        return layer.forward(*_as_arrays(params, x))[0]
+        return layer.forward(*_as_arrays(_plain(params), x))[0]
 
     fun.__name__ = fun.__qualname__ = f"as_function({name})"
     f = jax.custom_vjp(fun)
 
     def fwd(params, x):
         params, x = _as_arrays(params, x)
-        y, cache = layer.forward(params, x)
+        y, cache = layer.forward(_plain(params), x)
         cache_leaves, cache_treedef = jax.tree_util.tree_flatten(cache)
         x_leaves, x_treedef = jax.tree_util.tree_flatten(x)
         static = _Static(cache_treedef, tuple((i, v) for i, v in enumerate(cache_leaves) if not _is_array(v)),
@@ -117,11 +118,30 @@ def as_function(layer):
         given = dict(static.cache_static)
         it = iter(arrays)
         leaves = [given[i] if i in given else next(it) for i in range(static.cache_treedef.num_leaves)]
-        dparams, dx = layer.backward(params, jax.tree_util.tree_unflatten(static.cache_treedef, leaves), dy)
-        return first_order_only((_checked_dparams(layer, params, dparams), _checked_dx(name, static, dx)))
+        plain = _plain(params)
+        dparams, dx = layer.backward(plain, jax.tree_util.tree_unflatten(static.cache_treedef, leaves), dy)
+        dparams = _like(params, _checked_dparams(layer, plain, dparams))
+        return first_order_only((dparams, _checked_dx(name, static, dx)))
 
     f.defvjp(fwd, bwd)
     return f
+
+
+def _plain(tree):
+    """``tree`` with every ``Mapping`` in it a dict (an ``nnx.State``, a ``FrozenDict``): the layers' params trees."""
+    if isinstance(tree, Mapping):
+        return {k: _plain(v) for k, v in tree.items()}
+    if type(tree) in (list, tuple):
+        return type(tree)(_plain(v) for v in tree)
+    return tree
+
+
+def _like(params, grads):
+    """``grads`` (plain dicts, checked against ``_plain(params)``) in the structure of ``params`` itself, leaf by path."""
+    if jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(grads):
+        return grads
+    by_path = {jax.tree_util.keystr(kp): g for kp, g in jax.tree_util.tree_leaves_with_path(grads)}
+    return jax.tree_util.tree_map_with_path(lambda kp, _: by_path[jax.tree_util.keystr(kp)], params)
 
 
 def _as_arrays(params, x):

@@ -46,8 +46,8 @@ REASONS = {
         "the scores after it: one more rounding in every term of every score, which shows where a score's terms "
         "cancel, and at input scale 30, where scores are in the hundreds and P's relative error is the scores' "
         "absolute error. With head_dim 4 (an exact scale, 1/2) the same layer is within the bound (row "
-        "\"MultiHeadAttention (causal, head_dim 4)\"). Scaling S instead of Q is a change inside flash's blocks, "
-        "left to the rework of flash.py under way on another branch."),
+        "\"MultiHeadAttention (causal, head_dim 4)\"). Every kernel scales Q, FlashAttention's order (a (T, dh) "
+        "product, not a (T, S) one); matching the reference's order is a change to all three kernels, not made."),
     "TransformerBlock": (
         "p99 2.11 over 384 gradients in float64 (p90 1.20; float32: 1.89); the worst point is the attention's dbq at "
         "input scale 5, 6.0e-16 against jax.grad's 1.4e-16 (a few ulps either way); not analysed further."),

@@ -1,4 +1,5 @@
-"""The custom_vjp examples (README's log-sum-exp, docs/extending.md's equinox module) show what they claim."""
+"""The custom_vjp examples (README's log-sum-exp, docs/extending.md's equinox module, docs/check_vjp.md's planted
+bug) show what they claim."""
 
 import pathlib
 import re
@@ -16,16 +17,25 @@ EXTENDING = (ROOT / "docs" / "extending.md").read_text()
 CODE = [re.findall(r"```python\n(.*?)```", SECTION, re.S)[0],
         next(c for c in re.findall(r"```python\n(.*?)```", EXTENDING, re.S) if "import equinox" in c)]
 SHOWN = re.findall(r"```\n(check_vjp:.*?)```", SECTION, re.S)[0]
+CHECK_VJP = (ROOT / "docs" / "check_vjp.md").read_text()
 
 
 def test_the_log_sum_exp_example_passes_the_right_rule_and_names_the_wrong_one(capsys):
     with jax.enable_x64(False):  # as a user runs it: jax's default float32
         exec(compile(CODE[0], "README.md", "exec"), {})
     out = capsys.readouterr().out
-    assert "PASS: all 4 compared rows within tolerance" in out
-    assert "FAIL: 1 of 4 rows; first failing row: lse arg 0:" in out
-    for line in SHOWN.splitlines()[3:7]:  # the README's rows: the same names, shapes and verdicts
+    assert "PASS: all 5 compared rows within tolerance" in out
+    assert "FAIL: 2 of 5 rows; first failing row: lse x:" in out  # x, and "x linear in cotangent": dy forgotten
+    for line in SHOWN.splitlines()[3:8]:  # the README's rows: the same names, shapes and verdicts
         assert line.split()[:3] + line.split()[-1:] in [row.split()[:3] + row.split()[-1:] for row in out.splitlines()]
+
+
+def test_the_no_reference_example_fails_the_forgotten_term_on_x_at_taylor_rate_one(capsys):
+    code = next(c for c in re.findall(r"```python\n(.*?)```", CHECK_VJP, re.S) if "forgot_the_mean" in c)
+    with jax.enable_x64(False), jax.numpy_rank_promotion("allow"):  # as a user runs it: jax's defaults
+        exec(compile(code, "docs/check_vjp.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "first failing row: layer_norm x:" in out and "rate 1.0" in out, out
 
 
 def test_the_equinox_example_gives_the_twins_gradients():

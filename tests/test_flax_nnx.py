@@ -3,6 +3,9 @@
 Skipped when flax is not installed (``pip install "manualbp[flax]"``; ``make test`` installs it).
 """
 
+import pathlib
+import re
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -74,3 +77,20 @@ def test_manual_conv_in_an_nnx_module_trains_like_flax():
     assert losses[-1] < losses[0]  # it trains
     for i, (w, wp) in enumerate(pairs(nnx.state(manual, nnx.Param), nnx.state(pure, nnx.Param))):
         assert judge("net", f"param {i}", w[...], wp[...], tol).ok
+
+
+
+def test_the_docs_example_with_a_params_dict_in_one_param_trains_past_the_first_update(capsys):
+    """docs/extending.md's nnx example, as a user runs it (float32): a manual Dense whose whole params dict sits in
+    ONE nnx.Param, trained with optax beside the pure flax model. After the first Optimizer.update the dict is an
+    nnx.State (the second step used to fail: "expected params to be a dict ... got State"); the example asserts
+    that every gradient equals flax's at every step."""
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "extending.md").read_text()
+    (code,) = re.findall(r"<!-- requires: flax -->\n```python\n(.*?)```", text, re.S)
+    ns = {"__name__": "__main__"}
+    with jax.enable_x64(False):
+        exec(compile(code, "docs/extending.md", "exec"), ns)
+    assert capsys.readouterr().out.count("largest gradient difference") == 4
+    params = ns["manual"].params.get_value()
+    assert type(params).__name__ == "State" and params["W"].dtype == jnp.float32  # what failed before: a State
+    mbp.Dense(16).forward(params, ns["x"])  # a layer takes it directly too

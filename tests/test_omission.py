@@ -103,10 +103,12 @@ def test_gradcheck_fails_a_forgotten_parameter_at_the_layer():
     row = report.first_failure
     assert report.status == "FAIL" and (row.layer, row.quantity) == ("1 Affine", "db"), str(report)
     assert row.rule is Rule.STRUCTURE and row.note.startswith("missing"), str(report)
-    # a dx left out inside a model: no gradient of the whole model to compare, so a clear error naming the layer
-    model = _model("dx")
-    with pytest.raises(ValueError, match=r"Sequential: the backward of 1 \(Affine\) returned dx=None"):
-        mbp.gradcheck(model, mbp.SoftmaxCrossEntropy(), params, x, y)
+    # a dx left out inside a model: no gradient of the whole model to compare, so one failing row that says why
+    report = mbp.gradcheck(_model("dx"), mbp.SoftmaxCrossEntropy(), params, x, y)
+    row = report.first_failure
+    assert report.status == "FAIL" and (row.layer, row.quantity, row.rule) == ("1 Affine", "dL/dx", Rule.STRUCTURE)
+    assert "Sequential: the backward of 1 (Affine) returned dx=None" in row.note, str(report)
+    assert row.diagnosis.kind == "structure"
 
 
 @pytest.mark.parametrize("forget", ["db", "dx"])

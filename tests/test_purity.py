@@ -25,12 +25,16 @@ CALLS_REFERENCE = {
     "manualbp/cli/benchmarks/contenders.py",  # every benchmark's jax.grad contender
 }
 
-# the manual modules that may call autodiff, and exactly what: check_vjp differentiates the USER's functions (fn and
-# its reference); the bridge wraps a manual backward as a jax.custom_vjp (and refuses second order with a custom_jvp);
-# highprec takes a scatter-add's 0/1 placement matrix as jax.jacfwd of the primitive (exact, no gradient of a layer)
+# the manual modules that may call autodiff, and exactly what: check_vjp and its modes differentiate the USER's
+# functions (fn and its reference: a custom_jvp's JVP, second order, the VJP on a mesh); the bridge wraps a manual
+# backward as a jax.custom_vjp (and refuses second order with a custom_jvp); highprec takes a scatter-add's 0/1
+# placement matrix as jax.jacfwd of the primitive (exact, no gradient of a layer)
 CALLS_AUTODIFF = {
     "manualbp/verify/highprec.py": {"jacfwd"},
     "manualbp/verify/check_vjp.py": {"vjp"},
+    "manualbp/verify/vjp_jvp.py": {"jvp"},
+    "manualbp/verify/vjp_second.py": {"vjp"},
+    "manualbp/verify/vjp_sharded.py": {"vjp"},
     "manualbp/bridge.py": {"custom_vjp", "custom_jvp"},
 }
 
@@ -40,6 +44,7 @@ MAY_IMPORT = {
     "backprop.py": {"layers"},
     "bridge.py": {"layers"},
     "models.py": {"layers"},
+    "testing.py": {"verify"},
     "verify": {"layers", "backprop.py", "reference"},
     "training": {"layers", "backprop.py", "verify", "reference"},
     "cli": {"layers", "backprop.py", "models.py", "verify", "training", "reference"},

@@ -241,3 +241,43 @@ def test_rounding_moves_are_one_rounding_step_and_float64_moves_see_every_kink()
     assert choices(mbp.Sequential(mbp.Dense(4), mbp.Elementwise(jnp.abs, jnp.sign))) is None
     assert choices(mbp.RNN(4, activation=mbp.Elementwise(jnp.abs, jnp.sign))) is None
     assert choices(mbp.RNN(4, activation=mbp.ReLU())) is not None
+
+
+def _saturated_softmax_model():
+    """issue 30's seed 88: Dense(8) -> Softmax -> Dense(3) at input scale 30, float64; the softmax saturates."""
+    model = mbp.Sequential(mbp.Dense(8), mbp.Softmax(), mbp.Dense(3))
+    params, _ = model.init(jax.random.key(88), (4,), jnp.float64)
+    rng = np.random.default_rng(88)
+    return model, params, host(30 * rng.standard_normal((4, 4))), host(rng.integers(0, 3, (4,)))
+
+
+@pytest.mark.slow
+def test_a_row_float32_cannot_measure_is_judged_against_the_high_precision_truth(monkeypatch):
+    """Manual 3.4e-15 from the 50+ digit truth, jax.grad 8.5e-7: it FAILed against jax.grad's estimated 1.3e-9 error.
+
+    With the truth in budget it PASSes; over budget the rows float32 could not measure are "not compared", with
+    the reason, never judged against an estimate known to be too small; a planted bug still FAILs.
+    """
+    from manualbp.verify import rounding
+
+    model, params, x, y = _saturated_softmax_model()
+    report = mbp.compare(model, HEAD, params, x, y)
+    assert report.status == "PASS", str(report)
+    assert any(r.rule.value == "conditioning" for r in report.rows)
+    planted = mbp.compare(mbp.Sequential(mbp.Dense(8), _HalfSoftmax(), mbp.Dense(3)), HEAD, params, x, y)
+    assert (planted.status, planted.first_failure.layer) == ("FAIL", "1 _HalfSoftmax"), str(planted)
+    monkeypatch.setattr(rounding, "HIGH_PRECISION_BUDGET", 0)
+    over = mbp.compare(model, HEAD, params, x, y)
+    skipped = [r for r in over.rows if not r.compared]
+    assert skipped and all(r.note.startswith("jax.grad's error unmeasured") for r in skipped), str(over)
+    assert "not compared (jax.grad's error unmeasured)" in over.summary()
+
+
+class _HalfSoftmax(mbp.Softmax):
+    """A planted bug: the softmax backward halved."""
+
+    def backward(self, params, cache, dy):
+        return {}, super().backward(params, cache, dy)[1] / 2
+
+
+mbp.register_reference(_HalfSoftmax, lambda layer, params, x: jax.nn.softmax(x, axis=layer.axis))

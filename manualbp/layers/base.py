@@ -48,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -266,10 +267,14 @@ def check_dtype_match(layer, x, w, *, what: str = "x", wname: str = "W"):
 
 
 def check_params(layer, params, keys: tuple[str, ...]):
-    """Raise a ValueError unless ``params`` is a dict with exactly ``keys``."""
-    if not isinstance(params, dict):
+    """Raise a ValueError unless ``params`` is a mapping with exactly ``keys``.
+
+    Any ``Mapping`` will do, not only a dict: a flax ``nnx.State`` (what a dict held in one ``nnx.Param``
+    becomes after an optimizer's update), a ``FrozenDict``.
+    """
+    if not isinstance(params, Mapping):
         raise ValueError(
-            f"{layer.name}: expected params to be a dict with keys {sorted(keys)}, "
+            f"{layer.name}: expected params to be a mapping (a dict) with keys {sorted(keys)}, "
             f"got {type(params).__name__}; the params tree does not match the model"
         )
     if set(params) != set(keys):

@@ -154,8 +154,19 @@ def check_gradients(model, params, grads, where: str):
                           f"return dparams with exactly its params' structure, shapes and dtypes")
 
 
+class MissingDx(ValueError):
+    """A layer's backward returned dx = None inside a container whose earlier layers need dL/dx.
+
+    ``label``: the child as its container names it ("1 Affine", "block Dense"); the message says where.
+    """
+
+    def __init__(self, message: str, label: str):
+        super().__init__(message)
+        self.label = label
+
+
 def require_dx(container, child_name: str, child, dx):
-    """Raise a ValueError if a child's backward returned dx = None where the layers before it need dL/dx."""
+    """Raise ``MissingDx`` if a child's backward returned dx = None where the layers before it need dL/dx."""
     if dx is None:
-        raise ValueError(f"{name_of(container)}: the backward of {child_name} ({name_of(child)}) returned dx=None, but "
-                         f"its input is the output of an earlier layer, whose backward needs dL/dx")
+        raise MissingDx(f"{name_of(container)}: the backward of {child_name} ({name_of(child)}) returned dx=None, but "
+                         f"its input is the output of an earlier layer, whose backward needs dL/dx", f"{child_name} {name_of(child)}")

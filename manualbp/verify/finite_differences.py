@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from manualbp.verify.tolerances import FINITE_DIFFERENCE, FINITE_DIFFERENCE_REFINE
+
 CENTRAL, RIGHT, LEFT, SUBGRADIENT, NONE = "central", "one-sided (right)", "one-sided (left)", "subgradient", "not compared"
 KINDS = (CENTRAL, RIGHT, LEFT, SUBGRADIENT, NONE)
 STEPS = (1.0, 0.5, 0.25, -0.25, -0.5, -1.0)  # the points s / h at which phi is evaluated besides s = 0
@@ -75,4 +77,29 @@ def estimate(f0, values, same_right, same_left, consistent, single_kink, h: floa
                                                           np.maximum(right_err, left_err)], 0.0)
     lo = np.where(sub, np.minimum(right, left), value)
     hi = np.where(sub, np.maximum(right, left), value)
+    return value, error, lo, hi, kind
+
+
+def refine(run, n, f0, h, sigma):
+    """``estimate`` for n items (directions or coordinates), ``run(h, idx) -> line outputs for items idx``.
+
+    Where a central estimate's error is dominated by rounding (it exceeds 1/10 of the fixed tolerance,
+    relative: a tiny directional derivative), the step grows 10x at a time (up to 1000 h) while the
+    error estimate shrinks and no kink enters: the step is chosen from the error estimate. ``f0`` and
+    ``sigma``: phi(0) and its noise, one for all items or one per item.
+    """
+    f0, sigma = (np.broadcast_to(np.asarray(a, np.float64), (n,)) for a in (f0, sigma))
+    value, error, lo, hi, kind = estimate(f0, *run(h, np.arange(n)), h, sigma)
+    target = FINITE_DIFFERENCE.norm * FINITE_DIFFERENCE_REFINE
+    todo = (kind == CENTRAL) & (error > target * np.abs(value))
+    for m in (10, 100, 1000):
+        idx = np.flatnonzero(todo)
+        if not idx.size:
+            break
+        v2, e2, lo2, hi2, k2 = estimate(f0[idx], *run(h * m, idx), h * m, sigma[idx])
+        better = (k2 == CENTRAL) & (e2 < error[idx])
+        for a, b in ((value, v2), (error, e2), (lo, lo2), (hi, hi2)):
+            a[idx[better]] = b[better]
+        todo[:] = False
+        todo[idx[better]] = e2[better] > target * np.abs(v2[better])
     return value, error, lo, hi, kind

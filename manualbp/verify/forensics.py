@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -475,9 +476,10 @@ def context_for(layer, shape, *, batch=None, is_param=False, others=None, terms=
     return Context(sizes, dict(others or {}), dict(terms or {}), axes, spatial)
 
 
-def diagnoser(judged: list, values_of, context_of):
+def diagnoser(judged: list, values_of, context_of, manual: str = "manual"):
     """``i -> Diagnosis`` for row i of ``judged`` (``Report.set_diagnoser``): a structure row's own note, else the fit
-    of ``values_of(i) -> (manual, reference)`` within the row's allowance, named by ``context_of(i) -> Context``."""
+    of ``values_of(i) -> (manual, reference)`` within the row's allowance, named by ``context_of(i) -> Context``.
+    ``manual``: how the texts name the side under test (check_vjp: "fn")."""
     from manualbp.verify.tolerances import Rule  # the row's rule: a structure row is explained by its note
 
     def run(i):
@@ -485,6 +487,9 @@ def diagnoser(judged: list, values_of, context_of):
         if row.rule is Rule.STRUCTURE:
             return Diagnosis(STRUCTURE, row.note)
         m, r = values_of(i)
-        return diagnose(m, r, row.allowed or 0.0, context_of(i))
+        found = diagnose(m, r, row.allowed or 0.0, context_of(i))
+        if manual != "manual":
+            found.text = re.sub(r"\bmanual\b", manual, found.text)
+        return found
 
     return run

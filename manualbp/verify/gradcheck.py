@@ -39,14 +39,14 @@ from jax.flatten_util import ravel_pytree
 from manualbp.backprop import as_inputs, check_values, loss_and_grads
 from manualbp.layers.arguments import as_key, check_count, check_head_object, check_layer_object, check_number
 from manualbp.layers.base import as_array, check_finite, children_of, name_of
-from manualbp.layers.walk import gradient_mismatches, param_name
+from manualbp.layers.walk import MissingDx, gradient_mismatches, param_name
 from manualbp.verify import forensics
-from manualbp.verify.finite_differences import CENTRAL, KINDS, NONE, STEPS, estimate
+from manualbp.verify.finite_differences import CENTRAL, KINDS, NONE, STEPS, refine
 from manualbp.verify.forensics import context_for
 from manualbp.verify.precision import full_precision
 from manualbp.verify.report import Report
 from manualbp.verify.rounding import cast, move
-from manualbp.verify.tolerances import FINITE_DIFFERENCE, FINITE_DIFFERENCE_MODEL, FINITE_DIFFERENCE_REFINE, Rule
+from manualbp.verify.tolerances import FINITE_DIFFERENCE, FINITE_DIFFERENCE_MODEL, Rule
 from manualbp.verify.trace import label, walk
 from manualbp.verify.verdict import MISSING, FiniteDifference, judge, structure_row
 
@@ -157,7 +157,14 @@ def gradcheck(model, head, params, x, y, mask=None, *, mode: str = "directions",
         check_finite(name_of(model), "input x", x)
         check_finite(name_of(model), "params", params)
         check_values(model, head, params, x, y, mask)  # a bad input is refused, never a failing row
-        _, grads, dx, _ = jax.jit(lambda p, x: loss_and_grads(model, head, p, x, y, mask))(params, x)
+        try:
+            _, grads, dx, _ = jax.jit(lambda p, x: loss_and_grads(model, head, p, x, y, mask))(params, x)
+        except MissingDx as e:  # no manual gradient of the model to compare: the one row that says why
+            report = Report(f"manualbp vs finite differences ({mode}): {name_of(model)} + {name_of(head)}", "float64",
+                            FINITE_DIFFERENCE, verdict=Rule.FINITE_DIFFERENCE, reference="the finite difference")
+            report.rows.append(structure_row(e.label, "dL/dx", MISSING, str(e)))
+            report.set_diagnoser(forensics.diagnoser(report.rows, None, None))  # a structure row: its own note
+            return report
         structure = [structure_row(m.layer, m.name, m.kind, m.detail) for m in gradient_mismatches(model, params, grads)]
         grads = _aligned(params, grads)
         if _has_floats(x) and _missing(dx, x):
@@ -224,29 +231,6 @@ def _missing(dx, x) -> bool:
                for kp, v in jax.tree_util.tree_leaves_with_path(x) if jnp.issubdtype(v.dtype, jnp.floating))
 
 
-def _refined(run, n, f0, h, sigma):
-    """Estimates for n items (directions or coordinates), ``run(h, idx) -> line outputs for items idx``.
-
-    Where a central estimate's error is dominated by rounding (it exceeds 1/10 of the fixed tolerance,
-    relative: a tiny directional derivative), the step grows 10x at a time (up to 1000 h) while the
-    error estimate shrinks and no kink enters: the step is chosen from the error estimate.
-    """
-    value, error, lo, hi, kind = estimate(f0, *run(h, np.arange(n)), h, sigma)
-    target = FINITE_DIFFERENCE.norm * FINITE_DIFFERENCE_REFINE
-    todo = (kind == CENTRAL) & (error > target * np.abs(value))
-    for m in (10, 100, 1000):
-        idx = np.flatnonzero(todo)
-        if not idx.size:
-            break
-        v2, e2, lo2, hi2, k2 = estimate(f0, *run(h * m, idx), h * m, sigma)
-        better = (k2 == CENTRAL) & (e2 < error[idx])
-        for a, b in ((value, v2), (error, e2), (lo, lo2), (hi, hi2)):
-            a[idx[better]] = b[better]
-        todo[:] = False
-        todo[idx[better]] = e2[better] > target * np.abs(v2[better])
-    return value, error, lo, hi, kind
-
-
 def _directions(report, values, model, line, params, x, grads, dx, k, h, f0, sigma, key):
     """k directions in parameter space and k over the floating leaves of x (a tuple input's too: (x, lengths))."""
     line = jax.jit(line)
@@ -262,7 +246,7 @@ def _directions(report, values, model, line, params, x, grads, dx, k, h, f0, sig
                 vals, *flags = line(params, x, vp, vx, step)
                 return np.asarray(vals)[:, None], *(np.asarray(f)[None] for f in flags)
 
-            value, error, lo, hi, kind = (a[0] for a in _refined(run, 1, f0, h, sigma))
+            value, error, lo, hi, kind = (a[0] for a in refine(run, 1, f0, h, sigma))
             analytic, analytic_abs = _dot(vp if what == "params" else vx, g)
             kind_s = str(kind)
             note = "" if kind_s == "central" else f"kink: {kind_s}" + (
@@ -292,7 +276,7 @@ def _exhaustive(report, values, layers, model, line, params, x, grads, h, f0, si
         vals, *flags = (np.concatenate([np.asarray(o[j]) for o in outs])[: idx.size] for j in range(5))
         return vals.T, *flags
 
-    value, error, lo, hi, kind = _refined(run, n, f0, h, sigma)
+    value, error, lo, hi, kind = refine(run, n, f0, h, sigma)
     code = np.select([kind == kd for kd in KINDS], np.arange(len(KINDS)), 0).astype(np.float64)  # kinds as numbers
     trees = [walk(model, unravel(jnp.asarray(a))) for a in (value, error, lo, hi, code)]
     for (path, layer, gm), *rest in zip(walk(model, grads), *trees):

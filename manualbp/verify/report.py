@@ -33,12 +33,17 @@ def _status(row: Row) -> str:
     if not row.ok:
         return "FAIL"
     return {Rule.CONDITIONING: "ok (cond)", Rule.ERROR_MODEL: "ok (err model)", Rule.ONE_SIDED: "ok (one-sided)",
-            Rule.SUBGRADIENT: "ok (subgradient)"}.get(row.rule, "ok")
+            Rule.SUBGRADIENT: "ok (subgradient)", Rule.TAYLOR: "ok (taylor)"}.get(row.rule, "ok")
+
+
+def _only_near_zero(row: Row) -> bool:
+    """A row whose sides differ only on entries where the reference is (near) zero: no entry has a relative error."""
+    return row.max_rel == 0 and row.norm_rel > 0
 
 
 def rule_text(rule: Rule, tol: Tolerance, model: ErrorModel, reference: str = "jax.grad") -> str:
     """What a report's rule allows, in words (the header of the table)."""
-    fixed = f"norm rel <= {tol.norm:.0e}, max rel <= {tol.elem:.0e}"
+    fixed = f"norm rel <= {tol.norm:.0e}, max rel <= {tol.elem:.0e}" + (f", + atol {tol.atol:.0e}" if tol.atol else "")
     if rule is Rule.CONDITIONING:
         return f"{fixed}, or within {model.conditioning:g}x {reference}'s own error where that exceeds " \
                f"{tol.norm:.0e}/{model.conditioning:g}"
@@ -54,8 +59,10 @@ class Report:
     """Rows of a comparison, their ``status`` ("PASS" | "FAIL" | "INCONCLUSIVE") and the first failure.
 
     ``verdict`` is the ``Rule`` rows were judged by (``FIXED``, ``CONDITIONING``, ``ERROR_MODEL``;
-    gradcheck: ``FINITE_DIFFERENCE``), ``error_model`` the constants it used; ``reference`` how the
-    header and messages name the reference side. ``timestep_norms`` maps a recurrent layer's label to ||dL/dh_t|| per
+    gradcheck: ``FINITE_DIFFERENCE``), ``error_model`` the constants it used; ``reference`` and ``manual`` how the
+    header and messages name the reference side and the side under test ("jax.grad" and "manual" for a model;
+    check_vjp: the reference's name and "fn"), ``subject`` what the first column names (a "layer", a
+    "function"). ``timestep_norms`` maps a recurrent layer's label to ||dL/dh_t|| per
     step (manual), for plotting vanishing/exploding gradients through time.
     """
 
@@ -67,6 +74,8 @@ class Report:
     verdict: Rule = Rule.FIXED
     error_model: ErrorModel = ERROR_MODEL
     reference: str = "jax.grad"
+    manual: str = "manual"
+    subject: str = "layer"
     diagnoser: Callable | None = field(default=None, repr=False, compare=False)
 
     def set_diagnoser(self, diagnoser: Callable) -> None:
@@ -87,6 +96,17 @@ class Report:
                 if row.diagnosis is not None:
                     out.append(row.diagnosis)
         return out
+
+    def raise_if_failed(self) -> Report:
+        """Raise ``AssertionError`` (the report's table as its message) unless the status is PASS; return the report.
+
+        An INCONCLUSIVE report raises too: a check that compared nothing has not passed. One line in a test::
+
+            mbp.check_vjp(my_rule, None, x).raise_if_failed()
+        """
+        if not self.ok:
+            raise AssertionError(f"{self.status}: {self.title}\n{self}")
+        return self
 
     @property
     def status(self) -> str:
@@ -112,23 +132,27 @@ class Report:
     def _why(self, row: Row) -> str:
         if row.note and not math.isfinite(row.norm_rel):
             return row.note
+        if row.rule is Rule.TAYLOR:
+            return row.note
         if row.rule is Rule.ERROR_MODEL:
-            return (f"manual's error {_fmt(row.err_manual)} vs {self.reference}'s {_fmt(row.err_ref)} "
+            return (f"{self.manual}'s error {_fmt(row.err_manual)} vs {self.reference}'s {_fmt(row.err_ref)} "
                     f"(allowed {self.error_model.k:g}x + rounding)")
         if row.rule is Rule.CONDITIONING:
-            return (f"norm rel {_fmt(row.norm_rel)}, more than {self.error_model.conditioning:g}x {self.reference}'s "
-                    f"own error {_fmt(row.err_ref)}")
+            return (f"norm rel {_fmt(row.norm_rel)}, more than the {_fmt(row.allowed)} allowed (a multiple of the "
+                    f"measured rounding error {_fmt(row.err_ref)})" + (f"; {row.note}" if row.note else ""))
+        tol = row.tolerance or self.tolerance
         if row.rule in (Rule.FINITE_DIFFERENCE, Rule.ONE_SIDED, Rule.SUBGRADIENT):
-            return (f"norm rel {_fmt(row.norm_rel)} (tol {self.tolerance.norm:.0e}), more than "
+            return (f"norm rel {_fmt(row.norm_rel)} (tol {tol.norm:.0e}), more than "
                     f"{self.error_model.conditioning:g}x the estimated error {_fmt(row.err_ref)}"
                     + (f"; {row.note}" if row.note else ""))
         if row.rule is Rule.EXACT:
             return f"max|diff| {_fmt(row.max_abs)}" + (f"; {row.note}" if row.note else "")
         if row.rule is Rule.FIXED:
-            truth = ("" if row.err_manual is None else
-                     f"; vs the high-precision truth: manual {_fmt(row.err_manual)}, jax.grad {_fmt(row.err_ref)}")
-            return (f"norm rel {_fmt(row.norm_rel)} (tol {self.tolerance.norm:.0e}), "
-                    f"max rel {_fmt(row.max_rel)} (tol {self.tolerance.elem:.0e}){truth}")
+            truth = ("" if row.err_manual is None else f"; vs the high-precision truth: {self.manual} "
+                     f"{_fmt(row.err_manual)}, {self.reference} {_fmt(row.err_ref)}")
+            elem = (f"max rel {_fmt(row.max_rel)} (tol {tol.elem:.0e})" if not _only_near_zero(row) else
+                    "no entry has a relative error: they differ only where the reference is (near) zero")
+            return f"norm rel {_fmt(row.norm_rel)} (tol {tol.norm:.0e}), {elem}{truth}"
         return row.note or row.rule
 
     def summary(self) -> str:
@@ -144,7 +168,7 @@ class Report:
             text = f"PASS: all {len(compared)} compared rows within tolerance ({exact} bitwise equal)"
             cond = sum(r.rule is Rule.CONDITIONING for r in compared)
             if cond:
-                text += f"; {cond} ill-conditioned, within {self.error_model.conditioning:g}x {self.reference}'s own error"
+                text += f"; {cond} ill-conditioned, within a multiple of the rounding error measured for them"
             return text + (f"; {not_compared}" if not_compared else "")
         fail = self.first_failure
         nfail = sum(not r.ok for r in compared)
@@ -158,10 +182,12 @@ class Report:
 
     def __str__(self) -> str:
         errs = any(r.err_ref is not None for r in self.rows)
-        head = ("layer", "quantity", "shape", "max|diff|", "max rel", "norm rel",
-                *(("manual err", "ref err") if errs else ()), "exact", "status")
+        head = (self.subject, "quantity", "shape", "max|diff|", "max rel", "norm rel",
+                *((f"{self.manual} err", "ref err") if errs else ()), "exact", "status")
+        fmt = lambda r, v: _fmt(v) if r.compared else "-"  # noqa: E731  (a row not compared has no figures)
         body = [
-            (r.layer, r.quantity, "x".join(map(str, r.shape)) or "()", _fmt(r.max_abs), _fmt(r.max_rel), _fmt(r.norm_rel),
+            (r.layer, r.quantity, "x".join(map(str, r.shape)) or "()", fmt(r, r.max_abs),
+             "ref~0" if not r.ok and _only_near_zero(r) else fmt(r, r.max_rel), fmt(r, r.norm_rel),
              *((_fmt(r.err_manual), _fmt(r.err_ref)) if errs else ()),
              "yes" if r.exact else "no", _status(r) + (f"  {r.note}" if r.note else ""))
             for r in self.rows
@@ -182,7 +208,8 @@ class Report:
     @staticmethod
     def _row_dict(r: Row) -> dict:
         out = {k: _json_float(v) if not isinstance(v, tuple) else list(v) for k, v in asdict(r).items()
-               if k != "diagnosis"}
+               if k not in ("diagnosis", "tolerance")}
+        out["tolerance"] = None if r.tolerance is None else r.tolerance._asdict()
         out["diagnosis"] = None if r.diagnosis is None else r.diagnosis.to_dict()
         return out
 

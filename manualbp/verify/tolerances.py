@@ -19,6 +19,8 @@ handle:
 
 Finite differences carry their own error estimate (truncation from two step sizes, rounding from
 the noise of the loss): ``Rule.FINITE_DIFFERENCE`` and its kink variants (``manualbp.verify.gradcheck``).
+The Taylor test needs no step size at all: ``Rule.TAYLOR`` judges the measured rate at which a
+first-order remainder falls (``manualbp.verify.taylor``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Rule(str, Enum):
     FINITE_DIFFERENCE = "finite-difference"  # vs a central finite difference, within its estimated error
     ONE_SIDED = "one-sided"  # at a kink: vs the derivative from the side whose discrete choices are those at w
     SUBGRADIENT = "subgradient"  # a kink crossed on both sides: manual between the left and right derivatives
+    TAYLOR = "taylor"  # the first-order remainder falls as h^2 (measured log-log rate) where it is above rounding
     TWIN_STEP = "twin-step"  # a training step's gradient vs the reference at the same parameters and batch
     EXACT = "exact"  # bitwise equal (or within an absolute allowance given by the caller)
     STRUCTURE = "structure"  # a quantity missing, extra, or of another shape/dtype/tree: always a FAIL
@@ -55,11 +58,15 @@ class Tolerance(NamedTuple):
 
     ``elem`` applies to entries whose reference magnitude exceeds
     ``floor`` x max|ref| (relative error of near-zero entries measures noise).
+    ``atol``: an absolute allowance on top, given by a caller (``check_vjp(..., atol=)``), as in
+    ``numpy.allclose``: an entry passes within atol + elem |ref|, the whole within atol sqrt(n) + norm
+    max(||m||, ||ref||). The table's tolerances have none (0).
     """
 
     norm: float
     elem: float
     floor: float = 1e-3
+    atol: float = 0.0
 
 
 class ErrorModel(NamedTuple):
@@ -119,6 +126,49 @@ FINITE_DIFFERENCE_MODEL = ErrorModel(
 # a central estimate whose error exceeds this fraction of FINITE_DIFFERENCE.norm (relative) is retried with steps 10x,
 # 100x, 1000x larger while its error estimate shrinks: a tiny directional derivative is rounding-dominated at h
 FINITE_DIFFERENCE_REFINE = 0.1
+
+# a float64 dot product <a, b> computed in a working precision of machine epsilon eps is off by up to DOT_ROUNDING eps
+# <|a|, |b|>: 4 units of roundoff, gradcheck's allowance for <grad, v>; check_vjp adds it to a finite difference's
+# estimated error (the analytic side's rounding) and to a Taylor remainder's floor
+DOT_ROUNDING = 2.0
+
+
+class TaylorTest(NamedTuple):
+    """The constants of ``Rule.TAYLOR`` (``manualbp.verify.taylor``).
+
+    Along a line x + h v, with a cotangent u, the remainder r(h) = |<u, f(x + h v) - f(x)> - h <J^T u, v>| is
+    O(h^2) when J^T u is right and ~ h |error| when it is not. It is measured at steps ``h_max`` x 10^(-i /
+    ``per_decade``) down to ``h_min`` (steps relative to the input's own scale), kept where it exceeds
+    ``above_floor`` x its rounding floor, and its log-log slope fitted over the ``window`` smallest kept steps
+    (where a first-order error dominates first). The row passes when the slope is at least ``pass_rate``; with
+    fewer than ``window`` kept steps it is not compared (INCONCLUSIVE: rounding flattens the whole curve).
+    """
+
+    h_max: float
+    h_min: float
+    per_decade: int
+    above_floor: float
+    window: int
+    pass_rate: float
+
+
+TAYLOR = TaylorTest(
+    # 0.1 of the input's own scale: the h^2 term is well above rounding there even where the function computes in
+    # float32 inside (eps 1.2e-7), and a point outside the function's domain is only skipped (a non-finite value)
+    h_max=1e-1,
+    # at 1e-8 an O(1) curvature leaves h^2 = 1e-16 relative: float64's rounding; nothing below can be kept
+    h_min=1e-8,
+    # steps sqrt(10) apart: 15 evaluations over seven decades, three per fitting window
+    per_decade=2,
+    # a remainder 100x its rounding floor moves by at most 1%, and the fitted rate by < 0.01 (log10 1.02 / 1 decade)
+    above_floor=100.0,
+    # three steps = one decade: the narrowest span whose slope rounding cannot fake (see above_floor)
+    window=3,
+    # right: 2 (3 or more where the second-order term vanishes along v); wrong: 1 once h |error| dominates. A third-
+    # order term of 10% of the second's at the window's largest step lowers a right rate by 0.1; 1.8 leaves it twice
+    # that, and a wrong rule caught anywhere in the h^1 regime is below 1.5
+    pass_rate=1.8,
+)
 
 TWIN_STEP_MODEL = ErrorModel(
     k=ERROR_MODEL.k, rounding=ERROR_MODEL.rounding,

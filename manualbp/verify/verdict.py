@@ -15,6 +15,9 @@ build every row with these two and never edit a row afterwards; the twin verdict
   about as accurate as jax.grad against a float64 truth t (FlashAttention's test criterion).
 * ``FINITE_DIFFERENCE`` (and ``ONE_SIDED``, ``SUBGRADIENT`` at kinks): the conditioning rule against a
   finite difference, its estimated error as the error sample (``FiniteDifference``).
+* ``TAYLOR``: m is a derivative along a line, r the function's changes along it (``taylor.Taylor``): the
+  first-order remainder must fall as h^2 (measured rate >= ``TAYLOR.pass_rate``); not compared when
+  rounding leaves too few steps to fit.
 * ``EXACT``: max |m - r| <= an absolute allowance (0: bitwise equal).
 * ``STRUCTURE``: missing, extra, or another shape/dtype/tree: a FAIL, whatever the values.
 
@@ -31,10 +34,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from manualbp.verify import taylor
 from manualbp.verify.finite_differences import LEFT, NONE, RIGHT, SUBGRADIENT
-from manualbp.verify.tolerances import ERROR_MODEL, FINITE_DIFFERENCE_MODEL, ErrorModel, Rule, Tolerance
+from manualbp.verify.tolerances import ERROR_MODEL, FINITE_DIFFERENCE_MODEL, TAYLOR, ErrorModel, Rule, Tolerance
 
-__all__ = ["FiniteDifference", "Row", "Rule", "judge", "structure_row", "within_own_error"]
+__all__ = ["FiniteDifference", "Row", "Rule", "judge", "not_compared_row", "structure_row", "within_own_error"]
 
 # the kinds of a structure row (its note starts with one)
 MISSING, EXTRA, WRONG_STRUCTURE, NOT_COMPUTED = "missing", "extra", "wrong structure", "not computed"
@@ -54,7 +58,8 @@ class Row:
     compared (it neither passes nor fails); ``used`` is the fraction of its rule's allowance the row
     used (<= 1 passes), for the figures; ``allowed`` the normwise relative difference the rule allowed
     it (what a diagnosis must explain the difference to within); ``diagnosis`` what a failing row's
-    difference is (``manualbp.verify.forensics``; None on passing rows).
+    difference is (``manualbp.verify.forensics``; None on passing rows); ``tolerance`` the fixed tolerance the row
+    was judged with (rows of one report may differ: check_vjp's finite-difference rows and its vmap rows).
     """
 
     layer: str
@@ -73,6 +78,7 @@ class Row:
     used: float | None = None
     allowed: float | None = None
     diagnosis: object = None
+    tolerance: Tolerance | None = None
 
 
 class FiniteDifference(NamedTuple):
@@ -130,21 +136,28 @@ def structure_row(layer: str, quantity: str, kind: str, detail: str, shape=()) -
                rule=Rule.STRUCTURE)
 
 
+def not_compared_row(layer: str, quantity: str, reason: str, shape=()) -> Row:
+    """The row of a quantity that was deliberately not compared (``reason``, e.g. every entry excluded by the
+    caller): it neither passes nor fails, and a report of such rows only is INCONCLUSIVE, never a PASS."""
+    return Row(layer, quantity, tuple(shape), math.nan, math.nan, math.nan, False, True, reason, compared=False)
+
+
 def _with_note(note: str, more: str) -> str:
     return "; ".join(filter(None, [note, more]))
 
 
 def judge(layer: str, quantity: str, manual, ref, tol: Tolerance, *, rule: Rule = Rule.FIXED, truth=None,
           errors=(), eps: float | None = None, model: ErrorModel | None = None, allowed: float = 0.0,
-          note: str = "", why: str = "", unmeasured: bool = False) -> Row:
+          note: str = "", why: str = "", unmeasured: bool = False, manual_name: str = "manual") -> Row:
     """The ``Row`` for one quantity, judged by ``rule`` (see the module docstring).
 
     Args:
       layer, quantity: how the report names the row.
       manual: the value under test (any float dtype; compared in float64 on the host).
-      ref: the reference value; for ``Rule.FINITE_DIFFERENCE`` a ``FiniteDifference`` estimate.
-      tol: the fixed tolerance of the compared precision.
-      rule: ``FIXED``, ``CONDITIONING``, ``ERROR_MODEL``, ``FINITE_DIFFERENCE`` or ``EXACT``.
+      ref: the reference value; for ``Rule.FINITE_DIFFERENCE`` a ``FiniteDifference`` estimate; for
+        ``Rule.TAYLOR`` a ``taylor.Taylor`` (the function's changes along the line whose derivative manual claims).
+      tol: the fixed tolerance of the compared precision (or a caller's own, with an ``atol``).
+      rule: ``FIXED``, ``CONDITIONING``, ``ERROR_MODEL``, ``FINITE_DIFFERENCE``, ``TAYLOR`` or ``EXACT``.
       truth: the same quantity in a higher precision at the same point (float64); gives the error
         sample ``ref - truth`` and the manual error ``manual - truth``.
       errors: further samples of the reference's own error on this quantity (arrays shaped like ref).
@@ -157,6 +170,7 @@ def judge(layer: str, quantity: str, manual, ref, tol: Tolerance, *, rule: Rule 
       unmeasured: the reference's own error on this quantity is known to be beyond what ``errors`` measure
         (float64 where float32 loses the quantity, and no 50-digit truth): a row that fails the fixed
         tolerance is then not compared, rather than judged against an estimate known to be too small.
+      manual_name: how the notes name the side under test ("manual"; check_vjp: "fn").
 
     Returns:
       A ``Row``; ``rule`` says which test decided it (the conditioning rule applies only where the
@@ -164,13 +178,36 @@ def judge(layer: str, quantity: str, manual, ref, tol: Tolerance, *, rule: Rule 
       row is named by the kinds of its entries), ``err_manual``/``err_ref`` are manual's and jax.grad's
       errors (normwise, relative to max(||manual||, ||ref||)) where measured.
     """
-    row = _decide(layer, quantity, manual, ref, tol, Rule(rule), truth, errors, eps, model, allowed, note, unmeasured)
+    if Rule(rule) is Rule.TAYLOR:
+        row = _taylor(layer, quantity, manual, ref, note)
+    else:
+        row = _decide(layer, quantity, manual, ref, tol, Rule(rule), truth, errors, eps, model, allowed, note,
+                      unmeasured, manual_name)
     if why and not row.ok:
         row.note = _with_note(row.note, why)
     return row
 
 
-def _decide(layer, quantity, manual, ref, tol, rule, truth, errors, eps, model, allowed, note, unmeasured) -> Row:
+def _taylor(layer, quantity, manual, data, note) -> Row:
+    """``Rule.TAYLOR``: the rate at which |change(h) - h manual| falls; not compared where no range of h is usable."""
+    fit = taylor.rate(manual, data)
+    est = float(np.linalg.norm(fit.estimate))
+    # relative to the larger of the claimed derivative and the function's own (a rule that returns 0 is not inf off)
+    rel = _ratio(fit.remainder, fit.h_lo * max(float(np.linalg.norm(np.asarray(manual, np.float64))), est))
+    span = f"h {fit.h_hi:.0e}..{fit.h_lo:.0e}"
+    if fit.rate is None:
+        return Row(layer, quantity, np.shape(manual), fit.remainder, rel, rel, False, True,
+                   _with_note(f"rounding level: the remainder exceeds {TAYLOR.above_floor:g}x its rounding floor at "
+                              f"{fit.kept} of {len(data.h)} steps (fewer than {TAYLOR.window}: nothing to fit; linear "
+                              "along the line, or too noisy)", note), rule=Rule.TAYLOR, compared=False)
+    ok = fit.rate >= TAYLOR.pass_rate
+    return Row(layer, quantity, np.shape(manual), fit.remainder, rel, rel, False, ok,
+               _with_note(f"rate {fit.rate:.2f} over {span} (right: 2, wrong: 1)", note), rule=Rule.TAYLOR,
+               used=max(0.0, (2 - fit.rate) / (2 - TAYLOR.pass_rate)), allowed=_ratio(fit.estimate_error, est))
+
+
+def _decide(layer, quantity, manual, ref, tol, rule, truth, errors, eps, model, allowed, note, unmeasured,
+            who="manual") -> Row:
     compared, decided = True, rule
     if rule is Rule.FINITE_DIFFERENCE:
         fd = ref
@@ -185,17 +222,17 @@ def _decide(layer, quantity, manual, ref, tol, rule, truth, errors, eps, model, 
     model = model or ERROR_MODEL
     if np.shape(manual) != np.shape(ref):
         return structure_row(layer, quantity, WRONG_STRUCTURE,
-                             f"manual has shape {tuple(np.shape(manual))}, the reference {tuple(np.shape(ref))}",
+                             f"{who} has shape {tuple(np.shape(manual))}, the reference {tuple(np.shape(ref))}",
                              np.shape(ref))
     if rule is not Rule.FINITE_DIFFERENCE and _dtype(manual) != _dtype(ref):
         return structure_row(layer, quantity, WRONG_STRUCTURE,
-                             f"manual has dtype {_dtype(manual).name}, the reference {_dtype(ref).name}", np.shape(ref))
+                             f"{who} has dtype {_dtype(manual).name}, the reference {_dtype(ref).name}", np.shape(ref))
     m, r = _f64(manual), _f64(ref)
     if m.size == 0:  # nothing to compare: neither a PASS nor a FAIL (a report of such rows alone is INCONCLUSIVE)
         return Row(layer, quantity, m.shape, 0.0, 0.0, 0.0, False, True, _with_note(note, f"{EMPTY}: no entries"),
                    rule=decided, compared=False)
     if not (np.all(np.isfinite(m)) and np.all(np.isfinite(r))):
-        which = "manual" if not np.all(np.isfinite(m)) else "reference"
+        which = who if not np.all(np.isfinite(m)) else "reference"
         return Row(layer, quantity, m.shape, math.nan, math.nan, math.nan, False, False,
                    _with_note(note, f"non-finite values in {which}"), rule=decided)
     diff = np.abs(m - r)
@@ -209,15 +246,18 @@ def _decide(layer, quantity, manual, ref, tol, rule, truth, errors, eps, model, 
         return Row(layer, quantity, m.shape, max_abs, max_rel, norm_rel, exact, exact or max_abs <= allowed, note,
                    rule=rule, used=_ratio(max_abs, allowed), allowed=allowed / scale if scale > 0 else 0.0)
     fixed_ok = norm_rel <= tol.norm and max_rel <= tol.elem
+    if tol.atol:  # a caller's absolute allowance, as numpy.allclose: |m - r| <= atol + elem |r| entry by entry
+        fixed_ok = (_norm(diff) <= tol.atol * math.sqrt(diff.size) + tol.norm * scale
+                    and bool(np.all(diff[big] <= tol.atol + tol.elem * np.abs(r[big]))))
     row = Row(layer, quantity, m.shape, max_abs, max_rel, norm_rel, exact, fixed_ok or not compared, note,
               rule=Rule.FIXED if rule in (Rule.CONDITIONING, Rule.ERROR_MODEL) else decided, compared=compared,
-              used=max(_ratio(norm_rel, tol.norm), _ratio(max_rel, tol.elem)), allowed=tol.norm)
+              used=max(_ratio(norm_rel, tol.norm), _ratio(max_rel, tol.elem)), allowed=tol.norm, tolerance=tol)
 
     if unmeasured and not fixed_ok and rule is Rule.CONDITIONING and truth is None:
         row.ok, row.compared = True, False
-        row.note = _with_note(note, "not compared: jax.grad's own float64 error here is unmeasured (float32 loses this "
-                                    "quantity entirely, e.g. a saturated softmax, and a 50-digit truth of the model is over "
-                                    "budget); check a smaller batch, or in float32 against float64")
+        row.note = _with_note(note, "jax.grad's error unmeasured: not compared (float32 loses this quantity entirely, "
+                                    "e.g. a saturated softmax, and a 50-digit truth of the model is over budget); check a "
+                                    "smaller batch, or in float32 against float64")
         return row
     t = None if truth is None else _f64(truth)
     samples = [e for e in ([] if t is None else [r - t]) + [_f64(e) for e in errors]
