@@ -602,7 +602,8 @@ def api_cases() -> list[Case]:
 
     add("check_vjp", "valid: a call", lambda: cvj(), "valid")
     add("check_vjp", "fn 3 (not a function)", lambda: cvj(3))
-    add("check_vjp", "reference None", lambda: cvj(jnp.sin, None))
+    add("check_vjp", "valid: reference None (finite differences)", lambda: cvj(jnp.sin, None), "valid")
+    add("check_vjp", "reference 3", lambda: cvj(jnp.sin, 3))
     add("check_vjp", "an input of shape (0, 3): nothing to compare", lambda: cvj(jnp.sin, jnp.sin, jnp.ones((0, 3))),
         "inconclusive")
     add("check_vjp", "k=0", lambda: cvj(k=0))
