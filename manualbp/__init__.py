@@ -4,79 +4,65 @@ Layers (forward AND hand-written backward) and heads live in ``manualbp.layers``
 the tools that compare them with the autodiff twin in ``reference`` live in
 ``manualbp.verify``; training in ``manualbp.training``; the command line in
 ``manualbp.cli``.
+
+The names below are imported on first use (PEP 562): ``import manualbp`` alone
+imports no jax, so that ``manualbp --help`` answers at once.
 """
 
-from manualbp.backprop import value_and_grad
-from manualbp.bridge import as_function
-from manualbp.layers import (
-    GELU,
-    GRU,
-    LSTM,
-    RNN,
-    Add,
-    AvgPool2D,
-    BatchNorm,
-    Bidirectional,
-    ColumnParallelDense,
-    Conv1D,
-    Conv2D,
-    ConvTranspose2D,
-    Dense,
-    Dropout,
-    Elementwise,
-    Embedding,
-    Flatten,
-    FSDPDense,
-    GlobalAvgPool2D,
-    GlobalMaxPool2D,
-    Identity,
-    Layer,
-    LayerNorm,
-    LeakyReLU,
-    MaxPool2D,
-    MeanSquaredError,
-    MultiHeadAttention,
-    Multiply,
-    Parallel,
-    ParallelAttention,
-    PositionalEmbedding,
-    ReLU,
-    Residual,
-    RowParallelDense,
-    Sequential,
-    Sigmoid,
-    SigmoidBinaryCrossEntropy,
-    Softmax,
-    SoftmaxCrossEntropy,
-    Softplus,
-    Tanh,
-    TransformerBlock,
-    parallel_block,
-    parallel_mlp,
-    with_dropout_key,
-    without_dropout,
-)
-from manualbp.layers.base import checkify_values
-from manualbp.training import data
-from manualbp.training.clip import clip_by_global_norm
-from manualbp.training.train import train, train_twin
-from manualbp.verify.check_layer import check_layer
-from manualbp.verify.check_vjp import check_vjp
-from manualbp.verify.compare import compare
-from manualbp.verify.diagnostics import GradientFlow, gradient_flow
-from manualbp.verify.gradcheck import gradcheck
-from manualbp.verify.register import register_reference
-from manualbp.verify.report import Report, Row
-from manualbp.verify.tolerances import Tolerance, tolerance
+from __future__ import annotations
 
-__all__ = [
-    "Add", "AvgPool2D", "BatchNorm", "Bidirectional", "ColumnParallelDense", "Conv1D", "Conv2D", "ConvTranspose2D",
-    "Dense", "Dropout", "Elementwise", "Embedding", "FSDPDense", "Flatten", "GELU", "GRU", "GlobalAvgPool2D",
-    "GlobalMaxPool2D", "GradientFlow", "Identity", "LSTM", "Layer", "LayerNorm", "LeakyReLU", "MaxPool2D",
-    "MeanSquaredError", "MultiHeadAttention", "Multiply", "Parallel", "ParallelAttention", "PositionalEmbedding",
-    "RNN", "ReLU", "Report", "Residual", "Row", "RowParallelDense", "Sequential", "Sigmoid",
-    "SigmoidBinaryCrossEntropy", "Softmax", "SoftmaxCrossEntropy", "Softplus", "Tanh", "Tolerance",
-    "TransformerBlock", "as_function", "check_layer", "check_vjp", "checkify_values", "clip_by_global_norm",
-    "compare", "data", "gradcheck", "gradient_flow", "parallel_block", "parallel_mlp", "register_reference",
-    "tolerance", "train", "train_twin", "value_and_grad", "with_dropout_key", "without_dropout"
-]
+import importlib
+
+_LAYERS = (
+    "GELU", "GRU", "LSTM", "RNN", "Add", "AvgPool2D", "BatchNorm", "Bidirectional", "Conv1D", "Conv2D",
+    "ConvTranspose2D", "Dense", "Dropout", "Elementwise", "Embedding", "Flatten", "GlobalAvgPool2D", "GlobalMaxPool2D",
+    "Identity", "Layer", "LayerNorm", "LeakyReLU", "MaxPool2D", "MeanSquaredError", "MultiHeadAttention", "Multiply",
+    "Parallel", "PositionalEmbedding", "ReLU", "Residual", "Sequential", "Sigmoid", "SigmoidBinaryCrossEntropy",
+    "Softmax", "SoftmaxCrossEntropy", "Softplus", "Tanh", "TransformerBlock", "with_dropout_key", "without_dropout",
+    # tensor parallelism (docs/parallel.md)
+    "ColumnParallelDense", "FSDPDense", "ParallelAttention", "RowParallelDense", "parallel_block", "parallel_mlp",
+)
+# name -> the module that defines it ("data" is the module itself)
+_WHERE = {
+    **dict.fromkeys(_LAYERS, "manualbp.layers"),
+    "value_and_grad": "manualbp.backprop",
+    "as_function": "manualbp.bridge",
+    "checkify_values": "manualbp.layers.base",
+    "data": "manualbp.training.data",
+    "clip_by_global_norm": "manualbp.training.clip",
+    "train": "manualbp.training.train",
+    "train_twin": "manualbp.training.train",
+    "check_layer": "manualbp.verify.check_layer",
+    "check_vjp": "manualbp.verify.check_vjp",
+    "compare": "manualbp.verify.compare",
+    "GradientFlow": "manualbp.verify.diagnostics",
+    "gradient_flow": "manualbp.verify.diagnostics",
+    "gradcheck": "manualbp.verify.gradcheck",
+    "register_reference": "manualbp.verify.register",
+    "Report": "manualbp.verify.report",
+    "Row": "manualbp.verify.report",
+    "Tolerance": "manualbp.verify.tolerances",
+    "tolerance": "manualbp.verify.tolerances",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name not in _WHERE:  # a subpackage or module (``mbp.reference``, ``mbp.layers``), imported on first use
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module 'manualbp' has no attribute {name!r}") from None
+        globals()[name] = value
+        return value
+    module = importlib.import_module(_WHERE[name])
+    value = module if name == "data" else getattr(module, name)
+    globals()[name] = value  # once: the next access does not come here
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from manualbp.layers.arguments import check_layer_object
 from manualbp.layers.base import as_arrays, describe, name_of
 from manualbp.layers.walk import check_gradients
 
@@ -93,6 +94,7 @@ def as_function(layer):
         loss = lambda p, x, y: optax.softmax_cross_entropy_with_integer_labels(f(p, x), y).mean()
         grads = jax.grad(loss)(params, x, y)   # the manual backward, through jax.grad
     """
+    check_layer_object("as_function", layer, "layer")
     name = name_of(layer)
     first_order_only = _second_order_error(name)
 

@@ -15,10 +15,18 @@ from .dispatch import NoTaps
 
 
 def split_lengths(layer, x):
-    """(the input without its lengths, lengths): (x, None) for a layer without variable lengths."""
+    """(the input without its lengths, lengths): (x, None) for a layer without variable lengths.
+
+    A length outside [0, T] (possible only under jax.jit, where it cannot raise) makes its sequence NaN at every
+    step, as the manual layer does: its loss and gradients are NaN, never a plausible number.
+    """
     if not getattr(layer, "variable_length", False):
         return x, None
     x, lengths, *states = x
+    T = x.shape[1]
+    bad = (lengths < 0) | (lengths > T)
+    x = jnp.where(bad[:, None, None], jnp.nan, x)
+    lengths = jnp.where(bad, T, lengths)
     return ((x, *states) if states else x), lengths
 
 

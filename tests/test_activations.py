@@ -72,3 +72,18 @@ def test_large_relu_caches_a_packed_mask_and_matches_reference():
     assert jnp.array_equal(relu.kink_pattern(cache), x > 0)
     report = mbp.check_layer(relu, {}, x, jit=True)
     assert report.ok and report.row("ReLU", "dL/dx").exact, str(report)
+
+
+@pytest.mark.parametrize("fn, derivative, which", [
+    (jnp.sin, lambda x: jnp.cos(x)[..., :1], "derivative"),
+    (lambda x: jnp.sin(x).sum(-1), jnp.cos, "fn"),
+    (jnp.sin, lambda x: jnp.cos(x).astype(jnp.float16), "derivative"),
+], ids=["derivative-broadcast", "fn-reduces", "derivative-float16"])
+def test_elementwise_functions_must_keep_x_shape_and_dtype(fn, derivative, which):
+    """A derivative of another shape would be broadcast into a plausible wrong gradient: refused, naming the layer."""
+    layer = mbp.Elementwise(fn, derivative, label="mine")
+    x = jnp.ones((3, 4), jnp.float32)
+    with pytest.raises(ValueError, match=rf"mine: {which}\(x\) must return an array of x's shape and dtype "
+                                         r"float32\[3,4\] \(one value per entry\), got "):
+        _, cache = layer.forward({}, x)
+        layer.backward({}, cache, jnp.ones((3, 4), jnp.float32))

@@ -254,3 +254,12 @@ def test_other_bad_input():
         cross.forward(cparams, (x, c[:1]))
     with pytest.raises(ValueError, match=r"expected parameter Wk of shape \(2, 4\)"):
         cross.forward(cparams, (x, c[..., :2]))
+
+
+def test_an_empty_batch_is_refused_naming_the_layer():
+    """Not a ZeroDivisionError from the kernel's block sizes."""
+    layer = mbp.MultiHeadAttention(2)
+    params, _ = layer.init(jax.random.key(0), (3, 4), jnp.float32)
+    with pytest.raises(ValueError, match=r"MultiHeadAttention: expected at least one sequence, query and key "
+                                         r"\(B, T, S >= 1\), got x of shape \(0, 3, 4\)"):
+        layer.forward(params, jnp.zeros((0, 3, 4), jnp.float32))

@@ -72,7 +72,7 @@ class _NoReversalOfDx(mbp.Bidirectional):
     """A realistic bug: the backward direction's dx is added without reversing its time axis back."""
 
     def backward(self, params, cache, dy):
-        cf, cb, split, _ = cache
+        cf, cb, split, _, _ = cache
         gf, dxf = self.layer.backward(params["forward"], cf, dy[..., :split])
         gb, dxb = self.backward_layer.backward(params["backward"], cb, dy[..., split:][:, ::-1])
         return {"forward": gf, "backward": gb}, dxf + dxb
@@ -176,7 +176,7 @@ class _WholeArrayReversalOfDx(mbp.Bidirectional):
     """A realistic bug: the backward direction's dx is flipped over all T steps, not over each sequence's L steps."""
 
     def backward(self, params, cache, dy):
-        cf, cb, split, lengths = cache
+        cf, cb, split, lengths, _ = cache
         dyb = _reverse_per_sequence(dy[..., split:], lengths)
         gf, dxf = self.layer.backward(params["forward"], cf, dy[..., :split])
         gb, dxb = self.backward_layer.backward(params["backward"], cb, dyb)
@@ -212,7 +212,7 @@ def test_bad_construction():
         mbp.Bidirectional(mbp.GRU(3, initial_state="given"))
     with pytest.raises(ValueError, match=r"Bidirectional: both layers must agree on return_sequences, got True and False"):
         mbp.Bidirectional(mbp.GRU(3), mbp.RNN(3, return_sequences=False))
-    with pytest.raises(TypeError, match=r"Bidirectional: forward 3 is not a layer"):
+    with pytest.raises(TypeError, match=r"Bidirectional: expected the forward layer to be a layer .*got int 3"):
         mbp.Bidirectional(3)
     with pytest.raises(ValueError, match=r"Bidirectional: both layers must agree on variable_length, got True and False"):
         mbp.Bidirectional(mbp.GRU(3, variable_length=True), mbp.GRU(3))
@@ -243,7 +243,7 @@ def test_bad_input_with_lengths():
         layer.forward(params, x)
     with pytest.raises(TypeError, match=r"Bidirectional: got a tuple input, but the layers have variable_length=False"):
         mbp.Bidirectional(mbp.GRU(3)).forward(params, (x, jnp.array([4, 1])))
-    with pytest.raises(ValueError, match=r"GRU: expected lengths in \[0, 4\] \(T = 4 steps\), got values from 1 to 5"):
+    with pytest.raises(ValueError, match=r"GRU: lengths must lie in \[0, 4\] \(T = 4 steps\), got values in \[1, 5\]"):
         layer.forward(params, (x, jnp.array([5, 1])))
     with pytest.raises(ValueError, match=r"GRU: expected lengths of shape \(2,\) \(one per sequence\), got \(3,\)"):
         layer.forward(params, (x, jnp.array([4, 1, 1])))

@@ -35,6 +35,7 @@ def test_a_failing_model_names_its_first_failing_row(capsys, monkeypatch):
 
     import manualbp as mbp
     from manualbp import models
+    from manualbp.cli import check as check_command
     from manualbp.layers.activations import Tanh
 
     class WrongTanh(Tanh):
@@ -48,6 +49,7 @@ def test_a_failing_model_names_its_first_failing_row(capsys, monkeypatch):
         return b._replace(model=mbp.Sequential(mbp.Dense(16), WrongTanh(), mbp.Dense(10)))
 
     monkeypatch.setitem(models.MODELS, "wrong", wrong)
+    monkeypatch.setattr(check_command, "CHECK_MODELS", (*check_command.CHECK_MODELS, "wrong"))  # --model's choices
     assert main(["check", "--model", "wrong"]) == 1
     out = capsys.readouterr().out
     assert "wrong  FAIL  first failing row: 1 WrongTanh dL/dx  (MLP" in out

@@ -126,3 +126,30 @@ def test_a_function_without_a_rule_says_its_vjp_is_autodiffs():
     assert report.ok and "scale runs no custom_vjp/custom_jvp: its VJP is autodiff's too" in report.title
     rule = mbp.check_vjp(custom(scale, _fwd, lambda res, dy: (dy * res[1], dy * res[0])), scale, X, W)
     assert rule.ok and "autodiff's too" not in rule.title
+
+
+def test_an_empty_input_is_inconclusive_not_a_pass():
+    """Rows over zero entries compare nothing: each says so (not compared), and the report is INCONCLUSIVE."""
+    report = mbp.check_vjp(jnp.sin, jnp.sin, jnp.zeros((0, 3)))
+    assert report.status == "INCONCLUSIVE", str(report)
+    assert report.rows and all(not row.compared and "empty: no entries" in row.note for row in report.rows)
+
+
+@pytest.mark.parametrize("checker", ["check_vjp", "compare", "check_layer"])
+def test_an_unknown_verdict_names_the_function(checker):
+    match = rf"{checker}: verdict must be 'auto' or one of \['fixed', 'conditioning', 'error-model'\], got 'strict'"
+    dense = mbp.Dense(3)
+    params = dense.init(jax.random.key(0), (4,))[0]
+    x = jnp.ones((2, 4), jnp.float32)
+    calls = {"check_vjp": lambda: mbp.check_vjp(jnp.sin, jnp.sin, X, verdict="strict"),
+             "compare": lambda: mbp.compare(dense, mbp.SoftmaxCrossEntropy(), params, x, jnp.array([0, 1]),
+                                            verdict="strict"),
+             "check_layer": lambda: mbp.check_layer(dense, params, x, verdict="strict")}
+    with pytest.raises(ValueError, match=match):
+        calls[checker]()
+
+
+def test_tolerance_of_what_is_not_a_dtype():
+    with pytest.raises(TypeError, match=r"tolerance: expected a dtype \(float32, float64, bfloat16, float16\), got "
+                                        r"'banana'"):
+        mbp.tolerance("banana")

@@ -162,7 +162,7 @@ def test_resume_equals_uninterrupted_and_saving_appends(tmp_path):
     _assert_equal_trees(resumed.opt_state, whole.opt_state)
     _assert_equal_trees(resumed.history, whole.history)
     # the log grew by the 6 new steps' records only: a save costs the steps since the last one
-    header = 48
+    header = ckpt._LOG_HEADER
     assert ((run / HISTORY_FILE).stat().st_size - header) * 4 == (size4 - header) * 10
     assert ckpt.read_meta(run / STATE_FILE)["step"] == 10
 
@@ -225,4 +225,68 @@ def test_ctrl_c_saves_a_last_checkpoint_and_resumes(tmp_path):
     assert isinstance(e.value, KeyboardInterrupt) and (e.value.step, e.value.saved) == (3, True)
     assert ckpt.read_meta(tmp_path / STATE_FILE)["step"] == 3
     resumed = train(model, head, params, d, steps=8, checkpoint=tmp_path, resume=True, **_KW)
+    _assert_equal_trees(resumed.params, whole.params)
+
+
+def _flips(n, size, seed):
+    """n distinct (offset, bit) pairs of a file of ``size`` bytes, seeded."""
+    rng = np.random.default_rng(seed)
+    return [(int(o), 1 << int(b)) for o, b in zip(rng.choice(size, n, replace=False), rng.integers(0, 8, n))]
+
+
+def test_sixty_flipped_bits_in_the_history_log_are_sixty_refusals(tmp_path):
+    """Every byte of the log is covered by a checksum: a flip anywhere is refused, naming the file and the record."""
+    layout = [["loss", [], "float32"], ["twin/grad", [2], "float32"]]
+    hist = {"loss": np.arange(5, dtype=np.float32), "twin/grad": np.ones((5, 2), np.float32)}
+    log = tmp_path / HISTORY_FILE
+    ckpt.create_log(log, "run1", layout, hist)
+    clean = log.read_bytes()
+    refused = {}
+    for offset, bit in _flips(60, len(clean), seed=0):
+        raw = bytearray(clean)
+        raw[offset] ^= bit
+        log.write_bytes(bytes(raw))
+        with pytest.raises(CheckpointError, match=rf"checkpoint {log}: ") as e:
+            ckpt.read_log(log, "run1", layout, 5)
+        refused[offset] = str(e.value)
+    assert len(refused) == 60
+    record = ckpt.record_size(layout) + ckpt._DIGEST
+    for offset, message in refused.items():  # a flipped record names its step
+        if offset >= ckpt._LOG_HEADER:
+            assert f"the history record of step {(offset - ckpt._LOG_HEADER) // record + 1} does not match" in message
+    log.write_bytes(clean)
+    assert ckpt.read_log(log, "run1", layout, 5)["loss"].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_sixty_flipped_bits_in_the_state_file_are_sixty_refusals(tmp_path):
+    path = tmp_path / STATE_FILE
+    ckpt.save(path, _state(), {"model": "m", "step": 7})
+    clean = path.read_bytes()
+    for offset, bit in _flips(60, len(clean), seed=1):
+        raw = bytearray(clean)
+        raw[offset] ^= bit
+        path.write_bytes(bytes(raw))
+        with pytest.raises(CheckpointError, match=rf"checkpoint {path}: "):
+            ckpt.load(path, _state(), expect={"model": "m"})
+    path.write_bytes(clean)
+    _assert_equal_trees(ckpt.load(path, _state())[0], _state())
+
+
+def test_a_resume_from_a_damaged_run_directory_is_refused_or_bit_identical(tmp_path):
+    """One flipped bit in either file of a real run: the resume is refused; the undamaged files resume exactly."""
+    model, head, params, d = _setup()
+    whole = train(model, head, params, d, steps=6, **_KW)
+    run = tmp_path / "run"
+    train(model, head, params, d, steps=3, checkpoint=run, **_KW)
+    files = {name: (run / name).read_bytes() for name in (STATE_FILE, HISTORY_FILE)}
+    for name, offset, what in ((HISTORY_FILE, -3, "the history record of step 3 does not match its checksum"),
+                               (STATE_FILE, len(files[STATE_FILE]) // 2, "checkpoint")):
+        raw = bytearray(files[name])
+        raw[offset] ^= 0x01
+        (run / name).write_bytes(bytes(raw))
+        with pytest.raises(CheckpointError, match=what):
+            train(model, head, params, d, steps=6, checkpoint=run, resume=True, **_KW)
+        (run / name).write_bytes(files[name])
+    resumed = train(model, head, params, d, steps=6, checkpoint=run, resume=True, **_KW)
+    _assert_equal_trees(resumed.history, whole.history)
     _assert_equal_trees(resumed.params, whole.params)

@@ -46,8 +46,12 @@ def test_global_norm_is_the_norm_of_all_entries():
 
 
 def test_bad_max_norm():
-    with pytest.raises(ValueError, match="max_norm must be > 0, got 0"):
+    with pytest.raises(ValueError, match=r"clip_by_global_norm: max_norm must be finite and > 0, got 0"):
         clip_by_global_norm(0)
+    with pytest.raises(ValueError, match=r"clip_by_global_norm: max_norm must be finite and > 0, got inf"):
+        clip_by_global_norm(float("inf"))
+    with pytest.raises(TypeError, match=r"clip_by_global_norm: max_norm must be a number, got str 'big'"):
+        clip_by_global_norm("big")
 
 
 def test_twin_run_manual_clip_equals_optax_clip():

@@ -149,5 +149,5 @@ def test_bad_input():
     with pytest.raises(ValueError, match=r"Conv1D: kernel of \(effective\) size \(5,\) is larger than the padded input \(4,\)"):
         mbp.Conv1D(2, 3, padding="VALID", dilation=2).forward(params, x[:, :4])
     y, cache = layer.forward(params, x)
-    with pytest.raises(ValueError, match=r"Conv1D: expected dy of shape \(1, To, 2\) \(the shape of y\), got \(1, 6, 3\)"):
+    with pytest.raises(ValueError, match=r"Conv1D: expected dy of shape \(1, 6, 2\) \(the shape of y\), got \(1, 6, 3\)"):
         layer.backward(params, cache, jnp.ones((1, 6, 3), jnp.float32))

@@ -95,9 +95,10 @@ def test_dropout_bad_input():
     with pytest.raises(ValueError, match=r"Dropout: training mode \(rate 0.5\) needs a PRNG key: bind one with "
                                          r"mbp.with_dropout_key\(model, key\)"):
         mbp.Dropout(0.5).forward({}, jnp.ones((2, 3)))
-    with pytest.raises(TypeError, match=r"Dropout: key must be a PRNG key \(jax.random.key\(seed\)\), got int"):
+    with pytest.raises(TypeError, match=r"Dropout: expected a PRNG key \(jax.random.key\(seed\)\), got int 3; for a "
+                                        r"seed use jax.random.key\(3\)"):
         mbp.Dropout(0.5, key=3)
-    with pytest.raises(TypeError, match=r"Dropout: key must be a PRNG key .*got float32\[2\]"):
+    with pytest.raises(TypeError, match=r"Dropout: expected a PRNG key .*got float32\[2\]"):
         mbp.Dropout(0.5, key=jnp.ones(2, jnp.float32))
     # the legacy raw uint32 key is accepted and gives the same mask as the typed key
     raw = mbp.Dropout(0.5, key=jax.random.key_data(jax.random.key(1)))

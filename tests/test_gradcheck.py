@@ -162,5 +162,5 @@ def test_bad_arguments():
         mbp.gradcheck(model, head, params, x, y, mode="all")
     with pytest.raises(ValueError, match=r"gradcheck: exhaustive mode .* the model has 79 parameters \(max_params=10\)"):
         mbp.gradcheck(model, head, params, x, y, mode="exhaustive", max_params=10)
-    with pytest.raises(ValueError, match="gradcheck: k must be >= 1"):
+    with pytest.raises(ValueError, match="gradcheck: k must be an int >= 1, got 0"):
         mbp.gradcheck(model, head, params, x, y, k=0)

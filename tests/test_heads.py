@@ -168,3 +168,15 @@ def test_integer_labels_of_any_dtype_give_the_int32_result(dtype):
     v, c = jax.jit(head.forward)(z, labels32.astype(dtype))
     assert v == v32 and jnp.array_equal(head.backward(c), head.backward(c32))
     _check_head(head, z, labels32.astype(dtype))
+
+
+@pytest.mark.parametrize("head", [mbp.SoftmaxCrossEntropy(), mbp.SigmoidBinaryCrossEntropy(), mbp.MeanSquaredError()],
+                         ids=lambda h: h.name)
+def test_labels_none_and_a_complex_mask_are_refused_naming_the_head(head):
+    z = jnp.zeros((2, 3), jnp.float32)
+    with pytest.raises(TypeError, match=rf"{head.name}: expected labels as an array of numbers, got None"):
+        head.forward(z, None)
+    labels = jnp.array([0, 1]) if head.name == "SoftmaxCrossEntropy" else jnp.zeros((2, 3), jnp.float32)
+    with pytest.raises(TypeError, match=rf"{head.name}: expected a mask of real numbers or bools \(weights >= 0\), got "
+                                        r"complex64\[2\]"):
+        head.forward(z, labels, jnp.ones(2, jnp.complex64))

@@ -199,3 +199,20 @@ def test_running_statistics_of_a_whole_model():
     assert judge("model", "y", forward_eval(model, params, stats, x), model.forward(params, x)[0],
                                      tol).ok
     assert forward_eval(model, params, stats, x[:1]).shape == (1, 2)  # a batch of one is fine in evaluation
+
+
+@pytest.mark.parametrize("stats, error, match", [
+    ({"mean": jnp.zeros(3, jnp.float32), "var": jnp.array([1.0, -0.5, 1.0], jnp.float32)}, ValueError,
+     r"BatchNorm: running statistics must be finite, the variance >= 0, got values in \[-0.5, 1(\.0)?\]"),
+    ({"mean": jnp.array([0.0, jnp.nan, 0.0], jnp.float32), "var": jnp.ones(3, jnp.float32)}, ValueError,
+     r"BatchNorm: running statistics must be finite"),
+    ({"mean": jnp.zeros(3, jnp.float64), "var": jnp.ones(3, jnp.float64)}, TypeError,
+     r"BatchNorm: x has dtype float32 but stats\['mean'\] has float64"),
+    ({"mean": [0.0, 0.0, 0.0], "var": jnp.ones(3, jnp.float32)}, TypeError, r"BatchNorm: expected stats\['mean'\]"),
+])
+def test_forward_eval_refuses_running_statistics_that_give_no_plausible_output(stats, error, match):
+    """A negative running variance has no square root: an error, never NaN outputs."""
+    layer = mbp.BatchNorm()
+    params, _ = layer.init(None, (3,), jnp.float32)
+    with pytest.raises(error, match=match):
+        layer.forward_eval(params, stats, jnp.ones((2, 3), jnp.float32))

@@ -49,9 +49,10 @@ MAY_IMPORT = {
     "training": {"layers", "backprop.py", "verify", "reference"},
     "cli": {"layers", "backprop.py", "models.py", "verify", "training", "reference"},
 }
-# the layer support files that have no reference twin: the protocol, the window geometry, the attention kernels, the
-# collective pairs of the tensor-parallel layers, the walk over a model's layers, the compiled programs' key
-LAYER_SUPPORT = {"__init__", "base", "window", "flash", "flash_pallas", "collectives", "walk", "code_key"}
+# the layer support files that have no reference twin: the protocol, the argument checks, the window geometry, the
+# attention kernels, the collective pairs of the tensor-parallel layers, the walk over a model's layers, the compiled
+# programs' key
+LAYER_SUPPORT = {"__init__", "base", "arguments", "window", "flash", "flash_pallas", "collectives", "walk", "code_key"}
 # the reference's own modules: dispatch + taps, and the jax.grad entry points
 REFERENCE_SUPPORT = {"__init__", "dispatch", "grad"}
 

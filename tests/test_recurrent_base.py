@@ -143,7 +143,8 @@ def test_feature_size_differs_from_init(kind):
 @pytest.mark.parametrize("kind", ["rnn", "lstm"])
 def test_zero_time_steps(kind):
     layer = _make(kind, 4, True, "zeros")
-    with pytest.raises(ValueError, match=rf"{layer.name}: expected at least one time step, got input shape \(0, 2\)"):
+    with pytest.raises(ValueError, match=rf"{layer.name}.init: expected an input shape \(a tuple of sizes >= 1, batch "
+                                         r"excluded\), got \(0, 2\): a size of 0 makes an empty array"):
         layer.init(jax.random.key(0), (0, 2))
     params, _ = layer.init(jax.random.key(0), (3, 2))
     with pytest.raises(ValueError, match=rf"{layer.name}: expected at least one time step, got x of shape \(2, 0, 2\)"):

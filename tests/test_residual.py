@@ -94,7 +94,7 @@ def test_block_changing_the_shape_fails_at_forward():
 
 
 def test_block_must_be_a_layer():
-    with pytest.raises(TypeError, match=r"Residual: 3 is not a layer"):
+    with pytest.raises(TypeError, match=r"Residual: expected the block to be a layer .*got int 3"):
         mbp.Residual(3)
 
 

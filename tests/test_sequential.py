@@ -32,7 +32,7 @@ def test_sequential_params_mismatch():
     params, _ = model.init(jax.random.key(0), (4,))
     with pytest.raises(ValueError, match=r"Sequential: expected params as a tuple of 2 per-layer entries, got 1"):
         model.forward(params[:1], jnp.ones((2, 4)))
-    with pytest.raises(TypeError, match="Sequential: .* is not a layer"):
+    with pytest.raises(TypeError, match=r"Sequential: expected layer \d to be a layer"):
         mbp.Sequential(mbp.Dense(3), "relu")
 
 

@@ -132,3 +132,38 @@ def test_a_loss_gone_non_finite_stops_train_and_names_the_step(spirals):
     with pytest.raises(NonFiniteError, match="the reference loss became non-finite at step"):  # no log: found at the end
         train(model, head, params, spirals, optimizer=optax.sgd(1e20), steps=8, batch_size=32, key=jax.random.key(1),
               grad="reference")
+
+
+@pytest.mark.parametrize("twin", [False, True], ids=["train", "train_twin"])
+def test_data_holding_nan_is_refused_before_step_1_naming_the_array_and_the_entry(spirals, twin):
+    """Not "the manual loss became non-finite ... lower the learning rate" steps later: the data is named."""
+    model, head, params = _mlp()
+    x = spirals.x_train.copy()
+    x[37, 1] = float("nan")
+    bad = spirals._replace(x_train=x)
+    where = "train_twin" if twin else "train"
+    with pytest.raises(ValueError, match=rf"{where}: data 'spirals': x_train holds 1 NaN/Inf value\(s\), the first nan "
+                                         r"at index \(37, 1\) \(example 37\); clean or drop those examples"):
+        (mbp.train_twin if twin else train)(model, head, params, bad, steps=2, batch_size=8, key=jax.random.key(0))
+
+
+@pytest.mark.parametrize("kw, error, match", [
+    ({"batch_size": True}, ValueError, r"train: batch_size must be a positive integer, got True"),
+    ({"steps": True}, ValueError, r"train: steps must be a positive integer, got True"),
+    ({"key": 3}, TypeError, r"train: expected a PRNG key \(jax.random.key\(seed\)\), got int 3"),
+    ({"optimizer": 3}, TypeError, r"train: optimizer must be an optax.GradientTransformation .*got int"),
+    ({"log_every": -1}, ValueError, r"train: log_every must be an int >= 0, got -1"),
+    ({"on_log": 3}, TypeError, r"train: expected on_log to be a function \(step, \{name: float\}\), got int 3"),
+    ({"resume": "yes"}, TypeError, r"train: resume must be True or False, got str 'yes'"),
+])
+def test_train_arguments_are_refused_before_step_1(spirals, kw, error, match):
+    model, head, params = _mlp()
+    with pytest.raises(error, match=match):
+        train(model, head, params, spirals, **{"steps": 2, "batch_size": 8, "key": jax.random.key(0), **kw})
+
+
+def test_initial_params_holding_nan_are_refused(spirals):
+    model, head, params = _mlp()
+    params = jax.tree_util.tree_map(lambda v: v * jnp.nan, params)
+    with pytest.raises(ValueError, match=r"train: the initial params contains NaN or Inf"):
+        train(model, head, params, spirals, steps=2, batch_size=8, key=jax.random.key(0))

@@ -63,3 +63,19 @@ def test_block_bad_input():
         mbp.TransformerBlock(8, 2, dropout=1.5)
     with pytest.raises(ValueError, match=r"Dropout: training mode \(rate 0.1\) needs a PRNG key"):
         mbp.TransformerBlock(8, 2, dropout=0.1).forward(params | {"drop1": {}, "drop2": {}}, jnp.ones((2, 3, 8), jnp.float32))
+
+
+@pytest.mark.parametrize("kw, error, match", [
+    ({"features": 5, "num_heads": 2}, ValueError, r"TransformerBlock: MultiHeadAttention: features D = 5 is not "
+                                                  r"divisible by num_heads = 2"),
+    ({"features": 4, "num_heads": 0}, ValueError, r"TransformerBlock: MultiHeadAttention: num_heads must be a positive "
+                                                  r"int, got 0"),
+    ({"features": 4, "num_heads": 2, "dropout": 1.5}, ValueError, r"TransformerBlock: Dropout: rate must lie in "
+                                                                  r"\[0, 1\), got 1.5"),
+    ({"features": 4, "num_heads": 2, "hidden": 0}, ValueError, r"TransformerBlock: Dense: features must be a positive "
+                                                               r"int, got 0"),
+    ({"features": 4, "num_heads": 2, "epsilon": -1.0}, ValueError, r"TransformerBlock: LayerNorm: epsilon must be"),
+])
+def test_bad_hyperparameters_name_the_block_and_the_child(kw, error, match):
+    with pytest.raises(error, match=match):
+        mbp.TransformerBlock(**kw)

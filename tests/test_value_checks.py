@@ -183,3 +183,27 @@ def test_float_targets_must_be_finite_and_mse_labels_too():
         SCE.forward(z, jnp.array([[0.5, 0.5, 0.0], [np.nan, 0.0, 1.0]]))
     with pytest.raises(ValueError, match=r"MeanSquaredError: labels must be finite, got values in \[0.0, inf\]"):
         mbp.MeanSquaredError().forward(z, jnp.array([[0.0, 1.0, np.inf], [0.0, 0.0, 0.0]]))
+
+
+# the checkers validate the inputs once, before any verdict, with value_and_grad's messages: a bad input is never
+# reported as a failing backward ("non-finite values in manual")
+BAD_INPUTS = {
+    "label-above": (lambda: (MLP, *_mlp(), jnp.array([3, 1, 2, 1]), None), LABELS + r"\[1, 3\]"),
+    "label-minus-1": (lambda: (MLP, *_mlp(), jnp.array([-1, 1, 2, 1]), None), LABELS + r"\[-1, 2\]"),
+    "all-zero-mask": (lambda: (MLP, *_mlp(), jnp.array([0, 1, 2, 1]), jnp.zeros(4)),
+                      r"SoftmaxCrossEntropy: the mask selects no example \(all zeros\)"),
+    "id-equal-to-vocab": (lambda: (EMB, _emb(), jnp.array([[0, 1, 5]]), jnp.zeros((1, 3), jnp.int32), None),
+                          r"Embedding: ids must lie in \[0, 5\) \(E has shape \(5, 4\)\), got values in \[0, 5\]"),
+    "binary-label-1.5": (lambda: (MLP, *_mlp(), jnp.full((4, 3), 1.5), None),
+                         r"SigmoidBinaryCrossEntropy: labels must lie in \[0, 1\], got values in \[1.5, 1.5\]"),
+}
+
+
+@pytest.mark.parametrize("checker", ["compare", "gradcheck", "gradient_flow"])
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_the_checkers_refuse_a_bad_input_before_any_verdict(case, checker):
+    make, match = BAD_INPUTS[case]
+    model, params, x, y, mask = make()
+    head = mbp.SigmoidBinaryCrossEntropy() if case.startswith("binary") else SCE
+    with pytest.raises(ValueError, match=match):
+        getattr(mbp, checker)(model, head, params, x, y, mask)

@@ -5,6 +5,7 @@ twin (which masks inside its own scan), against finite differences, and against 
 each sequence cut to its length.
 """
 
+import functools
 from functools import partial
 
 import jax
@@ -195,8 +196,8 @@ def _rnn():
         (jnp.array([1.0, 2.0], jnp.float32), TypeError,
          r"RNN: expected lengths of an integer dtype \(steps per sequence\), got float32\[2\]"),
         (jnp.array([1, 2, 3]), ValueError, r"RNN: expected lengths of shape \(2,\) \(one per sequence\), got \(3,\)"),
-        (jnp.array([1, 6]), ValueError, r"RNN: expected lengths in \[0, 5\] \(T = 5 steps\), got values from 1 to 6"),
-        (jnp.array([-1, 2]), ValueError, r"RNN: expected lengths in \[0, 5\] .*from -1 to 2"),
+        (jnp.array([1, 6]), ValueError, r"RNN: lengths must lie in \[0, 5\] \(T = 5 steps\), got values in \[1, 6\]"),
+        (jnp.array([-1, 2]), ValueError, r"RNN: lengths must lie in \[0, 5\] .*got values in \[-1, 2\]"),
         ([1, 2], TypeError, r"RNN: expected lengths to be an integer array of shape \(2,\), got list"),
     ],
     ids=["float", "shape", "above-T", "negative", "list"],
@@ -222,3 +223,65 @@ def test_missing_lengths():
 def test_variable_length_must_be_a_bool():
     with pytest.raises(ValueError, match="LSTM: variable_length must be a bool, got 'yes'"):
         mbp.LSTM(3, variable_length="yes")
+
+
+# every layer with a length input: the three recurrent layers and Bidirectional (lengths reach both directions)
+LENGTH_LAYERS = {"rnn": lambda: mbp.RNN(H, variable_length=True, return_sequences=False),
+                 "lstm": lambda: mbp.LSTM(H, variable_length=True, return_sequences=False),
+                 "gru": lambda: mbp.GRU(H, variable_length=True, return_sequences=False),
+                 "bidirectional": lambda: mbp.Bidirectional(mbp.GRU(H, variable_length=True))}
+
+
+@functools.cache
+def _length_model(kind):
+    model = mbp.Sequential(LENGTH_LAYERS[kind](), *([mbp.Flatten()] if kind == "bidirectional" else []), mbp.Dense(2))
+    params, _ = model.init(jax.random.key(0), ((T, D), ()), jnp.float32)
+    x = jax.random.normal(jax.random.key(1), (2, T, D), jnp.float32)
+    return model, mbp.SoftmaxCrossEntropy(), params, x, jnp.array([0, 1])
+
+
+@pytest.mark.parametrize("kind", sorted(LENGTH_LAYERS))
+@pytest.mark.parametrize("lengths, span", [([9, 2], r"\[2, 9\]"), ([-3, 2], r"\[-3, 2\]"), ([5, 6], r"\[5, 6\]")],
+                         ids=["above-T", "negative", "T+1"])
+def test_lengths_outside_0_T_raise_before_any_jit_or_verdict(kind, lengths, span):
+    """The default (internally jitted) value_and_grad, compare, gradcheck and check_layer: the eager message."""
+    model, head, params, x, y = _length_model(kind)
+    name = "GRU" if kind == "bidirectional" else kind.upper()
+    match = rf"{name}: lengths must lie in \[0, 5\] \(T = 5 steps\), got values in {span}"
+    inputs = (x, jnp.array(lengths))
+    for call in (lambda: mbp.value_and_grad(model, head)(params, inputs, y),
+                 lambda: mbp.compare(model, head, params, inputs, y),
+                 lambda: mbp.gradcheck(model, head, params, inputs, y),
+                 lambda: mbp.check_layer(model.layers[0], params[0], inputs)):
+        with pytest.raises(ValueError, match=match):
+            call()
+
+
+@pytest.mark.parametrize("kind", sorted(LENGTH_LAYERS))
+def test_under_a_users_jit_an_invalid_length_is_nan_and_a_captured_constant_is_checked(kind):
+    """Traced lengths cannot raise: an invalid one gives a NaN loss (manual and reference alike), never a plausible
+    number; valid lengths held in a jax array the jitted function captures are concrete there, and work (no
+    ConcretizationTypeError)."""
+    from manualbp import reference as ref
+
+    model, head, params, x, y = _length_model(kind)
+    good = jnp.array([5, 2])
+    f = mbp.value_and_grad(model, head)
+    twin = kind in ("rnn", "bidirectional")  # the reference's two paths: the recurrent scan, and both directions
+
+    @jax.jit
+    def losses(params, x, lengths):
+        m, m_grads = f(params, (x, lengths), y)
+        r = ref.value_and_grad(model, head)(params, (x, lengths), y)[0] if twin else jnp.nan
+        return m, r, m_grads, f(params, (x, good), y)[0]  # ``good`` is captured: a constant of the trace
+
+    for bad in ([9, 2], [-1, 2]):
+        m, r, m_grads, captured = losses(params, x, jnp.array(bad))
+        assert np.isnan(m) and np.isnan(r) and all(np.isnan(g).any() for g in jax.tree_util.tree_leaves(m_grads))
+        assert captured == f(params, (x, good), y)[0]
+    bad = jnp.array([7, 2])  # made outside the trace: concrete there, checked where the layer meets it
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, 5\]"):
+        jax.jit(lambda p, x: model.forward(p, (x, bad))[0])(params, x)
+    # value_and_grad checks it too, before its own jit: the captured constant is concrete beside the traced x
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, 5\] \(T = 5 steps\), got values in \[2, 7\]"):
+        jax.jit(lambda p, x: f(p, (x, bad), y)[0])(params, x)

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from manualbp.cli.args import positive_int
+from manualbp.cli.choices import CHECK_MODELS, VERDICTS
 from manualbp.cli.xla_flags import use_fast_compile
 
 CACHE_ENV = "MANUALBP_CACHE_DIR"
@@ -44,9 +45,6 @@ def default_cache_dir() -> str:
 
 def register(subparsers):
     """Add the ``check`` subcommand to ``subparsers`` (an ``argparse`` subparsers action)."""
-    from manualbp.models import MODELS
-    from manualbp.verify.tolerances import VERDICTS
-
     check = subparsers.add_parser(
         "check", help="compare manual backprop with jax.grad, layer by layer, on built-in models",
         description="Run every built-in model (or one) forward and backward by hand and through jax.grad of the "
@@ -57,7 +55,7 @@ def register(subparsers):
                "--xla_cpu_parallel_codegen_split_count=1 to XLA_FLAGS unless it sets them: it compiles many small "
                "programs that each run once.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    check.add_argument("--model", default="all", choices=["all", *sorted(MODELS)], help="built-in model to check")
+    check.add_argument("--model", default="all", choices=["all", *CHECK_MODELS], help="built-in model to check")
     check.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"],
                        help="precision of parameters and data (float64 turns on jax's 64-bit mode; bfloat16/float16: "
                             "initialized in float32, then rounded)")
@@ -100,14 +98,24 @@ def configure_xla(cache_dir: str) -> str:
     return cache_dir
 
 
-def legend(tolerance, dtype: str) -> str:
-    """Three lines that explain the report's columns and how to read its rows."""
+def legend(tolerance, dtype: str, rule) -> str:
+    """Three lines that explain the report's columns, the rule its rows were judged by (``rule``), and how to read them."""
+    from manualbp.verify.tolerances import ERROR_MODEL, Rule
+
+    fixed = f"ok = norm rel <= {tolerance.norm:.0e} and max rel <= {tolerance.elem:.0e} ({dtype})"
+    if rule is Rule.ERROR_MODEL:
+        ok = (f"ok (err model) = manual's error against a float64 truth t at most {ERROR_MODEL.k:g} x jax.grad's own "
+              f"error plus {ERROR_MODEL.rounding:g} eps ||t|| ({dtype}: no fixed tolerance separates rounding from a "
+              "wrong rule)")
+    elif rule is Rule.CONDITIONING:
+        ok = (f"{fixed}; ok (cond) = where jax.grad's own rounding error makes that unreachable, within "
+              f"{ERROR_MODEL.conditioning:g} x that error")
+    else:
+        ok = fixed
     return "\n".join([
         "legend: max|diff| = max |manual - jax.grad|;  max rel = the largest |manual - jax.grad| / |jax.grad| over "
         "entries above 1e-3 x max |jax.grad|",
-        f"        norm rel = ||manual - jax.grad|| / max(||manual||, ||jax.grad||);  exact = bitwise equal;  "
-        f"ok = norm rel <= {tolerance.norm:.0e} and max rel <= {tolerance.elem:.0e} ({dtype}); ok (cond), "
-        "ok (err model) = within jax.grad's own rounding error (the report's header gives the rule)",
+        f"        norm rel = ||manual - jax.grad|| / max(||manual||, ||jax.grad||);  exact = bitwise equal;  {ok}",
         "        rows run in the order the pass computes them (forward, loss, then backward from the last layer): "
         "the first FAIL is where an error enters",
     ])
@@ -130,7 +138,7 @@ def run(args) -> int:
     names = sorted(MODELS) if args.model == "all" else [args.model]
     dtype = jnp.dtype(args.dtype)
     try:
-        resolve_verdict(args.verdict, dtype)
+        rule = resolve_verdict(args.verdict, dtype)
     except ValueError as e:
         print(f"manualbp check: {e}", file=sys.stderr)
         return 2
@@ -171,7 +179,7 @@ def run(args) -> int:
         verdict = (f"{report.status}  {len(report.rows)} rows" if fail is None
                    else f"FAIL  first failing row: {fail.layer} {fail.quantity}")
         print(f"{name.ljust(width)}  {verdict}  ({description})")
-    print(legend(reports[0][2].tolerance, args.dtype))
+    print(legend(reports[0][2].tolerance, args.dtype, rule))
     cached = f"; compiled programs cached in {cache_dir}" if cache_dir else ""
     print(f"{status}: {sum(r.ok for _, _, r in reports)} of {len(reports)} reports pass, "
           f"in {time.perf_counter() - start:.1f} s{cached}")

@@ -13,6 +13,7 @@ import sys
 import time
 
 from manualbp.cli.args import positive_int
+from manualbp.cli.choices import OPTIMIZERS, TRAIN_DATA, TRAIN_MODELS
 from manualbp.cli.train_output import (
     JsonErrors,
     Progress,
@@ -26,19 +27,17 @@ from manualbp.cli.train_output import (
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``train`` subcommand to ``subparsers`` (an ``argparse`` subparsers action)."""
-    from manualbp.training.zoo import DATA_NAMES, MODEL_NAMES, OPTIMIZERS
-
     p = subparsers.add_parser("train", help="train a model on digits/spirals/adding/sort (manual, jax.grad, or twin)",
                               description="Train a built-in model; unset settings take the task's defaults "
                                           "(see manualbp.training.zoo).")
     p.__class__ = JsonErrors  # usage errors as {"error": ...} on stdout under --json
-    p.add_argument("--model", required=True, choices=MODEL_NAMES)
-    p.add_argument("--data", required=True, choices=DATA_NAMES)
+    p.add_argument("--model", required=True, choices=TRAIN_MODELS)
+    p.add_argument("--data", required=True, choices=TRAIN_DATA)
     p.add_argument("--grad", default="manual", choices=["manual", "reference", "twin"],
                    help="manual backprop, jax.grad of the reference, or both in lockstep (default: manual)")
     p.add_argument("--steps", type=positive_int, help="training steps (default: the task's)")
     p.add_argument("--lr", type=positive_float, help="learning rate, finite and > 0 (default: the task's)")
-    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), help="optax optimizer (default: the task's)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="optax optimizer (default: the task's)")
     p.add_argument("--batch-size", type=positive_int, help="examples per step (default: the task's)")
     p.add_argument("--clip", type=positive_float, metavar="C",
                    help="clip gradients to global norm C (manual path: manualbp.training.clip; reference: optax's)")
@@ -89,6 +88,19 @@ def _usage_error(args) -> str | None:
     elif args.process_id is not None:
         return "--process-id needs --num-processes"
     return plot_path_error(args.plot) if args.plot else None
+
+
+# the library's words for what the command line calls a flag (its messages name its own arguments)
+_CLI_WORDS = (("drop resume=True", "drop --resume"), ("resume=True", "--resume"), ("overwrite=True", "--overwrite"),
+              ("another key", "another --seed"), ("the same key", "the same --seed"),
+              ("lower the learning rate", "lower --lr"), ("clip the gradients", "clip the gradients (--clip C)"))
+
+
+def cli_words(message: str) -> str:
+    """``message`` with the library's argument names replaced by the command's flags."""
+    for api, flag in _CLI_WORDS:
+        message = message.replace(api, flag)
+    return message
 
 
 def _force_host_devices(devices):
@@ -187,7 +199,7 @@ def run(args) -> int:
             "; nothing saved (no --checkpoint)"
         return fail(args, f"interrupted after step {e.step}{saved}", 130)
     except NonFiniteError as e:
-        return fail(args, str(e), 1)
+        return fail(args, cli_words(str(e)), 1)
     except PeerLost as e:
         # jax's distributed runtime cannot shut down without the lost process (it would wait out its heartbeat
         # timeout, then abort): report, and end this process now with the status of a failed run
@@ -196,7 +208,7 @@ def run(args) -> int:
         sys.stderr.flush()
         os._exit(1)
     except (CheckpointError, ValueError) as e:  # bad settings, a checkpoint that cannot be used, too few devices
-        return fail(args, str(e))
+        return fail(args, cli_words(str(e)))
     finally:
         progress.close()
     out = summary(args, task, data, paths, result if args.grad == "twin" else None, time.perf_counter() - t0)

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 from jax import lax
 
-from manualbp.layers.base import Layer, check_array, check_no_params
+from manualbp.layers.arguments import check_callable, check_flag, check_number
+from manualbp.layers.base import Layer, check_array, check_dy, check_no_params, describe
 
 
 def sigmoid(x):
@@ -52,10 +53,11 @@ class Identity(Activation):
     """f(x) = x, f'(x) = 1: the linear activation, which removes the (.) f' term of BP2."""
 
     def _forward(self, x):
-        return x, None
+        return x, x  # the cache is y itself (only its shape and dtype are read: nothing is kept under jit)
 
     def backward(self, params, cache, dy):
         """dx = dy."""
+        check_dy(self, dy, cache.shape, cache.dtype)
         return {}, dy
 
 
@@ -70,6 +72,7 @@ class Sigmoid(Activation):
     def backward(self, params, cache, dy):
         """dx = dy * y (1 - y), from the cached output y (as jax.grad: 1 - y is exact once y > 1/2)."""
         y = cache
+        check_dy(self, dy, y.shape, y.dtype)
         return {}, dy * y * (1 - y)
 
 
@@ -88,6 +91,7 @@ class Tanh(Activation):
         subtraction keeps only that rounding; 1 - y is exact there (Sterbenz).
         """
         y = cache
+        check_dy(self, dy, y.shape, y.dtype)
         return {}, dy * (1 - y) * (1 + y)
 
 
@@ -103,6 +107,7 @@ class ReLU(Activation):
 
     def backward(self, params, cache, dy):
         """dx = dy * [x > 0]."""
+        check_dy(self, dy, *mask_spec(cache))
         return {}, jnp.where(is_positive(cache), dy, 0)
 
     def kink_pattern(self, cache):
@@ -123,6 +128,13 @@ def positive_mask(x):
 def is_positive(cache):
     """[x > 0] (bool, x's shape) from ``positive_mask``'s cache."""
     return _unpack_mask(cache) if cache.dtype == jnp.uint8 else cache > 0
+
+
+def mask_spec(cache):
+    """(x's shape, x's dtype or None when packed) from ``positive_mask``'s cache."""
+    if cache.dtype == jnp.uint8:
+        return (*cache.shape[:-1], cache.shape[-1] * 8), None
+    return cache.shape, cache.dtype
 
 
 def _packs(x):
@@ -151,12 +163,16 @@ class LeakyReLU(Activation):
 
     negative_slope: float = 0.01
 
+    def __post_init__(self):
+        check_number("LeakyReLU", "negative_slope", self.negative_slope)
+
     def _forward(self, x):
         return jnp.where(x >= 0, x, self.negative_slope * x), x
 
     def backward(self, params, cache, dy):
         """dx = dy * (1 if x >= 0 else negative_slope)."""
         x = cache
+        check_dy(self, dy, x.shape, x.dtype)
         return {}, jnp.where(x >= 0, dy, self.negative_slope * dy)
 
     def kink_pattern(self, cache):
@@ -174,6 +190,7 @@ class Softplus(Activation):
     def backward(self, params, cache, dy):
         """dx = dy * sigmoid(x), sigmoid(x) = 1/(1 + e^-x) (full relative precision for x << 0)."""
         x = cache
+        check_dy(self, dy, x.shape, x.dtype)
         return {}, dy * sigmoid(x)
 
 
@@ -197,6 +214,9 @@ class GELU(Activation):
 
     approximate: bool = True
 
+    def __post_init__(self):
+        check_flag("GELU", "approximate", self.approximate)
+
     def _forward(self, x):
         if self.approximate:
             t = jnp.tanh(_SQRT_2_OVER_PI * (x + _GELU_C * x**3))
@@ -207,11 +227,22 @@ class GELU(Activation):
     def backward(self, params, cache, dy):
         """dx = dy * f'(x), f' as in the class docstring (cache: x and t = tanh(u), or x and Phi(x))."""
         x, s = cache
+        check_dy(self, dy, x.shape, x.dtype)
         if self.approximate:
             du = _SQRT_2_OVER_PI * (1 + 3 * _GELU_C * x * x)
             return {}, dy * (0.5 * (1 + s) * (1 + x * (1 - s) * du))
         pdf = jnp.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
         return {}, dy * (s + x * pdf)
+
+
+def _elementwise(layer, what, f, x):
+    """f(x), refused unless of x's shape and dtype: an elementwise function (one value per entry, nothing broadcast
+    or promoted)."""
+    v = f(x)
+    if not (hasattr(v, "shape") and hasattr(v, "dtype") and tuple(v.shape) == tuple(x.shape) and v.dtype == x.dtype):
+        raise ValueError(f"{layer.name}: {what}(x) must return an array of x's shape and dtype "
+                         f"{describe(x)} (one value per entry), got {describe(v)}")
+    return v
 
 
 @dataclass(frozen=True)
@@ -238,10 +269,17 @@ class Elementwise(Activation):
     def name(self):
         return self.label
 
+    def __post_init__(self):
+        check_callable("Elementwise", "fn", self.fn, "of x")
+        check_callable("Elementwise", "derivative", self.derivative, "of x")
+        if not isinstance(self.label, str):
+            raise TypeError(f"Elementwise: label must be a str, got {type(self.label).__name__}")
+
     def _forward(self, x):
-        return self.fn(x), x
+        return _elementwise(self, "fn", self.fn, x), x
 
     def backward(self, params, cache, dy):
-        """dx = dy * derivative(x)."""
+        """dx = dy * derivative(x); derivative(x) must be of x's shape and a floating dtype (nothing is broadcast)."""
         x = cache
-        return {}, dy * self.derivative(x)
+        check_dy(self, dy, x.shape, x.dtype)
+        return {}, dy * _elementwise(self, "derivative", self.derivative, x)

@@ -30,7 +30,16 @@ import jax
 import jax.numpy as jnp
 
 from manualbp.layers import flash
-from manualbp.layers.base import Layer, check_array, check_dtype_match, check_param, check_params, check_positive_int, describe
+from manualbp.layers.base import (
+    Layer,
+    check_array,
+    check_dtype_match,
+    check_dy,
+    check_param,
+    check_params,
+    check_positive_int,
+    describe,
+)
 
 
 def _heads(a, H):
@@ -177,9 +186,9 @@ class MultiHeadAttention(Layer):
         if Bc != B:
             raise ValueError(f"MultiHeadAttention: x has batch {B} but context has batch {Bc} (x {tuple(x.shape)}, "
                              f"context {tuple(c.shape)})")
-        if T == 0 or S == 0:
-            raise ValueError(f"MultiHeadAttention: expected at least one query and one key, got x of shape "
-                             f"{tuple(x.shape)} and context of shape {tuple(c.shape)}")
+        if B == 0 or T == 0 or S == 0:
+            raise ValueError(f"MultiHeadAttention: expected at least one sequence, query and key (B, T, S >= 1), "
+                             f"got x of shape {tuple(x.shape)} and context of shape {tuple(c.shape)}")
         check_dtype_match(self, c, x, what="context", wname="x")
         inner = self.num_heads * self._dh(D)
         check_params(self, params, self._keys())
@@ -233,6 +242,7 @@ class MultiHeadAttention(Layer):
         dx) with dx of the input's structure.
         """
         x, c, residuals, om, mask = cache
+        check_dy(self, dy, x.shape, x.dtype)
         cross = c is not None
         c = c if cross else x
         dh = residuals[0].shape[-1]

@@ -35,10 +35,12 @@ the layer turns into NaN so that no invalid input yields a plausible number
 (and, within ``checkify_values()``, registers a ``jax.experimental.checkify``
 check).
 
-Every ``init`` of a ``Layer`` subclass first checks that jax can make arrays
-of the requested dtype (``check_dtype_available``): with 64-bit mode off,
-``init(..., jnp.float64)`` would otherwise hand back float32 parameters
-behind a jax warning.
+Every ``init`` of a ``Layer`` first checks its arguments (``_checked_init``): the key
+(``arguments.as_key``), the input shape (sizes >= 1), that jax can make arrays of the requested
+floating dtype (``check_dtype_available``: with 64-bit mode off, ``init(..., jnp.float64)`` would
+otherwise hand back float32 parameters behind a jax warning), and that the parameters fit in
+memory (``arguments.check_init_fits``). Every ``backward`` checks its dy against what the forward
+cached (``check_dy``): a dy of another shape or dtype than y is refused, never broadcast or promoted.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
+from manualbp.layers.arguments import as_key, check_float_dtype, check_init_fits, check_input_shape, raised_by_manualbp
+
 Array = jax.Array
 Params = Any
 Cache = Any
@@ -61,33 +65,47 @@ Shape = tuple[int, ...]
 
 
 def check_dtype_available(layer, dtype, *, where: str = "init"):
-    """Raise a TypeError unless jax can make arrays of ``dtype`` now: float64 needs 64-bit mode.
+    """Raise a TypeError unless ``dtype`` is a floating dtype jax can make arrays of now: float64 needs 64-bit mode.
 
     With ``jax_enable_x64`` off, jax silently narrows float64 to float32 (with
     a warning), so parameters, and every comparison made with them, would not
     be in the precision asked for.
     """
-    want = np.dtype(dtype)
-    got = np.dtype(jax.dtypes.canonicalize_dtype(want))
-    if got != want:
-        raise TypeError(
-            f"{name_of(layer)}.{where}: dtype {want.name} needs jax's 64-bit mode, which is off (jax would make "
-            f"{got.name} arrays instead); call jax.config.update(\"jax_enable_x64\", True) at the start of the "
-            f"program, before any array is created, or use float32"
-        )
+    return check_float_dtype(f"{name_of(layer)}.{where}", dtype)
 
 
-def _checking_dtype(init):
-    """Wrap a layer's ``init`` so that an unavailable dtype is refused before any array is made."""
+def _checked_init(init):
+    """Wrap a layer's ``init``: its key, input shape and dtype are checked, and its size, before any array is made.
+
+    The key: a typed PRNG key or raw uint32[2] key data (passed on as a typed key); None only for a
+    layer that draws nothing (else a TypeError saying so). The input shape: sizes >= 1. The dtype: a
+    floating dtype jax can make. The size: ``arguments.check_init_fits``.
+    """
     signature = inspect.signature(init)
 
     @functools.wraps(init)
     def checked(self, *args, **kwargs):
         arguments = signature.bind(self, *args, **kwargs)
         arguments.apply_defaults()
+        where = f"{name_of(self)}.init"
+        key = arguments.arguments.get("key")
+        if key is not None:
+            arguments.arguments["key"] = key = as_key(where, key)
+        if "input_shape" in arguments.arguments:
+            check_input_shape(where, arguments.arguments["input_shape"])
         if arguments.arguments.get("dtype") is not None:
             check_dtype_available(self, arguments.arguments["dtype"])
-        return init(self, *args, **kwargs)
+        if key is None:
+            try:
+                return init(*arguments.args, **arguments.kwargs)
+            except Exception as e:
+                if raised_by_manualbp(e):
+                    raise
+                raise TypeError(f"{where}: key is None, but {name_of(self)} draws its initial parameters at random; "
+                                "pass a PRNG key, e.g. jax.random.key(0)") from e
+        check_init_fits(self, init, key, arguments.arguments.get("input_shape"),
+                        arguments.arguments.get("dtype", jnp.float32))
+        return init(*arguments.args, **arguments.kwargs)
 
     return checked
 
@@ -95,9 +113,8 @@ def _checking_dtype(init):
 class Layer:
     """Mixin with the defaults of a parameter-free, shape-preserving layer.
 
-    Every subclass's ``init`` is wrapped, once, at class creation, with
-    ``check_dtype_available``: the one place that refuses float64 when jax's
-    64-bit mode is off.
+    ``init`` (this default and every subclass's own) is wrapped, once, at class creation, with
+    ``_checked_init``: the one place that checks an init's key, input shape, dtype and size.
     """
 
     children: tuple = ()
@@ -105,7 +122,7 @@ class Layer:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "init" in cls.__dict__:
-            cls.init = _checking_dtype(cls.__dict__["init"])
+            cls.init = _checked_init(cls.__dict__["init"])
 
     @property
     def name(self) -> str:
@@ -115,12 +132,14 @@ class Layer:
         return tuple(input_shape)
 
     def init(self, key, input_shape, dtype=jnp.float32):
-        del key
-        check_dtype_available(self, dtype)
+        del key, dtype
         return {}, self.output_shape(input_shape)
 
     def check_input(self, params, x):
-        """Raise on invalid VALUES of a concrete input (ids out of range); shapes are forward's job. Default: none."""
+        """Raise on invalid VALUES of a concrete input (ids out of range); shapes are forward's job. Default: none.
+
+        ``x`` may be traced, or partly (concrete lengths captured beside a traced x): check only what is concrete.
+        """
         del params, x
 
     def kink_pattern(self, cache):
@@ -130,6 +149,9 @@ class Layer:
         """
         del cache
         return ()
+
+
+Layer.init = _checked_init(Layer.init)
 
 
 def name_of(layer) -> str:
@@ -196,6 +218,36 @@ def check_array(layer, x, *, what: str = "x", min_ndim: int = 1, ndim: int | Non
         raise ValueError(f"{name}: expected {what} of rank {ndim}, got shape {tuple(x.shape)}")
     if x.ndim < min_ndim:
         raise ValueError(f"{name}: expected {what} of rank >= {min_ndim}, got shape {tuple(x.shape)}")
+
+
+def spec(x) -> jax.ShapeDtypeStruct:
+    """x's shape and dtype without x: what a cache keeps when backward needs no more (static, free under jit)."""
+    return jax.ShapeDtypeStruct(tuple(x.shape), x.dtype)
+
+
+def check_dy(layer, dy, shape, dtype):
+    """Raise unless ``dy`` (dL/dy, what ``backward`` receives) is an array of y's ``shape`` and ``dtype``.
+
+    Every layer's backward calls it first, with y's shape and dtype as its forward's cache gives
+    them: a dy of another shape would be broadcast or fail deep inside XLA, and one of another
+    dtype would be promoted (a float16 dy into a float32 Dense gives float32 gradients computed
+    from float16 values). ``dtype`` None: the cache does not keep y's dtype, and dy must only be
+    floating. Static: free under ``jax.jit``.
+    """
+    name = name_of(layer)
+    shape = tuple(shape)
+    if not hasattr(dy, "shape") or not hasattr(dy, "dtype"):
+        raise TypeError(f"{name}: expected dy (dL/dy) as an array of y's shape {shape}, got {describe(dy)}")
+    if tuple(dy.shape) != shape:
+        raise ValueError(f"{name}: expected dy of shape {shape} (the shape of y), got {tuple(dy.shape)}")
+    if dtype is None:  # a cache that does not keep y's dtype (ReLU's packed mask): dx takes dy's, no parameter meets it
+        if not jnp.issubdtype(dy.dtype, jnp.floating):
+            raise TypeError(f"{name}: expected dy of a floating dtype, got {describe(dy)}")
+        return
+    dtype = np.dtype(dtype)
+    if np.dtype(dy.dtype) != dtype:
+        raise TypeError(f"{name}: expected dy of dtype {dtype.name} (the dtype of y), got {describe(dy)}; "
+                        "a gradient is never promoted: cast dy, or run the layer in dy's precision")
 
 
 def check_positive_int(layer: str, field: str, value) -> int:
@@ -291,8 +343,12 @@ def as_array(v):
 
     ``jnp.asarray`` of a numpy array runs a small compiled copy, one XLA program per shape and dtype;
     ``jax.device_put`` makes the same array (the same dtype canonicalization, not weakly typed) with a
-    plain transfer.
+    plain transfer. A jax array is returned as it is: inside a trace, ``jnp.asarray`` would turn a
+    concrete constant (valid lengths the traced function captured) into a tracer, whose values can
+    no longer be checked.
     """
+    if isinstance(v, jax.Array):
+        return v
     if isinstance(v, (np.ndarray, np.generic)):
         return jax.device_put(v)
     return jnp.asarray(v)

@@ -7,12 +7,18 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from manualbp.layers.base import Layer, check_array, describe, name_of
+from manualbp.layers.arguments import check_layer_object
+from manualbp.layers.base import Layer, check_array, check_dy, describe, name_of, spec
 
 
 def _check_recurrent(which: str, layer):
-    if not (hasattr(layer, "forward") and hasattr(layer, "backward")):
-        raise TypeError(f"Bidirectional: {which} {layer!r} is not a layer (needs forward and backward)")
+    check_layer_object("Bidirectional", layer, f"the {which} layer")
+    if not hasattr(layer, "return_sequences"):
+        raise TypeError(
+            f"Bidirectional: the {which} layer {name_of(layer)} is not a recurrent layer; Bidirectional runs one over "
+            "the sequence and one over it reversed: pass an RNN, LSTM or GRU (or a layer of yours with their "
+            "interface: return_sequences, initial_state)"
+        )
     if getattr(layer, "initial_state", "zeros") != "zeros":
         raise ValueError(
             f"Bidirectional: the {which} layer {name_of(layer)} has initial_state={layer.initial_state!r}; "
@@ -24,8 +30,8 @@ def _reverse_time(a, lengths=None):
     """(B, T, ...) with each sequence's real steps reversed: step t reads step L - 1 - t for t < L, and 0 after.
 
     Without lengths L = T for every sequence: a plain flip of the time axis.
-    With lengths (a length above T counts as T and one below 0 as 0, as in
-    the recurrent layers' mask under ``jax.jit``) the padded steps read 0, so
+    With lengths (a length above T counts as T and one below 0 as 0: under
+    ``jax.jit`` the recurrent layers make such a sequence NaN) the padded steps read 0, so
     the backward layer sees a padded batch as a user would build it, and
     whatever the padding held reaches nothing. As a matrix on the time axis
     either map is symmetric (it pairs t with L - 1 - t, both < L), so it is
@@ -104,6 +110,11 @@ class Bidirectional(Layer):
             raise ValueError(f"Bidirectional: variable_length={self.variable_length!r}, but the layers have "
                              f"variable_length={declared.pop()}")
 
+    def check_input(self, params, x):
+        """Raise a ValueError if concrete lengths lie outside [0, T] (the forward layer's check, before any jit)."""
+        if self.variable_length and hasattr(self.layer, "check_input"):
+            self.layer.check_input(self.split_params(params)[0], x)
+
     def _split_input(self, x):
         """(x, lengths) from the input: lengths None for layers without variable lengths."""
         if not self.variable_length:
@@ -153,7 +164,7 @@ class Bidirectional(Layer):
     def forward(self, params, x):
         """x: (B, T, D), or (x, lengths) -> y: (B, T, H_f + H_b) or (B, H_f + H_b).
 
-        Cache: both layers' caches, H_f (where dy splits) and the lengths (None without).
+        Cache: both layers' caches, H_f (where dy splits), the lengths (None without) and y's shape and dtype.
         """
         x, lengths = self._split_input(x)
         check_array(self, x, ndim=3)
@@ -163,7 +174,8 @@ class Bidirectional(Layer):
         yb, cb = self.backward_layer.forward(pb, pack(_reverse_time(x, lengths)))
         if yb.ndim == 3:
             yb = _reverse_time(yb, lengths)  # back to x's time order: y_t = [h_t forward, h_t backward]
-        return jnp.concatenate([yf, yb], axis=-1), (cf, cb, yf.shape[-1], lengths)
+        y = jnp.concatenate([yf, yb], axis=-1)
+        return y, (cf, cb, yf.shape[-1], lengths, spec(y))
 
     def backward(self, params, cache, dy):
         """Split dy, reverse the backward half's time, run both layers' BPTT, reverse and add their dx.
@@ -177,7 +189,8 @@ class Bidirectional(Layer):
         adjoint is the same reversal (per sequence, over its real steps, with
         variable lengths). The lengths get no gradient: dx is ``(dx, None)``.
         """
-        cf, cb, split, lengths = cache
+        cf, cb, split, lengths, y = cache
+        check_dy(self, dy, y.shape, y.dtype)
         pf, pb = self.split_params(params)
         dyf, dyb = dy[..., :split], dy[..., split:]
         if dyb.ndim == 3:
@@ -190,6 +203,6 @@ class Bidirectional(Layer):
         return grads, (dxf[0] + _reverse_time(dxb[0], lengths), None)
 
     def kink_pattern(self, cache):
-        cf, cb, _, _ = cache
+        cf, cb = cache[:2]
         return tuple(layer.kink_pattern(c) if getattr(layer, "kink_pattern", None) else None
                      for layer, c in ((self.layer, cf), (self.backward_layer, cb)))

@@ -10,7 +10,16 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from manualbp.layers.base import Layer, check_array, check_input_width, check_param, check_params, check_positive_int
+from manualbp.layers.arguments import check_flag
+from manualbp.layers.base import (
+    Layer,
+    check_array,
+    check_dy,
+    check_input_width,
+    check_param,
+    check_params,
+    check_positive_int,
+)
 from manualbp.layers.window import check_padding, effective, output_size, pair, resolve_padding
 
 # im2col + one matmul beats XLA CPU's weight-gradient convolution when a patch row is short (BENCHMARKS.md)
@@ -54,6 +63,7 @@ class Conv2D(Layer):
         pair(self.name, "stride", self.stride)
         pair(self.name, "dilation", self.dilation)
         check_padding(self.name, self.padding)
+        check_flag("Conv2D", "use_bias", self.use_bias)
 
     def _keys(self):
         return ("W", "b") if self.use_bias else ("W",)
@@ -125,6 +135,7 @@ class Conv2D(Layer):
         x = cache
         W = params["W"]
         kernel, stride, dilation, pads, out = self._geometry(x.shape[1:3])
+        check_dy(self, dy, (x.shape[0], *out, self.features), x.dtype)
         grads = {"W": self._dW(x, dy, kernel, stride, dilation, pads, out)}
         if self.use_bias:
             grads["b"] = jnp.sum(dy, axis=(0, 1, 2))

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from manualbp.layers.base import Layer, check_array, check_param, check_params, check_positive_int
+from manualbp.layers.arguments import check_flag
+from manualbp.layers.base import Layer, check_array, check_dy, check_param, check_params, check_positive_int
 from manualbp.layers.conv import Conv2D
 from manualbp.layers.window import effective, output_size, resolve_padding
 
@@ -54,6 +55,7 @@ class Conv1D(Layer):
     def __post_init__(self):
         for field in ("features", "kernel_size", "stride", "dilation"):
             check_positive_int(self.name, field, getattr(self, field))
+        check_flag("Conv1D", "use_bias", self.use_bias)
         p = self.padding
         if not (p in ("SAME", "VALID", "CAUSAL") or _is_nonneg_int(p) or (
                 isinstance(p, (tuple, list)) and len(p) == 2 and all(map(_is_nonneg_int, p)))):
@@ -130,10 +132,8 @@ class Conv1D(Layer):
         """
         x = cache
         B, T, C = x.shape
-        if dy.ndim != 3 or dy.shape[0] != B or dy.shape[2] != self.features:
-            raise ValueError(f"Conv1D: expected dy of shape ({B}, To, {self.features}) (the shape of y), "
-                             f"got {tuple(dy.shape)}")
         kernel, stride, dilation, pads, out = self._geometry(T)
+        check_dy(self, dy, (B, *out, self.features), x.dtype)
         grads = {"W": Conv2D._dW(x, dy, kernel, stride, dilation, pads, out)}
         if self.use_bias:
             grads["b"] = jnp.sum(dy, axis=(0, 1))

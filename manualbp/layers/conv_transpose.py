@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from manualbp.layers.base import Layer, check_array, check_param, check_params, check_positive_int
+from manualbp.layers.arguments import check_flag
+from manualbp.layers.base import Layer, check_array, check_dy, check_param, check_params, check_positive_int
 from manualbp.layers.window import check_padding, crop_negative_pads, pair
 
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -84,6 +85,7 @@ class ConvTranspose2D(Layer):
         check_padding(self.name, self.padding)
         if not isinstance(self.transpose_kernel, bool):
             raise ValueError(f"ConvTranspose2D: transpose_kernel must be a bool, got {self.transpose_kernel!r}")
+        check_flag("ConvTranspose2D", "use_bias", self.use_bias)
 
     def _keys(self):
         return ("W", "b") if self.use_bias else ("W",)
@@ -165,9 +167,7 @@ class ConvTranspose2D(Layer):
         x = cache
         W = self._W(params)
         kernel, stride, pads, out = self._geometry(x.shape[1:3])
-        expected = (x.shape[0], *out, self.features)
-        if tuple(dy.shape) != expected:
-            raise ValueError(f"ConvTranspose2D: expected dy of shape {expected} (the shape of y), got {tuple(dy.shape)}")
+        check_dy(self, dy, (x.shape[0], *out, self.features), x.dtype)
         dyc, dx_pads = crop_negative_pads(dy, [(k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel, pads)])
         dx = lax.conv_general_dilated(dyc, W[::-1, ::-1], stride, dx_pads, dimension_numbers=("NHWC", "HWOI", "NHWC"))
         # x as the kernel, dilated by the stride, slid over dy: r[a] = sum_h dy[a + h s - (k - 1 - top)] x[h], so

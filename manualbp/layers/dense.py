@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 
-from manualbp.layers.base import Layer, check_array, check_input_width, check_param, check_params, check_positive_int
+from manualbp.layers.arguments import check_flag
+from manualbp.layers.base import (
+    Layer,
+    check_array,
+    check_dy,
+    check_input_width,
+    check_param,
+    check_params,
+    check_positive_int,
+)
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,7 @@ class Dense(Layer):
 
     def __post_init__(self):
         check_positive_int("Dense", "features", self.features)
+        check_flag("Dense", "use_bias", self.use_bias)
 
     def _keys(self):
         return ("W", "b") if self.use_bias else ("W",)
@@ -35,7 +46,7 @@ class Dense(Layer):
         if len(input_shape) < 1:
             raise ValueError(f"Dense: expected an input shape of rank >= 1, got {tuple(input_shape)}")
         fan_in = input_shape[-1]
-        params = {"W": jax.random.normal(key, (fan_in, self.features), dtype) / jnp.sqrt(fan_in).astype(dtype)}
+        params = {"W": jax.random.normal(key, (fan_in, self.features), dtype) / jnp.asarray(math.sqrt(fan_in), dtype)}
         if self.use_bias:
             params["b"] = jnp.zeros((self.features,), dtype)
         return params, (*input_shape[:-1], self.features)
@@ -65,6 +76,7 @@ class Dense(Layer):
         matmul over the whole minibatch, not a loop over examples.
         """
         x = cache
+        check_dy(self, dy, (*x.shape[:-1], self.features), x.dtype)
         W = params["W"]
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
         dy2 = dy.reshape(-1, dy.shape[-1])  # (N, out)

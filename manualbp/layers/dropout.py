@@ -38,25 +38,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from manualbp.layers.base import Layer, check_array, check_no_params, children_of, describe
+from manualbp.layers.arguments import as_key, check_layer_object
+from manualbp.layers.base import Layer, check_array, check_dy, check_no_params, children_of
 
 _NO_KEY = (
     "Dropout: training mode (rate {rate}) needs a PRNG key: bind one with mbp.with_dropout_key(model, key) or "
     "Dropout(rate, key=key); for evaluation use mbp.without_dropout(model) or Dropout(rate, training=False)"
 )
-
-
-def _as_key(key):
-    """A typed PRNG key from a typed key or raw uint32 key data (concrete or traced); TypeError otherwise."""
-    if not isinstance(key, jax.Array):
-        raise TypeError(f"Dropout: key must be a PRNG key (jax.random.key(seed)), got {type(key).__name__}")
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        if key.shape != ():
-            raise TypeError(f"Dropout: key must be a single PRNG key, got an array of keys of shape {key.shape}")
-        return key
-    if key.dtype == jnp.uint32 and key.shape == (2,):
-        return jax.random.wrap_key_data(key)
-    raise TypeError(f"Dropout: key must be a PRNG key (jax.random.key(seed)), got {describe(key)}")
 
 
 def _key_token(key):
@@ -105,7 +93,7 @@ class Dropout(Layer):
         if not isinstance(self.training, bool):
             raise ValueError(f"Dropout: training must be a bool, got {self.training!r}")
         if self.key is not None:
-            object.__setattr__(self, "key", _as_key(self.key))
+            object.__setattr__(self, "key", as_key("Dropout", self.key))
 
     def __hash__(self):
         return hash((type(self), self.rate, self.training, _key_token(self.key)))
@@ -122,7 +110,8 @@ class Dropout(Layer):
         return self.training and self.rate > 0
 
     def forward(self, params, x):
-        """x: any shape -> y of x's shape; cache: the key (the mask is redrawn in backward) or None (identity).
+        """x: any shape -> y of x's shape; cache: (the key, or None for the identity; x, whose shape and dtype alone
+        are read: under jit nothing of it is kept).
 
         Caching the key (two words) instead of the mask (one byte per unit)
         trades a second draw of the random bits for the memory of the mask.
@@ -130,11 +119,11 @@ class Dropout(Layer):
         check_no_params(self, params)
         check_array(self, x)
         if not self.active:
-            return x, None
+            return x, (None, x)
         if self.key is None:
             raise ValueError(_NO_KEY.format(rate=self.rate))
         keep = keep_mask(self.key, self.rate, x.shape)
-        return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - self.rate), x.dtype), 0), self.key
+        return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - self.rate), x.dtype), 0), (self.key, x)
 
     def backward(self, params, cache, dy):
         """y is linear in x with the diagonal Jacobian m / (1 - rate), so
@@ -146,7 +135,8 @@ class Dropout(Layer):
         a dropped unit passes no gradient. dy: of x's shape; returns ({}, dx).
         """
         del params
-        key = cache
+        key, x = cache
+        check_dy(self, dy, x.shape, x.dtype)  # a dy of another shape would redraw another mask
         if key is None:
             return {}, dy
         keep = keep_mask(key, self.rate, dy.shape)
@@ -169,11 +159,13 @@ def with_dropout_key(model, key):
     ``key`` may be concrete (a hashable model, e.g. for ``compare``) or traced
     (inside a jitted training step). Two Dropouts never share a mask.
     """
-    key = _as_key(key)
+    check_layer_object("with_dropout_key", model)
+    key = as_key("with_dropout_key", key)
     counter = itertools.count()
     return _rebuild(model, lambda d: dataclasses.replace(d, training=True, key=jax.random.fold_in(key, next(counter))))
 
 
 def without_dropout(model):
     """``model`` with every Dropout the identity (evaluation mode, no key)."""
+    check_layer_object("without_dropout", model)
     return _rebuild(model, lambda d: dataclasses.replace(d, training=False, key=None))

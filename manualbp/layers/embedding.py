@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from manualbp.layers.base import (
     Layer,
     as_index,
-    check_dtype_match,
+    check_dy,
     check_param,
     check_params,
     check_positive_int,
@@ -94,10 +94,6 @@ class Embedding(Layer):
         """
         ids = cache
         E = params["E"]
-        if tuple(dy.shape) != (*ids.shape, E.shape[1]):
-            raise ValueError(
-                f"Embedding: expected dy of shape {(*ids.shape, E.shape[1])} (the shape of y), got {tuple(dy.shape)}"
-            )
-        check_dtype_match(self, dy, E, what="dy", wname="E")
+        check_dy(self, dy, (*ids.shape, E.shape[1]), E.dtype)
         dE = jnp.zeros_like(E).at[ids.reshape(-1)].add(dy.reshape(-1, E.shape[1]), mode="drop")
         return {"E": dE}, None

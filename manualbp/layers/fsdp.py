@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from manualbp.layers.base import Layer
+from manualbp.layers.base import Layer, check_dy
 from manualbp.layers.collectives import BATCH, GATHER_SUMMED, activation, check_divisible, run
 from manualbp.layers.dense import Dense
 from manualbp.layers.tensor_parallel import check_dense_input, check_tensor_parallel
@@ -82,6 +82,7 @@ class FSDPDense(Layer):
 
         (e: this device's batch shard; d: its rows of W).
         """
+        check_dy(self, dy, (*cache.shape[:-1], self.features), cache.dtype)
         x_spec = activation(cache.ndim)
 
         def local(p, x, dy):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 from jax import lax
 
-from manualbp.layers.base import Layer, check_array, check_no_params
+from manualbp.layers.base import Layer, check_array, check_dy, check_no_params, spec
 
 
 class _GlobalPool2D(Layer):
@@ -23,10 +23,8 @@ class _GlobalPool2D(Layer):
         check_array(self, x, ndim=4)
         self.output_shape(x.shape[1:])
 
-    def _check_dy(self, shape, dy):
-        expected = (shape[0], shape[3])
-        if tuple(dy.shape) != expected:
-            raise ValueError(f"{self.name}: expected dy of shape {expected} (the shape of y), got {tuple(dy.shape)}")
+    def _check_dy(self, x, dy):
+        check_dy(self, dy, (x.shape[0], x.shape[3]), x.dtype)
 
 
 @dataclass(frozen=True)
@@ -37,9 +35,9 @@ class GlobalAvgPool2D(_GlobalPool2D):
     """
 
     def forward(self, params, x):
-        """x: (N, H, W, C) -> y: (N, C); cache: x's shape (backward needs nothing else)."""
+        """x: (N, H, W, C) -> y: (N, C); cache: x's shape and dtype (backward needs nothing else)."""
         self._check(params, x)
-        return jnp.mean(x, axis=(1, 2)), tuple(x.shape)
+        return jnp.mean(x, axis=(1, 2)), spec(x)
 
     def backward(self, params, cache, dy):
         """Every pixel gets an equal share of its channel's gradient.
@@ -47,8 +45,9 @@ class GlobalAvgPool2D(_GlobalPool2D):
         .. math::
             dx[n, h, w, c] = dy[n, c] / (H W)
         """
-        shape = cache
-        self._check_dy(shape, dy)
+        x = cache
+        self._check_dy(x, dy)
+        shape = x.shape
         g = dy / jnp.array(shape[1] * shape[2], dy.dtype)
         return {}, jnp.broadcast_to(g[:, None, None, :], shape)
 
@@ -67,7 +66,7 @@ class GlobalMaxPool2D(_GlobalPool2D):
     """
 
     def forward(self, params, x):
-        """x: (N, H, W, C) -> y: (N, C); cache: (winner, x's shape).
+        """x: (N, H, W, C) -> y: (N, C); cache: (winner, x's shape and dtype).
 
         winner[n, c] = h* W + w*, the row-major index of the first maximum
         (int32): all that backward needs.
@@ -77,7 +76,7 @@ class GlobalMaxPool2D(_GlobalPool2D):
         flat = x.reshape(N, H * W, C)
         winner = jnp.argmax(flat, axis=1).astype(jnp.int32)  # the first maximum (NaN first, if any)
         y = jnp.take_along_axis(flat, winner[:, None, :], axis=1)[:, 0]
-        return y, (winner, tuple(x.shape))
+        return y, (winner, spec(x))
 
     def backward(self, params, cache, dy):
         """All of dy[n, c] goes to the channel's winner.
@@ -85,8 +84,9 @@ class GlobalMaxPool2D(_GlobalPool2D):
         .. math::
             dx[n, h, w, c] = dy[n, c] \\, [h W + w = \\text{winner}[n, c]]
         """
-        winner, shape = cache
-        self._check_dy(shape, dy)
+        winner, x = cache
+        self._check_dy(x, dy)
+        shape = x.shape
         N, H, W, C = shape
         pixel = lax.broadcasted_iota(jnp.int32, (1, H * W, 1), 1)
         dx = jnp.where(pixel == winner[:, None, :], dy[:, None, :], jnp.zeros((), dy.dtype))

@@ -40,6 +40,13 @@ def _as_array(head, what, v):
         raise TypeError(f"{head.name}: expected {what} as an array of numbers, got {type(v).__name__}") from None
 
 
+def _as_labels(head, labels):
+    """The labels as a jax array; None (a head always needs them) is a TypeError naming the head."""
+    if labels is None:
+        raise TypeError(f"{head.name}: expected labels as an array of numbers, got None")
+    return _as_array(head, "labels", labels)
+
+
 def _not_finite(v):
     return ~(abs(v) < np.inf)  # NaN and +-Inf; numpy and jax arrays alike
 
@@ -60,8 +67,9 @@ def _check_mask(head, mask, per_example_shape):
             f"{head.name}: expected mask of shape {tuple(per_example_shape)} (logits' shape without "
             f"the last axis), got {tuple(mask.shape)}"
         )
-    if not (jnp.issubdtype(mask.dtype, jnp.number) or mask.dtype == jnp.bool_):
-        raise TypeError(f"{head.name}: expected a mask of numbers or bools, got {describe(mask)}")
+    if not (jnp.issubdtype(mask.dtype, jnp.floating) or jnp.issubdtype(mask.dtype, jnp.integer)
+            or mask.dtype == jnp.bool_):
+        raise TypeError(f"{head.name}: expected a mask of real numbers or bools (weights >= 0), got {describe(mask)}")
     bad = check_values(head.name, "mask entries must be finite and >= 0 (1 = real, 0 = padding)", mask,
                        lambda v: ~((v >= 0) & (v < np.inf)))
     check_values(head.name, "the mask selects no example (all zeros)", mask, lambda v: ~(v != 0).any())
@@ -107,7 +115,7 @@ class SoftmaxCrossEntropy(_Head):
         C = logits.shape[-1]
         if C == 0:
             raise ValueError(f"{self.name}: expected at least one class, got logits of shape {tuple(logits.shape)}")
-        labels = _as_array(self, "labels", labels)
+        labels = _as_labels(self, labels)
         if jnp.issubdtype(labels.dtype, jnp.integer):
             if tuple(labels.shape) != tuple(logits.shape[:-1]):
                 raise ValueError(
@@ -176,7 +184,7 @@ class SigmoidBinaryCrossEntropy(_Head):
 
     def _inputs(self, logits, labels, mask):
         _check_logits(self, logits)
-        labels = _as_array(self, "labels", labels)
+        labels = _as_labels(self, labels)
         if not jnp.issubdtype(labels.dtype, jnp.floating) and not jnp.issubdtype(labels.dtype, jnp.integer):
             raise TypeError(f"{self.name}: labels must be numbers in [0, 1], got {describe(labels)}")
         if tuple(labels.shape) != tuple(logits.shape):
@@ -219,7 +227,7 @@ class MeanSquaredError(_Head):
 
     def _inputs(self, logits, labels, mask):
         _check_logits(self, logits)
-        labels = _as_array(self, "labels", labels)
+        labels = _as_labels(self, labels)
         check_array(self, labels, what="labels")
         if tuple(labels.shape) != tuple(logits.shape):
             raise ValueError(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from manualbp.layers.base import Layer, check_array, check_no_params, describe
+from manualbp.layers.base import Layer, check_array, check_dy, check_no_params, describe
 
 
 def _check_pair(layer, params, x):
@@ -34,10 +34,11 @@ class Add(Layer):
 
     def forward(self, params, x):
         a, b = _check_pair(self, params, x)
-        return a + b, None
+        return a + b, a  # only a's shape and dtype are read (under jit nothing is kept)
 
     def backward(self, params, cache, dy):
         """da = dy, db = dy."""
+        check_dy(self, dy, cache.shape, cache.dtype)
         return {}, (dy, dy)
 
 
@@ -56,4 +57,5 @@ class Multiply(Layer):
     def backward(self, params, cache, dy):
         """da = dy * b, db = dy * a."""
         a, b = cache
+        check_dy(self, dy, a.shape, a.dtype)
         return {}, (dy * b, dy * a)

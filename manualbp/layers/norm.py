@@ -50,9 +50,19 @@ import math
 from dataclasses import dataclass
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from manualbp.layers.base import Layer, check_array, check_input_width, check_param, check_params
+from manualbp.layers.base import (
+    Layer,
+    check_array,
+    check_dtype_match,
+    check_dy,
+    check_input_width,
+    check_param,
+    check_params,
+    check_values,
+)
 
 _KEYS = ("gamma", "beta")
 
@@ -178,6 +188,7 @@ class LayerNorm(Layer):
         dy: (..., D); returns ({"gamma": (D,), "beta": (D,)}, dx (..., D)).
         """
         xhat, rstd = cache
+        check_dy(self, dy, xhat.shape, xhat.dtype)
         return _backward(params, xhat, rstd, dy, (dy.ndim - 1,), self.epsilon)
 
     def backward_terms(self, params, x, dy) -> dict:
@@ -259,6 +270,7 @@ class BatchNorm(Layer):
         The running statistics are not inputs of the loss: they get no gradient.
         """
         xhat, rstd, _, _ = cache
+        check_dy(self, dy, xhat.shape, xhat.dtype)
         return _backward(params, xhat, rstd, dy, tuple(range(dy.ndim - 1)), self.epsilon)
 
     def backward_terms(self, params, x, dy) -> dict:
@@ -280,6 +292,7 @@ class BatchNorm(Layer):
             got = sorted(stats) if isinstance(stats, dict) else type(stats).__name__
             raise ValueError(f"{self.name}: expected stats as a dict with keys ['mean', 'var'], got {got}")
         for k in ("mean", "var"):
+            check_array(self, stats[k], what=f"stats[{k!r}]")
             if tuple(stats[k].shape) != (c,):
                 raise ValueError(f"{self.name}: expected stats[{k!r}] of shape ({c},), got {tuple(stats[k].shape)}")
 
@@ -290,6 +303,13 @@ class BatchNorm(Layer):
         """
         _check_input(self, params, x, min_ndim=2)
         self._check_stats(stats, params["gamma"].shape[0])
+        for k in ("mean", "var"):
+            check_dtype_match(self, x, stats[k], wname=f"stats[{k!r}]")
+        # a variance below 0 (or NaN/Inf statistics) has no square root: an error where the values are concrete; under
+        # jit its rows come out NaN, never a plausible number
+        check_values(self.name, "running statistics must be finite, the variance >= 0", stats["var"],
+                     lambda v: ~((v >= 0) & (abs(v) < np.inf)))
+        check_values(self.name, "running statistics must be finite", stats["mean"], lambda v: ~(abs(v) < np.inf))
         rstd = lax.rsqrt(stats["var"] + jnp.asarray(self.epsilon, x.dtype))
         xhat = (x - _per_feature(stats["mean"], x.ndim)) * _per_feature(rstd, x.ndim)
         return xhat * _per_feature(params["gamma"], x.ndim) + _per_feature(params["beta"], x.ndim)

@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 
 from manualbp.layers.activations import GELU
 from manualbp.layers.attention import MultiHeadAttention
-from manualbp.layers.base import Layer, check_array
+from manualbp.layers.base import Layer, check_array, check_dy
 from manualbp.layers.collectives import (
     BATCH,
     COPY,
@@ -143,6 +143,7 @@ class ParallelAttention(Layer):
             grads, dx = self._local(x.shape[-1]).backward(self._per_device(p), (x, None, (qs, kt, vt), om, None), dy)
             return sum_over_batch(grads), self.enter.backward(dx, MODEL)
 
+        check_dy(self, dy, cache[0].shape, cache[0].dtype)
         specs = (self.param_specs(), x_spec, _HEADS, _HEADS_T, _HEADS_T, activation(3, MODEL), x_spec)
         return run(self.mesh, local, specs, (self.param_specs(), x_spec))(params, *cache, dy)
 

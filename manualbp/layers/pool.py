@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 from jax import lax
 
-from manualbp.layers.base import Layer, check_array, check_no_params
+from manualbp.layers.base import Layer, check_array, check_dy, check_no_params, spec
 from manualbp.layers.window import check_padding, output_size, pair, resolve_padding
 
 
@@ -98,7 +98,7 @@ class MaxPool2D(_Pool2D):
     padding: str = "VALID"
 
     def forward(self, params, x):
-        """x: (N, H, W, C) -> y: (N, Ho, Wo, C); cache: (winner, x's shape).
+        """x: (N, H, W, C) -> y: (N, Ho, Wo, C); cache: (winner, x's shape and dtype).
 
         winner[n, o, p, c] = i* kw + j*, the row-major index of the window's
         first maximum (int8 when kh kw <= 127): all that backward needs, a
@@ -107,7 +107,7 @@ class MaxPool2D(_Pool2D):
         check_no_params(self, params)
         check_array(self, x, ndim=4)
         y, winner = self._max_and_winner(x)
-        return y, (winner, tuple(x.shape))
+        return y, (winner, spec(x))
 
     def _offsets(self, x):
         """The kh kw window offsets k = i kw + j in row-major order, each an (N, Ho, Wo, C) view of x padded with -inf."""
@@ -152,7 +152,9 @@ class MaxPool2D(_Pool2D):
         with comparisons, pads and reshapes only, so it never lowers to
         ``select_and_scatter_add``.
         """
-        winner, shape = cache
+        winner, x = cache
+        check_dy(self, dy, winner.shape, x.dtype)  # y (N, Ho, Wo, C): one winner per output
+        shape = x.shape
         window, stride, _, _ = self._geometry(shape[1:3])
         zero = jnp.zeros((), dy.dtype)
         kh, kw = window
@@ -192,13 +194,13 @@ class AvgPool2D(_Pool2D):
     padding: str = "VALID"
 
     def forward(self, params, x):
-        """x: (N, H, W, C) -> y: (N, Ho, Wo, C); cache: x's shape (backward needs nothing else)."""
+        """x: (N, H, W, C) -> y: (N, Ho, Wo, C); cache: x's shape and dtype (backward needs nothing else)."""
         check_no_params(self, params)
         check_array(self, x, ndim=4)
         kh, kw = pair(self.name, "window", self.window)
         win = self._windows(x, 0)
         total = jnp.sum(win, axis=(2, 4)) if not isinstance(win, list) else sum(win[1:], win[0])
-        return total / jnp.array(kh * kw, x.dtype), tuple(x.shape)
+        return total / jnp.array(kh * kw, x.dtype), spec(x)
 
     def backward(self, params, cache, dy):
         """Each window spreads dy / (kh kw) over its elements; overlaps add.
@@ -207,8 +209,10 @@ class AvgPool2D(_Pool2D):
             dx[n, h, w, c] = \\frac{1}{k_h k_w}
                              \\sum_{o, p:\\; (h + top, w + left) \\in \\text{window}(o, p)} dy[n, o, p, c]
         """
-        shape = cache
-        window, stride, _, _ = self._geometry(shape[1:3])
+        x = cache
+        shape = x.shape
+        window, stride, _, out = self._geometry(shape[1:3])
+        check_dy(self, dy, (shape[0], *out, shape[3]), x.dtype)
         g = dy / jnp.array(window[0] * window[1], dy.dtype)
         if window == stride:
             parts = jnp.broadcast_to(g[:, :, None, :, None, :], (g.shape[0], g.shape[1], window[0], g.shape[2],

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from manualbp.layers.base import Layer, check_array, check_dtype_match, check_param, check_params, check_positive_int
+from manualbp.layers.base import Layer, check_array, check_dtype_match, check_dy, check_param, check_params, check_positive_int
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class PositionalEmbedding(Layer):
         return {"P": P}, tuple(input_shape)
 
     def forward(self, params, x):
-        """x: (B, T, F) -> y = x + P[:T] of x's shape; cache: None (y is x plus a constant in x)."""
+        """x: (B, T, F) -> y = x + P[:T] of x's shape; cache: x (only its shape and dtype are read)."""
         check_params(self, params, ("P",))
         check_array(self, x, ndim=3)
         check_param(self, params, "P", (self.max_len, self.features), like=x, why="(max_len, features)")
@@ -57,7 +57,7 @@ class PositionalEmbedding(Layer):
             raise ValueError(f"PositionalEmbedding: expected x of shape (B, T, {self.features}), got {tuple(x.shape)}")
         self._check_length(T, tuple(x.shape))
         check_dtype_match(self, x, params["P"], wname="P")
-        return x + params["P"][None, :T], None
+        return x + params["P"][None, :T], x
 
     def backward(self, params, cache, dy):
         """The add node once more, with P[t] shared by every sequence of the batch:
@@ -68,7 +68,8 @@ class PositionalEmbedding(Layer):
         (a shared weight's gradient is the sum over its uses). dy: (B, T, F);
         returns ({"P": (max_len, F)}, dx (B, T, F)).
         """
-        del params, cache
+        del params
+        check_dy(self, dy, cache.shape, cache.dtype)
         T = dy.shape[1]
         dP = jnp.sum(dy, axis=0)
         if T < self.max_len:

@@ -17,7 +17,10 @@ state unchanged (h_t = h_(t-1), c_t = c_(t-1)) and output zeros, so the
 last output is the state after the last real step. Backward matches: at a
 padded step dL/dz_t = 0 and the carry passes through unchanged
 (dL/dh_(t-1) = dL/dh_t, dL/dc_(t-1) = dL/dc_t); the lengths get no
-gradient (None in dx's tuple).
+gradient (None in dx's tuple). A length outside [0, T] raises where the
+lengths are concrete (``check_input`` runs before ``value_and_grad``'s and
+``compare``'s jit); under the user's own ``jax.jit`` it makes its sequence
+NaN (loss and gradients NaN, as an invalid label does).
 
 Inside, sequences are time-major (T, B, .) so ``lax.scan`` walks axis 0 (``time_major``); the input
 projection x_t Wx is hoisted out of the forward scan as one matmul over all T*B rows (``as_rows``).
@@ -27,15 +30,16 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from manualbp.layers.base import (
     Layer,
     check_array,
     check_dtype_match,
+    check_dy,
     check_input_width,
     check_param,
     check_positive_int,
+    check_values,
     describe,
     is_concrete,
 )
@@ -165,7 +169,7 @@ class RecurrentBase(Layer):
         for key, shape, why in (("Wx", (D, G), f"(D, {g}hidden)"), ("Wh", (self.hidden, G), f"(hidden, {g}hidden)"),
                                 ("b", (G,), f"({g}hidden,)")):
             check_param(self, params, key, shape, like=x, why=why)
-        mask = None if lengths is None else self._mask(lengths, B, T)
+        x, mask = (x, None) if lengths is None else self._mask(lengths, x)
         if states is None:
             return x, tuple(jnp.zeros((B, self.hidden), x.dtype) for _ in range(self.n_states)), mask
         for name, s in zip(self._state_names, states, strict=True):
@@ -177,12 +181,29 @@ class RecurrentBase(Layer):
             check_dtype_match(self, s, Wx, what=name, wname="Wx")
         return x, states, mask
 
-    def _mask(self, lengths, B, T):
-        """The time-major mask (T, B, 1) of real steps, t < lengths[b], after checking ``lengths``.
+    def check_input(self, params, x):
+        """Raise a ValueError if concrete lengths lie outside [0, T] (what ``forward`` raises, before any jit)."""
+        del params
+        if (self.variable_length and isinstance(x, (tuple, list)) and len(x) >= 2 and getattr(x[0], "ndim", 0) == 3
+                and is_concrete(x[1])):
+            self._check_lengths(x[1], *x[0].shape[:2])
 
-        Its values are checked when concrete (eagerly); under ``jax.jit`` a length
-        above T counts as T and one below 0 as 0.
+    def _mask(self, lengths, x):
+        """(x, mask): the time-major mask (T, B, 1) of real steps, t < lengths[b], after checking ``lengths``.
+
+        Concrete lengths outside [0, T] raise. Traced ones cannot (under ``jax.jit``): a sequence with
+        such a length gets x = NaN at every step, all of them real, so its outputs, the loss and every
+        gradient are NaN, never a plausible number (``base.check_values``).
         """
+        B, T = x.shape[:2]
+        bad = self._check_lengths(lengths, B, T)
+        mask = (jnp.arange(T)[:, None] < lengths[None, :])[:, :, None]
+        if bad is None:
+            return x, mask
+        return jnp.where(bad[:, None, None], jnp.asarray(jnp.nan, x.dtype), x), mask | bad[None, :, None]
+
+    def _check_lengths(self, lengths, B, T):
+        """Raise unless ``lengths`` is an integer array (B,) with values in [0, T]; traced: the mask of bad entries."""
         if not hasattr(lengths, "shape") or not hasattr(lengths, "dtype"):
             raise TypeError(f"{self.name}: expected lengths to be an integer array of shape ({B},), "
                             f"got {type(lengths).__name__}")
@@ -190,12 +211,8 @@ class RecurrentBase(Layer):
             raise TypeError(f"{self.name}: expected lengths of an integer dtype (steps per sequence), got {describe(lengths)}")
         if tuple(lengths.shape) != (B,):
             raise ValueError(f"{self.name}: expected lengths of shape ({B},) (one per sequence), got {tuple(lengths.shape)}")
-        if is_concrete(lengths) and B and not (0 <= int(np.min(lengths)) and int(np.max(lengths)) <= T):
-            raise ValueError(
-                f"{self.name}: expected lengths in [0, {T}] (T = {T} steps), got values from "
-                f"{int(np.min(lengths))} to {int(np.max(lengths))}"
-            )
-        return (jnp.arange(T)[:, None] < lengths[None, :])[:, :, None]
+        return check_values(self.name, f"lengths must lie in [0, {T}] (T = {T} steps)", lengths,
+                            lambda v: (v < 0) | (v > T))
 
     def _output(self, hs, mask=None):
         """hs (T, B, H) -> y: (B, T, H) (zeros at padded steps) or the last step (B, H)."""
@@ -210,9 +227,7 @@ class RecurrentBase(Layer):
         A padded step outputs a constant 0, so its dL/dy reaches nothing: zeroed.
         """
         T, B, H = states.shape
-        expected = (B, T, H) if self.return_sequences else (B, H)
-        if tuple(dy.shape) != expected:
-            raise ValueError(f"{self.name}: expected dy of shape {expected} (the shape of y), got {tuple(dy.shape)}")
+        check_dy(self, dy, (B, T, H) if self.return_sequences else (B, H), states.dtype)
         if self.return_sequences:
             dys = time_major(dy)
             return (dys if mask is None else jnp.where(mask, dys, 0)), jnp.zeros((B, H), states.dtype)

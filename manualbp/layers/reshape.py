@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from manualbp.layers.base import Layer, check_array, check_no_params
+from manualbp.layers.base import Layer, check_array, check_dy, check_no_params, spec
 
 
 @dataclass(frozen=True)
@@ -19,11 +19,12 @@ class Flatten(Layer):
         return (math.prod(input_shape),)
 
     def forward(self, params, x):
-        """x: (N, d1, ..., dk) -> y: (N, d1 ... dk); cache: x's shape."""
+        """x: (N, d1, ..., dk) -> y: (N, d1 ... dk); cache: x's shape and dtype."""
         check_no_params(self, params)
         check_array(self, x, min_ndim=2)
-        return x.reshape(x.shape[0], -1), tuple(x.shape)
+        return x.reshape(x.shape[0], -1), spec(x)
 
     def backward(self, params, cache, dy):
         """dx = dy.reshape(x.shape), (N, d1 ... dk) -> (N, d1, ..., dk): a reshape's adjoint is the inverse reshape."""
-        return {}, dy.reshape(cache)
+        check_dy(self, dy, (cache.shape[0], math.prod(cache.shape[1:])), cache.dtype)
+        return {}, dy.reshape(cache.shape)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import jax.numpy as jnp
 
+from manualbp.layers.arguments import check_layer_object
 from manualbp.layers.base import Layer, check_array, child_stats, forward_eval_of, update_stats_of, with_child_stats
 from manualbp.layers.walk import require_dx
 
@@ -25,8 +26,7 @@ class Residual(Layer):
     block: object
 
     def __post_init__(self):
-        if not (hasattr(self.block, "forward") and hasattr(self.block, "backward")):
-            raise TypeError(f"Residual: {self.block!r} is not a layer (needs forward and backward)")
+        check_layer_object("Residual", self.block, "the block")
 
     @property
     def children(self):

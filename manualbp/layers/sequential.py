@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from manualbp.layers.arguments import check_layer_object
 from manualbp.layers.base import Layer, child_stats, forward_eval_of, update_stats_of, with_child_stats
 from manualbp.layers.walk import require_dx
 
@@ -69,9 +70,8 @@ class Sequential(_Container):
     def __init__(self, *layers):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
-        for layer in layers:
-            if not (hasattr(layer, "forward") and hasattr(layer, "backward")):
-                raise TypeError(f"Sequential: {layer!r} is not a layer (needs forward and backward)")
+        for i, layer in enumerate(layers):
+            check_layer_object("Sequential", layer, f"layer {i}")
         object.__setattr__(self, "layers", tuple(layers))
 
     def init(self, key, input_shape, dtype=jnp.float32):
@@ -136,6 +136,8 @@ class Parallel(_Container):
             layers = tuple(layers[0])
         if not layers:
             raise ValueError("Parallel: needs at least one branch")
+        for i, layer in enumerate(layers):
+            check_layer_object("Parallel", layer, f"branch {i}")
         object.__setattr__(self, "layers", tuple(layers))
 
     def init(self, key, input_shape, dtype=jnp.float32):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import jax.numpy as jnp
 
-from manualbp.layers.base import Layer, check_array, check_no_params
+from manualbp.layers.base import Layer, check_array, check_dy, check_no_params
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class Softmax(Layer):
         O(n) work per slice instead of the n x n Jacobian. dy: of y's shape; returns ({}, dx of y's shape).
         """
         del params
+        check_dy(self, dy, cache.shape, cache.dtype)
         return {}, softmax_vjp(cache, dy, self.axis)
 
 

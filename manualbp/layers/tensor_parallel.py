@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from manualbp.layers.activations import GELU
-from manualbp.layers.base import Layer, check_array, check_param, check_params
+from manualbp.layers.base import Layer, check_array, check_dy, check_param, check_params
 from manualbp.layers.collectives import (
     BATCH,
     COPY,
@@ -130,6 +130,7 @@ class ColumnParallelDense(Layer):
         (dy_d = dy[..., slice d]: GATHER's adjoint when y was gathered.) The parameter gradients are
         summed over the batch axis (``sum_over_batch``); dx leaves replicated.
         """
+        check_dy(self, dy, (*cache.shape[:-1], self.features), cache.dtype)
         p_spec, x_spec, y_spec = self._specs(cache)
 
         def local(p, x, dy):
@@ -204,6 +205,7 @@ class RowParallelDense(Layer):
         dx leaves split like x (all_gathered by SPLIT's adjoint when x came in replicated); the
         parameter gradients are summed over the batch axis.
         """
+        check_dy(self, dy, (*cache.shape[:-1], self.features), cache.dtype)
         p_spec, x_spec, y_spec = self._specs(cache)
 
         def local(p, x, dy):

@@ -47,12 +47,15 @@ class TransformerBlock(Layer):
     def __init__(self, features: int, num_heads: int, *, hidden: int | None = None, causal: bool = False,
                  dropout: float = 0.0, epsilon: float = 1e-5, block_size: int | None = None, kernel: str = "auto"):
         check_positive_int("TransformerBlock", "features", features)
-        attn = MultiHeadAttention(num_heads, causal=causal, block_size=block_size, kernel=kernel)
-        attn._dh(features)  # features not divisible by num_heads: say so now, not at the first forward
         hidden = 4 * features if hidden is None else hidden
-        drop = Dropout(dropout)
-        parts = [("ln1", LayerNorm(epsilon)), ("attn", attn), ("drop1", drop), ("ln2", LayerNorm(epsilon)),
-                 ("fc1", Dense(hidden)), ("gelu", GELU()), ("fc2", Dense(features)), ("drop2", drop)]
+        try:  # each child checks its own hyperparameters; the message says they came through this block
+            attn = MultiHeadAttention(num_heads, causal=causal, block_size=block_size, kernel=kernel)
+            attn._dh(features)  # features not divisible by num_heads: say so now, not at the first forward
+            drop = Dropout(dropout)
+            parts = [("ln1", LayerNorm(epsilon)), ("attn", attn), ("drop1", drop), ("ln2", LayerNorm(epsilon)),
+                     ("fc1", Dense(hidden)), ("gelu", GELU()), ("fc2", Dense(features)), ("drop2", drop)]
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"TransformerBlock: {e}") from None
         object.__setattr__(self, "parts", tuple((n, layer) for n, layer in parts if dropout > 0 or n[:4] != "drop"))
 
     @classmethod

@@ -13,15 +13,26 @@ holding two files written here:
   at each save (so saving costs the steps since the last save, not the whole
   run) and cut back to the state's step when a run resumes.
 
+Both carry checksums (BLAKE2b): the state file's zip comment is the digest of
+every byte before it; the log has a digest after its header and after every
+record, keyed by the run id and the record's step, so that a record changed,
+moved or copied from another run does not match. A file whose bytes changed
+after the save (a flipped bit on disk, a hand edit) is refused naming the file
+(and, in the log, the record of step k), never loaded as another history or
+other weights.
+
 Reading refuses, with a ``CheckpointError``, anything that is not what was
 written: a directory, FIFO or device in place of a file, a ``.npy`` or any
 non-zip, an encrypted zip or one with an unknown compression, a foreign or
 truncated file, shapes or dtypes other than the caller expects (checked in
-each array's header before its data is read), a log shorter than the step.
+each array's header before its data is read), a log shorter than the step,
+and any byte that does not match its checksum.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import stat
@@ -31,10 +42,11 @@ import zipfile
 import jax
 import numpy as np
 
-FORMAT = "manualbp-checkpoint-v2"
+FORMAT = "manualbp-checkpoint-v3"  # v3: with checksums
 TMP_PREFIX = ".tmp-"
-_LOG_MAGIC = b"MBPLOG01"
-_LOG_HEADER = 8 + 32 + 8  # magic, run id (32 hex characters), record size in bytes (uint64)
+_LOG_MAGIC = b"MBPLOG02"  # 02: with checksums
+_DIGEST = 8  # bytes of each log digest (BLAKE2b-64: a changed record passes with probability 2^-64)
+_LOG_HEADER = 8 + 32 + 8 + _DIGEST  # magic, run id (32 hex characters), record size in bytes (uint64), digest
 _MAX_HEADER_BYTES = 1 << 24
 _NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
@@ -83,13 +95,31 @@ def regular_file(path) -> str:
     return path
 
 
+_STATE_DIGEST = 64  # the zip comment: the BLAKE2b-256 hex digest of every byte of the file before it
+
+
+def _state_digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=_STATE_DIGEST // 2).hexdigest().encode()
+
+
+def _with_digest(write_zip) -> bytes:
+    """The zip that ``write_zip(f)`` writes, its comment the digest of every byte before the comment."""
+    buf = io.BytesIO()
+    write_zip(buf)
+    with zipfile.ZipFile(buf, "a") as z:
+        z.comment = b"0" * _STATE_DIGEST  # its length is part of what the digest covers
+    data = buf.getvalue()[:-_STATE_DIGEST]
+    return data + _state_digest(data)
+
+
 def save(path, tree, meta: dict) -> None:
-    """Write ``tree`` (a pytree of arrays) and ``meta`` (JSON-able) to ``path`` atomically."""
+    """Write ``tree`` (a pytree of arrays) and ``meta`` (JSON-able) to ``path`` atomically, with its checksum."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     arrays = {f"leaf_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
     header = {"format": FORMAT, "treedef": str(treedef), "meta": meta}
     arrays["header"] = np.frombuffer(json.dumps(header, allow_nan=False).encode(), dtype=np.uint8)
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    data = _with_digest(lambda f: np.savez(f, **arrays))
+    atomic_write(path, lambda f: f.write(data))
 
 
 class _Zip:
@@ -109,6 +139,12 @@ class _Zip:
                 raise CheckpointError(f"checkpoint {self.path}: member {info.filename} uses compression method "
                                       f"{info.compress_type}, which a checkpoint never does")
         self.names = {info.filename.removesuffix(".npy") for info in self.zf.infolist()}
+        with open(self.path, "rb") as f:
+            data = f.read()
+        if len(data) < _STATE_DIGEST or _state_digest(data[:-_STATE_DIGEST]) != data[-_STATE_DIGEST:]:
+            self.zf.close()
+            raise CheckpointError(f"checkpoint {self.path}: its bytes do not match their checksum: the file is damaged "
+                                  "(or not a manualbp checkpoint of this version)")
 
     def read(self, name, shape=None, dtype=None, max_bytes=None):
         """The array ``name``; its header must give ``shape``/``dtype`` (when given) and at most ``max_bytes``."""
@@ -187,30 +223,47 @@ def load(path, like, expect: dict | None = None):
 
 
 def record_size(layout) -> int:
-    """Bytes per step of the history log for ``layout`` = [(name, shape, dtype), ...] (float64 values)."""
+    """Bytes per step of the history log's values for ``layout`` = [(name, shape, dtype), ...] (float64 values).
+
+    Each record on disk is these bytes and their ``_DIGEST``-byte checksum.
+    """
     return 8 * sum(int(np.prod(shape, dtype=np.int64)) for _, shape, _ in layout)
+
+
+def _digest(run_id: bytes, index: int, payload: bytes) -> bytes:
+    """A log part's checksum: BLAKE2b-64 keyed by the run id, over the part's index (-1: the header) and bytes."""
+    return hashlib.blake2b(int(index).to_bytes(8, "little", signed=True) + payload, key=run_id,
+                           digest_size=_DIGEST).digest()
+
+
+def _run_key(run_id: str) -> bytes:
+    return run_id.encode().ljust(32)[:32]
 
 
 def create_log(path, run_id: str, layout, history: dict) -> None:
     """Write a new history log (atomically) holding ``history`` ({name: (steps, *shape)}) in ``layout``."""
-    header = _LOG_MAGIC + run_id.encode().ljust(32)[:32] + np.uint64(record_size(layout)).tobytes()
-    atomic_write(path, lambda f: (f.write(header), f.write(_records(layout, history))))
+    key = _run_key(run_id)
+    header = _LOG_MAGIC + key + np.uint64(record_size(layout)).tobytes()
+    header += _digest(key, -1, header)
+    atomic_write(path, lambda f: (f.write(header), f.write(_records(key, 0, layout, history))))
 
 
-def _records(layout, history) -> bytes:
+def _records(key: bytes, first: int, layout, history) -> bytes:
+    """The records of steps first+1, first+2, ... of ``history``, each its values then their checksum."""
     if not layout:
         return b""
     cols = [np.asarray(history[name], np.float64).reshape(len(history[name]), -1) for name, _, _ in layout]
-    return np.ascontiguousarray(np.concatenate(cols, axis=1)).tobytes()
+    rows = np.ascontiguousarray(np.concatenate(cols, axis=1))
+    return b"".join(row.tobytes() + _digest(key, first + i, row.tobytes()) for i, row in enumerate(rows))
 
 
 def append_log(path, run_id: str, layout, committed: int, history: dict) -> None:
     """Cut the log back to ``committed`` steps (a crash may have left more), append ``history``, fsync."""
     size = _check_log(path, run_id, layout, committed)
     with open(path, "r+b") as f:
-        f.truncate(_LOG_HEADER + committed * size)
+        f.truncate(_LOG_HEADER + committed * (size + _DIGEST))
         f.seek(0, os.SEEK_END)
-        f.write(_records(layout, history))
+        f.write(_records(_run_key(run_id), committed, layout, history))
         f.flush()
         os.fsync(f.fileno())
 
@@ -218,24 +271,42 @@ def append_log(path, run_id: str, layout, committed: int, history: dict) -> None
 def _check_log(path, run_id, layout, steps) -> int:
     path = regular_file(path)
     size = record_size(layout)
+    key = _run_key(run_id)
     with open(path, "rb") as f:
         header = f.read(_LOG_HEADER)
     if len(header) != _LOG_HEADER or header[:8] != _LOG_MAGIC:
-        raise CheckpointError(f"checkpoint {path}: not a manualbp history log")
-    if header[8:40] != run_id.encode().ljust(32)[:32] or int(np.frombuffer(header[40:], np.uint64)[0]) != size:
+        old = header[:6] == _LOG_MAGIC[:6]
+        raise CheckpointError(f"checkpoint {path}: not a manualbp history log"
+                              + (" of this version (one written before checksums); start afresh" if old else ""))
+    if header[8:40] != key:
         raise CheckpointError(f"checkpoint {path}: the history log belongs to another run than the state file")
-    have = (os.path.getsize(path) - _LOG_HEADER) // size if size else steps
+    if _digest(key, -1, header[:-_DIGEST]) != header[-_DIGEST:]:
+        raise CheckpointError(f"checkpoint {path}: the history log's header does not match its checksum: the file "
+                              "is damaged")
+    if int(np.frombuffer(header[40:48], np.uint64)[0]) != size:
+        raise CheckpointError(f"checkpoint {path}: the history log records another set of quantities than this run")
+    have = (os.path.getsize(path) - _LOG_HEADER) // (size + _DIGEST) if size else steps  # nothing recorded per step
     if have < steps:
         raise CheckpointError(f"checkpoint {path}: the history log holds {have} steps, the state is at step {steps}")
     return size
 
 
 def read_log(path, run_id: str, layout, steps: int) -> dict:
-    """The first ``steps`` records of the history log as {name: array (steps, *shape) of its dtype}."""
+    """The first ``steps`` records of the history log as {name: array (steps, *shape) of its dtype}, each checked
+    against its checksum (a CheckpointError names the first record that does not match)."""
     size = _check_log(path, run_id, layout, steps)
+    key = _run_key(run_id)
     with open(path, "rb") as f:
         f.seek(_LOG_HEADER)
-        raw = np.frombuffer(f.read(steps * size), np.float64).reshape(steps, size // 8 if size else 0)
+        blob = f.read(steps * (size + _DIGEST))
+    for i in range(steps if size else 0):
+        record = blob[i * (size + _DIGEST): (i + 1) * (size + _DIGEST)]
+        if _digest(key, i, record[:size]) != record[size:]:
+            raise CheckpointError(f"checkpoint {path}: the history record of step {i + 1} does not match its "
+                                  "checksum: the file is damaged (its losses and metrics cannot be trusted)")
+    rows = np.frombuffer(b"".join(blob[i * (size + _DIGEST): i * (size + _DIGEST) + size] for i in range(steps)),
+                         np.float64)
+    raw = rows.reshape(steps, size // 8 if size else 0)
     out, col = {}, 0
     for name, shape, dtype in layout:
         n = int(np.prod(shape, dtype=np.int64))

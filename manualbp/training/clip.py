@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from manualbp.layers.arguments import check_number
+
 
 class ClipByGlobalNormState(NamedTuple):
     """Clipping keeps no state."""
@@ -37,8 +39,7 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     References:
       Pascanu et al., On the difficulty of training recurrent neural networks, 2013.
     """
-    if not max_norm > 0:
-        raise ValueError(f"clip_by_global_norm: max_norm must be > 0, got {max_norm!r}")
+    check_number("clip_by_global_norm", "max_norm", max_norm, low=0, low_open=True)
 
     def init_fn(params):
         del params

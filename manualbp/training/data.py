@@ -53,6 +53,25 @@ class Dataset(NamedTuple):
         return tuple(self.x_train.shape[1:])
 
 
+def check_finite_data(data: Dataset, where: str = "train"):
+    """Raise a ValueError naming the array and the first entry that holds NaN or Inf (checked on the host).
+
+    A NaN in the data would otherwise surface steps later as a non-finite loss, blamed on the
+    learning rate.
+    """
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        a = np.asarray(getattr(data, name))
+        if not np.issubdtype(a.dtype, np.inexact):
+            continue
+        bad = ~np.isfinite(a)
+        if bad.any():
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"{where}: data {data.name!r}: {name} holds {int(bad.sum())} NaN/Inf value(s), the first "
+                f"{a[index]} at index {index} (example {index[0]}); clean or drop those examples before training"
+            )
+
+
 def digit_arrays() -> tuple[np.ndarray, np.ndarray]:
     """(images (1797, 64) uint8 pixel counts 0..16, labels (1797,) uint8): the package's ``digits.npz``.
 

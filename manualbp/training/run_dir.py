@@ -53,10 +53,10 @@ class RunDir:
         exists = os.path.lexists(self.state_path)
         if resume and not exists:
             why = "does not exist" if not os.path.isdir(self.dir) else f"holds no checkpoint ({STATE_FILE})"
-            raise CheckpointError(f"checkpoint {self.dir}: {why}; nothing to resume (drop resume to start afresh)")
+            raise CheckpointError(f"checkpoint {self.dir}: {why}; nothing to resume (drop resume=True to start afresh)")
         if exists and not (resume or overwrite):
             raise CheckpointError(f"checkpoint {self.dir}: already holds a checkpoint{self._at()}; resume it "
-                                  "(resume=True, --resume) or replace it (overwrite=True, --overwrite)")
+                                  "(resume=True) or replace it (overwrite=True)")
         self.writes = jax.process_index() == 0  # of several processes, process 0 alone writes
         self.resuming = resume
         self.run_id = uuid.uuid4().hex
@@ -93,7 +93,7 @@ class RunDir:
             diff = ", ".join(f"{k} {saved.get(k)!r} (this run: {settings.get(k)!r})"
                              for k in sorted(set(saved) | set(settings)) if saved.get(k) != settings.get(k))
             raise CheckpointError(f"{where}: was written with {diff}; resume with the same settings, or start "
-                                  "afresh with overwrite=True (--overwrite)")
+                                  "afresh with overwrite=True")
         for path, st in state.items():
             want, got = _describe(st.opt_state), meta.get("opt_state", {}).get(path)
             if got != want:
@@ -110,7 +110,7 @@ class RunDir:
         key_data = np.asarray(jax.device_get(jax.random.key_data(key)))
         tree, meta = ckpt.load(self.state_path, {"state": state, "key": key_data}, expect=dict(expect, settings=saved))
         if not np.array_equal(tree["key"], key_data):
-            raise CheckpointError(f"{where}: was written with another key (the CLI's --seed); resume with the same key")
+            raise CheckpointError(f"{where}: was written with another key; resume with the same key")
         position = meta.get("position")
         if not (isinstance(position, list) and len(position) == 2 and all(isinstance(v, int) and v >= 0
                                                                            for v in position)):

@@ -18,8 +18,17 @@ import numpy as np
 import optax
 
 from manualbp.backprop import check_values
+from manualbp.layers.arguments import (
+    as_key,
+    check_callable,
+    check_count,
+    check_flag,
+    check_head_object,
+    check_layer_object,
+)
+from manualbp.layers.base import check_finite, name_of
 from manualbp.training import loop
-from manualbp.training.data import Dataset, as_inputs
+from manualbp.training.data import Dataset, as_inputs, check_finite_data
 from manualbp.training.run_dir import RunDir
 from manualbp.training.step import GRADS, check_twin_optimizers, evaluate, metric_name, param_names
 from manualbp.training.twin import Divergence
@@ -58,23 +67,42 @@ class TwinResult:
     divergence: Divergence
 
 
-def _check_run(model, head, params, data: Dataset, steps, batch_size, grads):
+def _check_arguments(where, model, head, optimizers, key, log_every, on_log, checkpoint_every, resume, overwrite):
+    """The arguments that are not data, each refused with a TypeError/ValueError naming ``where`` before step 1."""
+    check_layer_object(where, model)
+    check_head_object(where, head)
+    for name, opt in optimizers.items():
+        if not (callable(getattr(opt, "init", None)) and callable(getattr(opt, "update", None))):
+            raise TypeError(f"{where}: {name} must be an optax.GradientTransformation (e.g. optax.sgd(0.1)), got "
+                            f"{type(opt).__name__}")
+    as_key(where, key)
+    check_count(where, "log_every", log_every, minimum=0)
+    check_count(where, "checkpoint_every", checkpoint_every, minimum=0)
+    if on_log is not None:
+        check_callable(where, "on_log", on_log, "(step, {name: float})")
+    check_flag(where, "resume", resume)
+    check_flag(where, "overwrite", overwrite)
+
+
+def _check_run(model, head, params, data: Dataset, steps, batch_size, grads, where="train"):
     if not isinstance(data, Dataset):
-        raise TypeError(f"train: data must be a manualbp.training.data.Dataset, got {type(data).__name__}")
-    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps <= 0:
-        raise ValueError(f"train: steps must be a positive integer, got {steps!r}")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-        raise ValueError(f"train: batch_size must be a positive integer, got {batch_size!r}")
+        raise TypeError(f"{where}: data must be a manualbp.training.data.Dataset, got {type(data).__name__}")
+    if isinstance(steps, (bool, np.bool_)) or not isinstance(steps, (int, np.integer)) or steps <= 0:
+        raise ValueError(f"{where}: steps must be a positive integer, got {steps!r}")
+    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+        raise ValueError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
+    check_finite_data(data, where)
     if batch_size > len(data.x_train):
         raise ValueError(
-            f"train: batch_size {batch_size} is larger than the data ({len(data.x_train)} training examples)"
+            f"{where}: batch_size {batch_size} is larger than the data ({len(data.x_train)} training examples)"
         )
     for g in grads:
         if g not in GRADS:
-            raise ValueError(f"train: grad must be one of {GRADS}, got {g!r}")
+            raise ValueError(f"{where}: grad must be one of {GRADS}, got {g!r}")
     leaves = jax.tree_util.tree_leaves(params)
     if not leaves:
-        raise ValueError(f"train: {model.name} has no parameters to train")
+        raise ValueError(f"{where}: {name_of(model)} has no parameters to train")
+    check_finite(where, "the initial params", params)
     # the head's own shape/dtype checks, traced (no compilation), then the class range on the host, then every value
     # check of the manual value_and_grad (labels, Embedding ids, targets) on the concrete data, once before step 1:
     # the jitted step sees only tracers
@@ -89,7 +117,7 @@ def _check_run(model, head, params, data: Dataset, steps, batch_size, grads):
         for labels in (data.y_train, data.y_test):
             if labels.min() < 0 or labels.max() >= classes:
                 raise ValueError(
-                    f"train: {data.name} has labels in [{labels.min()}, {labels.max()}] but {model.name} "
+                    f"{where}: {data.name} has labels in [{labels.min()}, {labels.max()}] but {name_of(model)} "
                     f"outputs {classes} classes; the labels do not match the head"
                 )
     for x, y in ((data.x_train, data.y_train), (data.x_test, data.y_test)):
@@ -173,6 +201,8 @@ def train(model, head, params, data: Dataset, *, optimizer: optax.GradientTransf
       KeyboardInterrupt: Ctrl-C (``loop.TrainingInterrupted``), after the current step and a last save.
     """
     optimizer = optax.sgd(0.1) if optimizer is None else optimizer
+    _check_arguments("train", model, head, {"optimizer": optimizer}, key, log_every, on_log, checkpoint_every, resume,
+                     overwrite)
     _check_run(model, head, params, data, steps, batch_size, (grad,))
     compute = _check_compute(compute_dtype, params)
     run_dir = _state_dir(checkpoint, resume, overwrite)
@@ -216,7 +246,9 @@ def train_twin(model, head, params, data: Dataset, *, optimizer: optax.GradientT
     """
     optimizer = optax.sgd(0.1) if optimizer is None else optimizer
     reference_optimizer = optimizer if reference_optimizer is None else reference_optimizer
-    _check_run(model, head, params, data, steps, batch_size, GRADS)
+    _check_arguments("train_twin", model, head, {"optimizer": optimizer, "reference_optimizer": reference_optimizer},
+                     key, log_every, on_log, checkpoint_every, resume, overwrite)
+    _check_run(model, head, params, data, steps, batch_size, GRADS, "train_twin")
     check_twin_optimizers(optimizer, reference_optimizer, params)
     compute = _check_compute(compute_dtype, params)
     run_dir = _state_dir(checkpoint, resume, overwrite)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from manualbp import reference as ref
+from manualbp.layers.arguments import as_key, check_callable, check_flag, check_layer_object
 from manualbp.layers.base import as_array, as_arrays, check_finite, describe, name_of
 from manualbp.verify import forensics
 from manualbp.verify.compare import by_kind, dtype_of, judge_all
@@ -21,7 +22,10 @@ from manualbp.verify.vjp_inputs import describe_tree
 
 def _as_arrays(params, x):
     """numpy arrays and Python numbers as jax arrays; a Python number in params takes x's floating dtype."""
-    x = as_arrays(x)
+    try:
+        x = as_arrays(x)
+    except (TypeError, ValueError):
+        raise TypeError(f"check_layer: expected x as arrays of numbers, got {describe(x)}") from None
     floats = [leaf.dtype for leaf in jax.tree_util.tree_leaves(x) if jnp.issubdtype(leaf.dtype, jnp.floating)]
 
     def leaf(v):
@@ -79,12 +83,21 @@ def check_layer(layer, params, x, dy=None, *, reference=None, key=None, jit: boo
     Rows: forward y, dL/dx, and one per parameter gradient.
 
     Raises ValueError (naming the layer) for NaN/Inf in params, x or dy, a dy not shaped like
-    the output, or a reference whose output is not shaped like the layer's.
+    the output, a reference whose output is not shaped like the layer's, or invalid input values
+    (``layer.check_input``: ids or lengths out of range); TypeError for a layer that is not one, a
+    reference that is not a function, or a key that is not a PRNG key.
     """
+    check_layer_object("check_layer", layer, "layer")
+    if reference is not None:
+        check_callable("check_layer", "reference", reference, "(params, x) -> y")
+    check_flag("check_layer", "jit", jit)
+    key = None if key is None else as_key("check_layer", key)
     name = name_of(layer)
     params, x = _as_arrays(params, x)
     check_finite(name, "input x", x)
     check_finite(name, "params", params)
+    if hasattr(layer, "check_input"):
+        layer.check_input(params, x)
     y_shape = jax.eval_shape(lambda p, x: layer.forward(p, x)[0], params, x)
     fn = reference if reference is not None else (lambda p, x: ref.forward(layer, p, x, ref.NoTaps()))
     _check_shapes(name, "the reference returns", jax.eval_shape(fn, params, x), y_shape,
@@ -109,7 +122,7 @@ def check_layer(layer, params, x, dy=None, *, reference=None, key=None, jit: boo
     r_values = vjp(params, x, dy)
     dtype = dtype_of(params, x)
     tol = tolerance(dtype)
-    verdict = resolve_verdict(verdict, dtype)
+    verdict = resolve_verdict(verdict, dtype, "check_layer")
     rows = [(name, ("forward " if k[0] == "y" else "dL/d" if k[0] == "dx" else "") + k[1], k, None)
             for k in union(m_values, r_values)]
     rows = [r for r in rows if r[2][0] == "y"] + [r for r in rows if r[2][0] == "dx"] + [r for r in rows if r[2][0] == "param"]

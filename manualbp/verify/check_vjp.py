@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from manualbp.layers.arguments import check_callable, check_count
 from manualbp.verify import forensics, taylor, vjp_jvp, vjp_numeric, vjp_second, vjp_sharded
 from manualbp.verify.precision import full_precision
 from manualbp.verify.report import Report, Row
@@ -125,6 +126,8 @@ def check_vjp(fn, reference=None, *args, kwargs: dict | None = None, argnums=Non
       structure, shapes or dtypes of cotangents; NaN/Inf in the inputs. An error raised inside fn's forward,
       its backward, the reference or expected_vjp is re-raised (as its built-in type) saying which.
     """
+    check_callable("check_vjp", "fn", fn, "(the one whose VJP was written by hand)")
+    check_count("check_vjp", "seed", seed, minimum=0)
     name, original = _name(fn), fn
     if mesh is not None and out_specs is not None:  # per-device code: the one-device check runs it under shard_map too
         fn = vjp_sharded.per_device(fn, vjp_sharded.one_device(mesh), in_specs, out_specs, kwargs or {})
@@ -291,7 +294,7 @@ def _compared(ctx: _Context, reference, ref_name, expected_vjp, verdict, given, 
         truth = _truth(reference, inputs, ctx.cts[:k])
         against = f"jax.vjp of {ref_name}"
         label = ref_name
-    judged_by = Rule.FIXED if given is not None else resolve_verdict(verdict, dtype)
+    judged_by = Rule.FIXED if given is not None else resolve_verdict(verdict, dtype, "check_vjp")
     if judged_by is Rule.ERROR_MODEL and truth is None:
         raise ValueError(f"check_vjp: verdict 'error-model' needs {label} in a higher precision than {dtype.name}, "
                          f"and it could not be run there")

@@ -19,7 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from manualbp import reference as ref
-from manualbp.layers.base import as_array, as_arrays, check_finite, name_of
+from manualbp.backprop import as_inputs, check_pass_fits, check_values
+from manualbp.layers.arguments import check_flag, check_head_object, check_layer_object
+from manualbp.layers.base import check_finite, name_of
 from manualbp.layers.code_key import Keyed
 from manualbp.verify import forensics
 from manualbp.verify.forensics import context_for
@@ -194,15 +196,26 @@ def compare(model, head, params, x, y, mask=None, *, jit: bool = True, title: st
         "error-model" for bfloat16/float16), "fixed", "conditioning" or "error-model"
         (``manualbp.verify.verdict``).
 
-    Raises ValueError if x or params hold NaN/Inf (a comparison of garbage
-    proves nothing); non-finite gradients show as failing rows instead.
+    Raises, before any verdict: TypeError for a model that is not a layer or a head that is not a
+    loss head; ValueError if x or params hold NaN/Inf (a comparison of garbage proves nothing);
+    and every error ``value_and_grad`` raises for invalid inputs, with its message
+    (``backprop.check_values``: labels out of range, an all-zero mask, ids or lengths out of
+    range), so that a bad input is never reported as a failing backward. Non-finite gradients
+    show as failing rows instead.
     """
-    x, y = as_arrays(x), as_array(y)  # x may be a tuple, e.g. (x, h0)
+    check_layer_object("compare", model)
+    check_head_object("compare", head)
+    check_flag("compare", "jit", jit)
+    if title is not None and not isinstance(title, str):
+        raise TypeError(f"compare: title must be a str, got {type(title).__name__}")
+    x, y, mask = as_inputs(x, y, mask, where="compare")  # x may be a tuple, e.g. (x, h0)
     check_finite(name_of(model), "input x", x)
     check_finite(name_of(model), "params", params)
+    check_values(model, head, params, x, y, mask)
+    check_pass_fits(model, params, x, "compare")
     dtype = dtype_of(params, x)
     tol = tolerance(dtype)
-    verdict = resolve_verdict(verdict, dtype)
+    verdict = resolve_verdict(verdict, dtype, "compare")
 
     if jit:
         m_loss, m_grads, store = _record_jit(Keyed(model, head), params, x, y, mask)

@@ -31,8 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from manualbp.backprop import as_inputs, check_values
 from manualbp.layers.activations import ReLU, Sigmoid, Tanh
-from manualbp.layers.base import as_array, children_of, name_of
+from manualbp.layers.arguments import check_flag, check_head_object, check_layer_object, check_number
+from manualbp.layers.base import children_of, name_of
 from manualbp.layers.code_key import Keyed
 from manualbp.verify.trace import label, record, walk
 
@@ -179,8 +181,15 @@ def gradient_flow(model, head, params, x, y, mask=None, *, lr: float = 1e-2, jit
     Returns:
       A ``GradientFlow``: ``.rows`` (one ``FlowRow`` per layer), ``.ok``,
       ``.flagged`` (rows holding NaN/Inf), ``str()`` a table, ``to_dict()``.
+
+    Raises what ``value_and_grad`` raises for a bad model, head or input, before the pass.
     """
-    x, y = as_array(x), as_array(y)
+    check_layer_object("gradient_flow", model)
+    check_head_object("gradient_flow", head)
+    check_number("gradient_flow", "lr", lr, low=0, low_open=True)
+    check_flag("gradient_flow", "jit", jit)
+    x, y, mask = as_inputs(x, y, mask, where="gradient_flow")
+    check_values(model, head, params, x, y, mask)
     run = _jitted_record(Keyed(model, head)) if jit else partial(record, model, head)
     loss, grads, store = run(params, x, y, mask)
     flow = GradientFlow(f"gradient flow: {name_of(model)} + {name_of(head)}", float(loss), float(lr))

@@ -36,8 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from manualbp.backprop import loss_and_grads
-from manualbp.layers.base import as_array, as_arrays, check_finite, children_of, name_of
+from manualbp.backprop import as_inputs, check_values, loss_and_grads
+from manualbp.layers.arguments import as_key, check_count, check_head_object, check_layer_object, check_number
+from manualbp.layers.base import as_array, check_finite, children_of, name_of
 from manualbp.layers.walk import MissingDx, gradient_mismatches, param_name
 from manualbp.verify import forensics
 from manualbp.verify.finite_differences import CENTRAL, KINDS, NONE, STEPS, refine
@@ -138,18 +139,24 @@ def gradcheck(model, head, params, x, y, mask=None, *, mode: str = "directions",
     Returns:
       A ``Report`` (tolerance ``FINITE_DIFFERENCE``) whose rows carry the finite difference's
       estimated error (``err_ref``) and, for rows at kinks, how they were compared (``note``).
+
+    Raises, before any verdict, what ``compare`` raises for a bad model, head or input (the
+    messages of ``value_and_grad``), and for a bad mode, k, eps, key or max_params.
     """
+    check_layer_object("gradcheck", model)
+    check_head_object("gradcheck", head)
     if mode not in ("directions", "exhaustive"):
         raise ValueError(f"gradcheck: mode must be 'directions' or 'exhaustive', got {mode!r}")
-    if k < 1:
-        raise ValueError(f"gradcheck: k must be >= 1, got {k}")
-    if not eps > 0:
-        raise ValueError(f"gradcheck: eps must be > 0, got {eps}")
-    key = jax.random.key(0) if key is None else key
+    check_count("gradcheck", "k", k)
+    check_number("gradcheck", "eps", eps, low=0, low_open=True)
+    check_count("gradcheck", "max_params", max_params)
+    key = jax.random.key(0) if key is None else as_key("gradcheck", key)
+    x, y, mask = as_inputs(x, y, mask, where="gradcheck")
     with jax.enable_x64(True):
-        params, x, y, mask = cast((params, as_arrays(x), as_array(y), mask), jnp.float64)
+        params, x, y, mask = cast((params, x, y, mask), jnp.float64)
         check_finite(name_of(model), "input x", x)
         check_finite(name_of(model), "params", params)
+        check_values(model, head, params, x, y, mask)  # a bad input is refused, never a failing row
         try:
             _, grads, dx, _ = jax.jit(lambda p, x: loss_and_grads(model, head, p, x, y, mask))(params, x)
         except MissingDx as e:  # no manual gradient of the model to compare: the one row that says why

@@ -60,6 +60,11 @@ def register_reference(layer_type, fn=None):
             f"register_reference: expected a layer class as the first argument (e.g. {type(layer_type).__name__}), "
             f"got an instance {layer_type!r}; pass type(layer)"
         )
+    if not (callable(getattr(layer_type, "forward", None)) and callable(getattr(layer_type, "backward", None))):
+        raise TypeError(
+            f"register_reference: {layer_type.__name__} is not a layer class (its instances need forward(params, x) "
+            "and backward(params, cache, dy)); pass the class of your layer"
+        )
     module = getattr(layer_type, "__module__", "") or ""
     if module == "manualbp" or module.startswith("manualbp."):
         raise ValueError(

@@ -192,6 +192,8 @@ def tolerance(dtype) -> Tolerance:
     """The fixed manual-vs-autodiff tolerance for arrays of ``dtype``."""
     try:
         return _BY_DTYPE[np.dtype(dtype)]
+    except TypeError:  # np.dtype's "data type 'banana' not understood"
+        raise TypeError(f"tolerance: expected a dtype (float32, float64, bfloat16, float16), got {dtype!r}") from None
     except KeyError:
         raise TypeError(
             f"tolerance: no tolerance for dtype {np.dtype(dtype).name}; use a floating dtype"
@@ -207,8 +209,18 @@ def default_verdict(dtype) -> Rule:
     return Rule.ERROR_MODEL if np.dtype(dtype).itemsize < 4 else Rule.CONDITIONING
 
 
-def resolve_verdict(verdict, dtype) -> Rule:
-    """The ``Rule`` to judge ``dtype`` by: ``verdict`` itself, or the dtype's default for "auto"; ValueError if unusable."""
+def resolve_verdict(verdict, dtype, where: str = "") -> Rule:
+    """The ``Rule`` to judge ``dtype`` by: ``verdict`` itself, or the dtype's default for "auto"; ValueError if unusable
+    (its message starts with ``where``, the function asked, when given)."""
+    try:
+        return _resolve_verdict(verdict, dtype)
+    except ValueError as e:
+        if not where:
+            raise
+        raise ValueError(f"{where}: {e}") from None
+
+
+def _resolve_verdict(verdict, dtype) -> Rule:
     if verdict == "auto":
         return default_verdict(dtype)
     try:

@@ -37,9 +37,16 @@ def _zeros_for_missing(dx, x):
 
 
 class _Recorder:
+    """The layer itself (its hyperparameters read through), with a forward and backward that record."""
+
     def __init__(self, layer, path, store):
         self.layer, self.path, self.store = layer, path, store
         self.name = name_of(layer)
+
+    def __getattr__(self, name):  # only for what the recorder lacks: a Bidirectional reads return_sequences
+        if name == "layer":
+            raise AttributeError(name)
+        return getattr(self.layer, name)
 
     def forward(self, params, x):
         y, cache = self.layer.forward(params, x)

@@ -42,6 +42,7 @@ __all__ = ["FiniteDifference", "Row", "Rule", "judge", "not_compared_row", "stru
 
 # the kinds of a structure row (its note starts with one)
 MISSING, EXTRA, WRONG_STRUCTURE, NOT_COMPUTED = "missing", "extra", "wrong structure", "not computed"
+EMPTY = "empty"  # the note of a row over zero entries: not compared
 
 
 @dataclass
@@ -227,6 +228,9 @@ def _decide(layer, quantity, manual, ref, tol, rule, truth, errors, eps, model, 
         return structure_row(layer, quantity, WRONG_STRUCTURE,
                              f"{who} has dtype {_dtype(manual).name}, the reference {_dtype(ref).name}", np.shape(ref))
     m, r = _f64(manual), _f64(ref)
+    if m.size == 0:  # nothing to compare: neither a PASS nor a FAIL (a report of such rows alone is INCONCLUSIVE)
+        return Row(layer, quantity, m.shape, 0.0, 0.0, 0.0, False, True, _with_note(note, f"{EMPTY}: no entries"),
+                   rule=decided, compared=False)
     if not (np.all(np.isfinite(m)) and np.all(np.isfinite(r))):
         which = who if not np.all(np.isfinite(m)) else "reference"
         return Row(layer, quantity, m.shape, math.nan, math.nan, math.nan, False, False,

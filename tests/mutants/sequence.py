@@ -93,7 +93,7 @@ class BidirectionalDxNotReversed(mbp.Bidirectional):
 
     def backward(self, params, cache, dy):
         grads, _ = super().backward(params, cache, dy)
-        cf, cb, split, _ = cache
+        cf, cb, split, _, _ = cache
         pf, pb = self.split_params(params)
         dyf, dyb = dy[..., :split], jnp.flip(dy[..., split:], axis=1)
         _, dxf = self.layer.backward(pf, cf, dyf)
@@ -111,7 +111,7 @@ class BidirectionalPaddingReversed(mbp.Bidirectional):
 
     def backward(self, params, cache, dy):
         grads, (dx, _) = super().backward(params, cache, dy)
-        cf, cb, split, lengths = cache
+        cf, cb, split, lengths, _ = cache
         pf, pb = self.split_params(params)
         _, dxf = self.layer.backward(pf, cf, dy[..., :split])
         _, dxb = self.backward_layer.backward(pb, cb, _reverse_time(dy[..., split:], lengths))
