@@ -11,26 +11,19 @@ Run: .venv/bin/python scripts/softmax_saturation.py [--slices 200]  (about 10 s)
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import jax
 
 jax.config.update("jax_enable_x64", True)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the closed form lives with its test
 
+import accuracy  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import mpmath  # noqa: E402
 import numpy as np  # noqa: E402
 
 from manualbp.layers.softmax import softmax_vjp  # noqa: E402
-
-
-def exact(x, dy, dps=1500):
-    with mpmath.workdps(dps):
-        xs = [mpmath.mpf(float(v)) for v in x]
-        e = [mpmath.exp(v - max(xs)) for v in xs]
-        y = [v / sum(e) for v in e]
-        d = sum(mpmath.mpf(float(a)) * b for a, b in zip(dy, y))
-        return np.array([float(b * (mpmath.mpf(float(a)) - d)) for a, b in zip(dy, y)])
-
 
 BACKWARDS = {
     "one-pass (before)": jax.jit(lambda x, dy: (lambda y: y * (dy - jnp.sum(dy * y, -1, keepdims=True)))(jax.nn.softmax(x))),
@@ -52,7 +45,7 @@ def main(argv=None):
             err = {k: [] for k in BACKWARDS}
             for _ in range(args.slices):
                 x, dy = (scale * rng.standard_normal(5)).astype(dtype), rng.standard_normal(5).astype(dtype)
-                t = exact(x, dy)
+                t = accuracy.softmax_vjp_exact(x, dy, dps=1500)
                 for k, f in BACKWARDS.items():
                     err[k].append(np.linalg.norm(np.asarray(f(x, dy), np.float64) - t) / np.linalg.norm(t))
             j = np.maximum(err["jax.grad"], eps)

@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import mpmath
 import numpy as np
 from mutants import draw_params
 
@@ -232,6 +233,16 @@ def errors(case: Case, dtype, scale, seed: int) -> list[Errors]:
     return out
 
 
+def softmax_vjp_exact(x, dy, dps=600):
+    """dx = y (dy - sum dy y), y = softmax(x), in ``dps``-digit arithmetic: the closed form, one slice."""
+    with mpmath.workdps(dps):
+        xs = [mpmath.mpf(float(v)) for v in x]
+        e = [mpmath.exp(v - max(xs)) for v in xs]
+        y = [v / sum(e) for v in e]
+        d = sum(mpmath.mpf(float(a)) * b for a, b in zip(dy, y))
+        return np.array([float(b * (mpmath.mpf(float(a)) - d)) for a, b in zip(dy, y)])
+
+
 def scales_of(case: Case):
     return (*SCALES, *([TIES] if case.kinks else []), *([FLAT] if case.flat else []))
 
@@ -242,4 +253,5 @@ def quantiles(ratios) -> dict:
             "max": float(r.max())}
 
 
-__all__ = ["CASES", "Case", "Errors", "SCALES", "TIES", "errors", "point", "quantiles", "rel_error", "scales_of"]
+__all__ = ["CASES", "Case", "Errors", "SCALES", "TIES", "errors", "point", "quantiles", "rel_error", "scales_of",
+           "softmax_vjp_exact"]

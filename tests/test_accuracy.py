@@ -9,7 +9,6 @@ floored at the dtype's epsilon, see ``accuracy``).
 import accuracy
 import jax
 import jax.numpy as jnp
-import mpmath
 import numpy as np
 import pytest
 from arrays import host
@@ -18,16 +17,6 @@ import manualbp as mbp
 from manualbp import reference as ref
 from manualbp.layers.softmax import softmax_vjp
 from manualbp.verify import highprec
-
-
-def _softmax_vjp_exact(x, dy, dps=600):
-    """dx = y (dy - sum dy y), y = softmax(x), in ``dps``-digit arithmetic: the closed form, one slice."""
-    with mpmath.workdps(dps):
-        xs = [mpmath.mpf(float(v)) for v in x]
-        e = [mpmath.exp(v - max(xs)) for v in xs]
-        y = [v / sum(e) for v in e]
-        d = sum(mpmath.mpf(float(a)) * b for a, b in zip(dy, y))
-        return np.array([float(b * (mpmath.mpf(float(a)) - d)) for a, b in zip(dy, y)])
 
 
 def _one_pass(y, dy):
@@ -50,11 +39,11 @@ def test_highprec_truth_is_the_closed_form_of_a_saturated_softmax(x, dy):
     layer = mbp.Softmax()
     fn = lambda x, dy: jax.vjp(lambda v: ref.forward(layer, {}, v, ref.NoTaps()), x)[1](dy)[0]  # noqa: E731
     x, dy = np.array(x), np.array(dy)
-    exact = _softmax_vjp_exact(x, dy, dps=600)
+    exact = accuracy.softmax_vjp_exact(x, dy, dps=600)
     k = int(np.argmax(x))
     assert exact[k] != 0 and abs(exact[k]) < 1e-60  # the dominant entry's gradient, of the size of the others'
     np.testing.assert_array_equal(highprec.truth(fn, x, dy), exact)
-    assert _softmax_vjp_exact(x, dy, dps=50)[k] != exact[k]  # a fixed 50 digits would lose it
+    assert accuracy.softmax_vjp_exact(x, dy, dps=50)[k] != exact[k]  # a fixed 50 digits would lose it
 
 
 def test_saturated_softmax_is_as_accurate_as_jax_grad():
@@ -65,7 +54,7 @@ def test_saturated_softmax_is_as_accurate_as_jax_grad():
     eps = float(np.finfo(np.float64).eps)
     ratios, old = [], []
     for x, dy in _saturated_slices():
-        truth = _softmax_vjp_exact(x, dy)
+        truth = accuracy.softmax_vjp_exact(x, dy)
         xs, dys = host(x), host(dy)
         m, j, o = (accuracy.rel_error(f(xs, dys), truth) for f in (manual, jax_grad, one_pass))
         ratios.append(max(m, eps) / max(j, eps))
