@@ -21,8 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from manualbp.cli.xla_log import slow_compile_banner_filtered
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    with slow_compile_banner_filtered():  # XLA's "Very slow compile?" banner is not the user's error
+        return args.func(args)
 
 
 if __name__ == "__main__":
